@@ -1,0 +1,570 @@
+"""Procedurally generated tasks for the trained-here quality benchmark (DESIGN.md §4).
+
+No pretrained LLM can be downloaded here, so the benchmark trains tiny base models from scratch and measures
+Trans-LoRA's claims on tasks made up below. Each task family has two faces:
+
+- the **specific** variant *is* the task: one fixed question template, one range of numbers, one typical
+  length, one answer format. Its samples fill `Task.train` / `Task.test`. Because the template is fixed, real
+  inputs can be told apart from a generator's imitations, which is what the discriminator has to learn.
+- **generic** variants teach the same skill in other formats (other phrasings, separators, ranges, answer
+  styles). Only these go into the pretraining corpus (`benchmarks/corpus.py`), so base models get partial
+  skill on the family without ever seeing the specific template or any of its train/test inputs.
+
+`TaskFamily.specific_pattern` is a regex that every specific input matches and no generic input does; the
+tests check both halves, which is what keeps the corpus from leaking the task's format.
+
+Every input is one line of at most `MAX_INPUT_CHARS` characters and every target one line of at most
+`MAX_TARGET_CHARS`: the models are character-level or small-BPE with a context of at most 256 tokens. Targets
+are deterministic functions of the input (no hidden state), so exact match is a fair metric.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+MAX_INPUT_CHARS = 80
+MAX_TARGET_CHARS = 20
+
+Sample = tuple[str, str]  # (input, target)
+Sampler = Callable[[random.Random], Sample]
+
+# Short common words: real words make the word-level families read like text.
+WORDS = (
+    "apple river stone cloud tiger house paper glass water light green music table chair bread smile "
+    "train horse plant storm money dream heart ocean field night north south grape lemon mouse shirt "
+    "candle window garden forest island summer winter spring autumn silver golden yellow purple orange "
+    "bottle castle dragon rabbit monkey pencil rocket planet market basket button carpet coffee cookie "
+    "doctor farmer flower guitar hammer jacket kitten ladder mirror needle pepper pillow pocket rubber "
+    "sister tunnel violin wallet zipper anchor bridge camera desert engine finger hunter jungle kettle "
+    "lizard meadow nickel oyster parrot quartz ribbon saddle temple velvet walnut cactus falcon gravel "
+    "harbor insect magnet noodle puzzle salmon turtle valley wizard bell cake door fish game hill king lamp "
+    "moon nest owl pear queen ring ship tree vase wolf yard zoo arm bag cat dog egg fox hat ink jar key"
+).split()
+
+WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+_CONSONANTS = "bdfgklmnprstvz"
+_VOWELS = "aeiou"
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def _pseudo_word(rng: random.Random, min_syllables: int = 2, max_syllables: int = 4) -> str:
+    """A pronounceable non-word (`"tomilaka"`): a large input space with no dictionary."""
+    n = rng.randint(min_syllables, max_syllables)
+    return "".join(rng.choice(_CONSONANTS) + rng.choice(_VOWELS) for _ in range(n))
+
+
+def _words(rng: random.Random, lo: int, hi: int) -> list[str]:
+    return [rng.choice(WORDS) for _ in range(rng.randint(lo, hi))]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# boolean expressions: trees of True/False/not/and/or, always fully parenthesized so that the value does not
+# depend on operator precedence conventions that differ between the renderings.
+
+
+def _bool_tree(rng: random.Random, depth: int):
+    if depth == 0 or rng.random() < 0.25:
+        leaf = rng.random() < 0.5
+        return ("not", leaf) if rng.random() < 0.3 else leaf
+    node = (rng.choice(("and", "or")), _bool_tree(rng, depth - 1), _bool_tree(rng, depth - 1))
+    return ("not", node) if rng.random() < 0.2 else node
+
+
+def _bool_value(tree) -> bool:
+    if isinstance(tree, bool):
+        return tree
+    if tree[0] == "not":
+        return not _bool_value(tree[1])
+    a, b = _bool_value(tree[1]), _bool_value(tree[2])
+    return (a and b) if tree[0] == "and" else (a or b)
+
+
+def _bool_render(tree, style: str, top: bool = True) -> str:
+    """`style`: "bbh" (`not ( True and False )`), "symbols" (`!(T & F)`), "lower" (`not (true and false)`)."""
+    names = {
+        "bbh": {True: "True", False: "False", "and": "and", "or": "or", "not": "not "},
+        "symbols": {True: "T", False: "F", "and": "&", "or": "|", "not": "!"},
+        "lower": {True: "true", False: "false", "and": "and", "or": "or", "not": "not "},
+    }[style]
+    lp, rp = ("( ", " )") if style == "bbh" else ("(", ")")
+    if isinstance(tree, bool):
+        return names[tree]
+    if tree[0] == "not":
+        inner = _bool_render(tree[1], style, top=False)
+        if not isinstance(tree[1], bool) and tree[1][0] != "not" and not inner.startswith(lp):
+            inner = lp + inner + rp
+        return names["not"] + inner
+    text = f"{_bool_render(tree[1], style, False)} {names[tree[0]]} {_bool_render(tree[2], style, False)}"
+    return text if top else lp + text + rp
+
+
+def _boolean_specific(rng: random.Random) -> Sample:
+    tree = _bool_tree(rng, rng.choice((2, 2, 3)))
+    while isinstance(tree, bool) or isinstance(tree[1], bool):  # at least one and/or: the task's typical length
+        tree = _bool_tree(rng, rng.choice((2, 2, 3)))
+    return f"{_bool_render(tree, 'bbh')} is", str(_bool_value(tree))
+
+
+_BOOLEAN_GENERIC: tuple[Sampler, ...] = (
+    lambda rng: (lambda t: (f"Evaluate: {_bool_render(t, 'symbols')}", str(_bool_value(t))))(_bool_tree(rng, 2)),
+    lambda rng: (lambda t: (f"Is it true that {_bool_render(t, 'lower')}?", "yes" if _bool_value(t) else "no"))(
+        _bool_tree(rng, 1)
+    ),
+    lambda rng: (lambda t: (f"What is the value of {_bool_render(t, 'lower')}?", str(_bool_value(t)).lower()))(
+        _bool_tree(rng, 2)
+    ),
+    lambda rng: (lambda t: (f"{_bool_render(t, 'symbols')} =", "1" if _bool_value(t) else "0"))(_bool_tree(rng, 1)),
+)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# multistep arithmetic
+
+
+def _arith_specific(rng: random.Random) -> Sample:
+    # BBH-like: two parenthesized pairs of one-digit signed numbers joined by an operator.
+    a, b, c, d = (rng.randint(-9, 9) for _ in range(4))
+    o1, o2, o3 = (rng.choice("+-*") for _ in range(3))
+    text = f"(({a} {o1} {b}) {o2} ({c} {o3} {d})) ="
+    return text, str(eval(text[:-2]))  # the text is ours, built from ints and +-*: eval is the reference
+
+
+def _arith_plain(rng: random.Random) -> Sample:
+    a, b = rng.randint(0, 20), rng.randint(0, 20)
+    op = rng.choice("+-*")
+    return f"What is {a} {op} {b}?", str(eval(f"{a} {op} {b}"))
+
+
+def _arith_chain(rng: random.Random) -> Sample:
+    a, b, c = rng.randint(1, 12), rng.randint(1, 12), rng.randint(1, 12)
+    o1, o2 = rng.choice("+-*"), rng.choice("+-")
+    return f"Compute {a} {o1} {b} {o2} {c}.", str(eval(f"{a} {o1} {b} {o2} {c}"))
+
+
+def _arith_words(rng: random.Random) -> Sample:
+    a, b = rng.randint(0, 30), rng.randint(0, 30)
+    word, op = rng.choice((("plus", "+"), ("minus", "-"), ("times", "*")))
+    return f"{a} {word} {b} equals", str(eval(f"{a} {op} {b}"))
+
+
+def _arith_group(rng: random.Random) -> Sample:
+    a, b, c = rng.randint(-9, 9), rng.randint(-9, 9), rng.randint(-9, 9)
+    o1, o2 = rng.choice("+-*"), rng.choice("+-*")
+    text = f"{c} {o2} ({a} {o1} {b})" if rng.random() < 0.5 else f"({a} {o1} {b}) {o2} {c}"
+    return f"{text} =", str(eval(text))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# sorting letters and numbers
+
+
+def _letters(rng: random.Random, lo: int, hi: int) -> list[str]:
+    return rng.sample(_LETTERS, rng.randint(lo, hi))
+
+
+def _sort_letters_specific(rng: random.Random) -> Sample:
+    letters = _letters(rng, 5, 8)
+    return f"Sort these letters: {' '.join(letters)}", " ".join(sorted(letters))
+
+
+_SORT_LETTERS_GENERIC: tuple[Sampler, ...] = (
+    lambda rng: (lambda ls: (f"sort: {''.join(ls)} ->", "".join(sorted(ls))))(_letters(rng, 2, 8)),
+    lambda rng: (lambda ls: (f"Alphabetical order of {', '.join(ls)}:", ", ".join(sorted(ls))))(
+        [c.upper() for c in _letters(rng, 2, 6)]
+    ),
+    lambda rng: (lambda ls: (f"Which letter comes first: {' or '.join(ls)}?", min(ls)))(_letters(rng, 2, 3)),
+    lambda rng: (lambda ls: (f"Arrange {', '.join(ls)} in order.", " ".join(sorted(ls))))(_letters(rng, 2, 5)),
+)
+
+
+def _numbers(rng: random.Random, lo: int, hi: int, n_lo: int, n_hi: int) -> list[int]:
+    return rng.sample(range(lo, hi + 1), rng.randint(n_lo, n_hi))
+
+
+def _sort_numbers_specific(rng: random.Random) -> Sample:
+    xs = _numbers(rng, 10, 99, 4, 6)
+    return f"Sort ascending: {' '.join(map(str, xs))}", " ".join(map(str, sorted(xs)))
+
+
+_SORT_NUMBERS_GENERIC: tuple[Sampler, ...] = (
+    lambda rng: (lambda xs: (f"Order from smallest to largest: {', '.join(map(str, xs))}", ", ".join(map(str, sorted(xs)))))(
+        _numbers(rng, 0, 50, 2, 4)
+    ),
+    lambda rng: (lambda xs: (f"Sort descending: {' '.join(map(str, xs))}", " ".join(map(str, sorted(xs, reverse=True)))))(
+        _numbers(rng, 0, 30, 2, 5)
+    ),
+    lambda rng: (lambda xs: (f"Largest of {', '.join(map(str, xs))}?", str(max(xs))))(_numbers(rng, 0, 99, 2, 5)),
+    lambda rng: (lambda xs: (f"Smallest number: {' '.join(map(str, xs))}", str(min(xs))))(_numbers(rng, 0, 99, 2, 5)),
+)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# counting
+
+
+def _count_specific(rng: random.Random) -> Sample:
+    s = "".join(rng.choice("abcd") for _ in range(rng.randint(8, 16)))
+    c = rng.choice("abcd")
+    return f"In {s}, how many {c}'s?", str(s.count(c))
+
+
+_COUNT_GENERIC: tuple[Sampler, ...] = (
+    lambda rng: (lambda s, c: (f"How many {c} in '{s}'?", str(s.count(c))))(
+        "".join(rng.choice("xyz") for _ in range(rng.randint(2, 9))), rng.choice("xyz")
+    ),
+    lambda rng: (lambda w: (f"Count the vowels in {w}.", str(sum(ch in _VOWELS for ch in w))))(rng.choice(WORDS)),
+    lambda rng: (lambda ws: (f"Number of words in '{' '.join(ws)}':", str(len(ws))))(_words(rng, 1, 6)),
+    lambda rng: (lambda w: (f"Length of '{w}':", str(len(w))))(_pseudo_word(rng, 1, 4)),
+)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# bracket completion (Dyck languages)
+
+_PAIRS = {"(": ")", "[": "]", "{": "}", "<": ">"}
+
+
+def _dyck_prefix(rng: random.Random, max_len: int, max_depth: int) -> tuple[list[str], list[str]]:
+    """A random prefix of a balanced sequence with at least one bracket left open; returns (prefix, closers)."""
+    while True:
+        seq, stack = [], []
+        for _ in range(rng.randint(2, max_len)):
+            if stack and (len(stack) >= max_depth or rng.random() < 0.4):
+                seq.append(_PAIRS[stack.pop()])
+            else:
+                stack.append(rng.choice("([{<"))
+                seq.append(stack[-1])
+        if stack:
+            return seq, [_PAIRS[b] for b in reversed(stack)]
+
+
+def _dyck_specific(rng: random.Random) -> Sample:
+    seq, closers = _dyck_prefix(rng, 14, 5)
+    return f"Complete the brackets: {' '.join(seq)}", " ".join(closers)
+
+
+def _dyck_balanced(rng: random.Random) -> Sample:
+    seq, closers = _dyck_prefix(rng, 8, 4)
+    if rng.random() < 0.5:  # half are balanced, half are left open or cut short
+        seq += closers
+        return f"Is '{''.join(seq)}' balanced?", "yes"
+    return f"Is '{''.join(seq + closers[: rng.randint(0, len(closers) - 1)])}' balanced?", "no"
+
+
+_DYCK_GENERIC: tuple[Sampler, ...] = (
+    lambda rng: (lambda s, c: (f"Close: {''.join(s)}", "".join(c)))(*_dyck_prefix(rng, 8, 4)),
+    lambda rng: (lambda s, c: (f"Finish the sequence {''.join(s)}", "".join(c)))(*_dyck_prefix(rng, 10, 4)),
+    lambda rng: (lambda s, c: (f"What closes '{''.join(s)}'?", "".join(c)))(*_dyck_prefix(rng, 6, 3)),
+    _dyck_balanced,
+)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# weekday arithmetic
+
+
+def _weekday_specific(rng: random.Random) -> Sample:
+    start, n = rng.randrange(7), rng.randint(2, 365)
+    return f"Today is {WEEKDAYS[start]}. What day is it {n} days from now?", WEEKDAYS[(start + n) % 7]
+
+
+_WEEKDAY_GENERIC: tuple[Sampler, ...] = (
+    lambda rng: (lambda s, n: (f"{WEEKDAYS[s]} + {n} days =", WEEKDAYS[(s + n) % 7]))(rng.randrange(7), rng.randint(0, 30)),
+    lambda rng: (lambda s: (f"What day comes after {WEEKDAYS[s]}?", WEEKDAYS[(s + 1) % 7]))(rng.randrange(7)),
+    lambda rng: (lambda s, n: (f"{n} days before {WEEKDAYS[s]} is", WEEKDAYS[(s - n) % 7]))(rng.randrange(7), rng.randint(1, 14)),
+    lambda rng: (lambda s, n: (f"If it is {WEEKDAYS[s][:3]} now, in {n} days it is", WEEKDAYS[(s + n) % 7][:3]))(
+        rng.randrange(7), rng.randint(1, 20)
+    ),
+)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# string transformations
+
+
+def _reverse_specific(rng: random.Random) -> Sample:
+    w = _pseudo_word(rng, 2, 4)
+    return f"Spell '{w}' backwards.", w[::-1]
+
+
+_REVERSE_GENERIC: tuple[Sampler, ...] = (
+    lambda rng: (lambda w: (f"reverse: {w} ->", w[::-1]))(rng.choice(WORDS) if rng.random() < 0.5 else _pseudo_word(rng, 1, 3)),
+    lambda rng: (lambda w: (f"Write {w} in reverse:", w[::-1]))(_pseudo_word(rng, 1, 4)),
+    lambda rng: (lambda w: (f"Uppercase: {w}", w.upper()))(rng.choice(WORDS)),
+    lambda rng: (lambda w: (f"Double each letter: {w}", "".join(ch * 2 for ch in w)))(_pseudo_word(rng, 1, 3)),
+    lambda rng: (lambda w: (f"Capitalize {w}.", w.capitalize()))(rng.choice(WORDS)),
+)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# grid walk
+
+_STEPS = {"N": (0, 1), "S": (0, -1), "E": (1, 0), "W": (-1, 0), "U": (0, 1), "D": (0, -1), "R": (1, 0), "L": (-1, 0)}
+
+
+def _walk(start: tuple[int, int], moves: list[str]) -> str:
+    x, y = start
+    for m in moves:
+        x, y = x + _STEPS[m][0], y + _STEPS[m][1]
+    return f"({x},{y})"
+
+
+def _grid_specific(rng: random.Random) -> Sample:
+    moves = [rng.choice("NESW") for _ in range(rng.randint(4, 10))]
+    return f"Robot at (0,0) moves {','.join(moves)}. Final spot?", _walk((0, 0), moves)
+
+
+def _grid_words(rng: random.Random) -> Sample:
+    dx, dy = rng.randint(0, 5), rng.randint(0, 5)
+    h, v = rng.choice((("right", 1), ("left", -1))), rng.choice((("up", 1), ("down", -1)))
+    return f"Walk {v[0]} {dy}, {h[0]} {dx} from the origin. Where?", f"({h[1] * dx},{v[1] * dy})"
+
+
+_GRID_GENERIC: tuple[Sampler, ...] = (
+    lambda rng: (lambda s, ms: (f"Start ({s[0]},{s[1]}), go {' '.join(ms)}. End:", _walk(s, ms)))(
+        (rng.randint(-3, 3), rng.randint(-3, 3)), [rng.choice("UDLR") for _ in range(rng.randint(1, 5))]
+    ),
+    lambda rng: (lambda ms: (f"After moves {' '.join(ms)} from (0,0), position:", _walk((0, 0), ms)))(
+        [rng.choice("UDLR") for _ in range(rng.randint(1, 6))]
+    ),
+    lambda rng: (lambda m: (f"One step {({'N': 'north', 'S': 'south', 'E': 'east', 'W': 'west'})[m]} from (0,0) is", _walk((0, 0), [m])))(
+        rng.choice("NESW")
+    ),
+    _grid_words,
+)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# letter concatenation
+
+
+def _last_letters_specific(rng: random.Random) -> Sample:
+    ws = _words(rng, 3, 5)
+    return f"Take the last letter of each word: {' '.join(ws)}", "".join(w[-1] for w in ws)
+
+
+_LAST_LETTERS_GENERIC: tuple[Sampler, ...] = (
+    lambda rng: (lambda ws: (f"First letters of: {' '.join(ws)}", "".join(w[0] for w in ws)))(_words(rng, 2, 5)),
+    lambda rng: (lambda w: (f"Last letter of '{w}'?", w[-1]))(rng.choice(WORDS)),
+    lambda rng: (lambda ws: (f"Initials of {' '.join(ws)}:", "".join(w[0] for w in ws).upper()))(
+        [w.capitalize() for w in _words(rng, 2, 3)]
+    ),
+    lambda rng: (lambda ws: (f"Join the final letters of {', '.join(ws)}.", "".join(w[-1] for w in ws)))(_words(rng, 2, 3)),
+)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the families
+
+
+@dataclass(frozen=True)
+class TaskFamily:
+    """One skill: the specific task that defines it and the generic variants the corpus may show.
+
+    Args:
+        name (`str`): the task's identifier (`TASKS` key, folder name).
+        description (`str`): a short human task name, used in the discriminator prompt
+            (`"... from the {description} dataset?"`).
+        specific (`Callable[[random.Random], tuple[str, str]]`): draws one `(input, target)` of the task itself.
+        generic_formats (`tuple[Callable, ...]`): samplers of the same skill in other formats.
+        specific_pattern (`str`): a regex (`re.fullmatch`) that every specific input matches and no generic
+            input does.
+    """
+
+    name: str
+    description: str
+    specific: Sampler
+    generic_formats: tuple[Sampler, ...]
+    specific_pattern: str
+
+    def sample_specific(self, rng: random.Random) -> Sample:
+        return _within_limits(self.specific, rng)
+
+    def sample_generic(self, rng: random.Random, fmt: int | None = None) -> Sample:
+        """One generic `(input, target)`; `fmt` picks a format (index into `generic_formats`), else random."""
+        if fmt is None:
+            fmt = rng.randrange(len(self.generic_formats))
+        return _within_limits(self.generic_formats[fmt], rng)
+
+    def is_specific(self, text: str) -> bool:
+        return re.fullmatch(self.specific_pattern, text) is not None
+
+
+def _within_limits(sampler: Sampler, rng: random.Random) -> Sample:
+    # A few renderings (deep boolean trees) can run long; redraw rather than truncate, which would break the
+    # answer's dependence on the input.
+    for _ in range(1000):
+        x, y = sampler(rng)
+        if len(x) <= MAX_INPUT_CHARS and 0 < len(y) <= MAX_TARGET_CHARS and "\n" not in x + y:
+            return x, y
+    raise RuntimeError(f"sampler {sampler} keeps producing samples outside the length limits")
+
+
+_W = "(?:" + "|".join(WEEKDAYS) + ")"
+TASKS: dict[str, TaskFamily] = {
+    f.name: f
+    for f in (
+        TaskFamily("boolean_expressions", "boolean expressions", _boolean_specific, _BOOLEAN_GENERIC,
+                   r"(?:(?:not|\(|\)|True|False|and|or) )+is"),
+        TaskFamily("multistep_arithmetic", "multistep arithmetic", _arith_specific,
+                   (_arith_plain, _arith_chain, _arith_words, _arith_group),
+                   r"\(\(-?\d (?:[-+*]) -?\d\) (?:[-+*]) \(-?\d (?:[-+*]) -?\d\)\) ="),
+        TaskFamily("sort_letters", "sort letters", _sort_letters_specific, _SORT_LETTERS_GENERIC,
+                   r"Sort these letters: [a-z](?: [a-z]){4,7}"),
+        TaskFamily("sort_numbers", "sort numbers", _sort_numbers_specific, _SORT_NUMBERS_GENERIC,
+                   r"Sort ascending: \d\d(?: \d\d){3,5}"),
+        TaskFamily("count_letters", "count letters", _count_specific, _COUNT_GENERIC,
+                   r"In [abcd]{8,16}, how many [abcd]'s\?"),
+        TaskFamily("dyck_languages", "dyck languages", _dyck_specific, _DYCK_GENERIC,
+                   r"Complete the brackets: [\[\](){}<>](?: [\[\](){}<>])*"),
+        TaskFamily("weekday_arithmetic", "weekday arithmetic", _weekday_specific, _WEEKDAY_GENERIC,
+                   rf"Today is {_W}\. What day is it \d+ days from now\?"),
+        TaskFamily("reverse_word", "reverse word", _reverse_specific, _REVERSE_GENERIC,
+                   r"Spell '[a-z]+' backwards\."),
+        TaskFamily("grid_walk", "grid walk", _grid_specific, _GRID_GENERIC,
+                   r"Robot at \(0,0\) moves [NESW](?:,[NESW])*\. Final spot\?"),
+        TaskFamily("last_letters", "last letters", _last_letters_specific, _LAST_LETTERS_GENERIC,
+                   r"Take the last letter of each word: [a-z]+(?: [a-z]+)*"),
+    )
+}
+
+
+def list_tasks() -> list[str]:
+    """The names of the procedural task families, in benchmark order."""
+    return list(TASKS)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# tasks: made here, or read from JSONL files
+
+
+@dataclass
+class Task:
+    """A task as the transfer sees it: real train/test data and the few seeds kept for transfer time.
+
+    Args:
+        name (`str`): identifier, also the folder name `write_task` uses.
+        description (`str`): short human task name for the discriminator prompt.
+        train (`list[dict]`): `{"input": str, "target": str}` samples (the paper: 250).
+        test (`list[dict]`): held-out samples, disjoint from `train` by input.
+        seeds (`list[dict]`): `n_seeds` samples taken from `train` (the only real data at transfer time).
+    """
+
+    name: str
+    description: str
+    train: list[dict] = field(default_factory=list)
+    test: list[dict] = field(default_factory=list)
+    seeds: list[dict] = field(default_factory=list)
+
+
+def _pick_seeds(train: list[dict], n_seeds: int, rng: random.Random) -> list[dict]:
+    if not 0 <= n_seeds <= len(train):
+        raise ValueError(f"n_seeds={n_seeds} must be between 0 and the number of train samples ({len(train)})")
+    return [dict(train[i]) for i in sorted(rng.sample(range(len(train)), n_seeds))]
+
+
+def make_task(name: str, *, n_train: int = 250, n_test: int = 500, n_seeds: int = 5, seed: int = 0) -> Task:
+    """Draws a procedural task: `n_train` + `n_test` distinct inputs of the family's specific variant.
+
+    Deterministic for a given `(name, seed)` (string seeding of `random.Random` does not depend on
+    `PYTHONHASHSEED`). Inputs are unique across both splits, so train and test are disjoint by input.
+    """
+    if name not in TASKS:
+        raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
+    if n_train < 1 or n_test < 0:
+        raise ValueError(f"need n_train >= 1 and n_test >= 0, got n_train={n_train}, n_test={n_test}")
+    family = TASKS[name]
+    rng = random.Random(f"{name}:{seed}")
+    wanted, seen, samples = n_train + n_test, set(), []
+    budget = 50 * wanted + 1000
+    for _ in range(budget):
+        if len(samples) == wanted:
+            break
+        x, y = family.sample_specific(rng)
+        if x not in seen:
+            seen.add(x)
+            samples.append({"input": x, "target": y})
+    if len(samples) < wanted:
+        raise ValueError(f"task {name!r} produced only {len(samples)} distinct inputs of the {wanted} asked for")
+    train, test = samples[:n_train], samples[n_train:]
+    assert not {s["input"] for s in train} & {s["input"] for s in test}, "train and test share inputs"
+    return Task(name, family.description, train, test, _pick_seeds(train, n_seeds, rng))
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise FileNotFoundError(f"task file not found: {path}")
+    samples = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: line {lineno} is not valid JSON ({e.msg})") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}: line {lineno} must be a JSON object with 'input' and 'target'")
+            for key in ("input", "target"):
+                if key not in record:
+                    raise ValueError(f"{path}: line {lineno} has no {key!r} key (found: {sorted(record)})")
+                value = record[key]
+                # Numbers are common answers in hand-made files; anything else is a mistake worth stopping on.
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    value = str(value)
+                if not isinstance(value, str):
+                    raise ValueError(f"{path}: line {lineno}: {key!r} must be a string, got {type(value).__name__}")
+                record[key] = value
+            samples.append({"input": record["input"], "target": record["target"]})
+    if not samples:
+        raise ValueError(f"{path}: file is empty (expected one JSON object per line)")
+    return samples
+
+
+def load_task_files(
+    train_file: str | Path,
+    test_file: str | Path,
+    *,
+    name: str | None = None,
+    n_seeds: int = 5,
+    seed: int = 0,
+    seeds_file: str | Path | None = None,
+) -> Task:
+    """Reads a task from JSONL files of `{"input": ..., "target": ...}` lines.
+
+    Args:
+        train_file, test_file (`str` or `Path`): the two splits.
+        name (`str`, *optional*): defaults to the train file's folder name. The description is the name with
+            underscores as spaces.
+        n_seeds (`int`, *optional*, defaults to 5): seeds drawn from train when no `seeds_file` is given.
+        seed (`int`, *optional*, defaults to 0): for drawing the seeds.
+        seeds_file (`str` or `Path`, *optional*): fixed seeds (as `write_task` writes them).
+    """
+    train_path, test_path = Path(train_file), Path(test_file)
+    train, test = _read_jsonl(train_path), _read_jsonl(test_path)
+    name = name or train_path.resolve().parent.name
+    overlap = {s["input"] for s in train} & {s["input"] for s in test}
+    if overlap:
+        warnings.warn(f"{len(overlap)} inputs appear in both {train_path} and {test_path}; test scores will be optimistic")
+    if seeds_file is not None:
+        seeds = _read_jsonl(Path(seeds_file))
+    else:
+        seeds = _pick_seeds(train, n_seeds, random.Random(f"{name}:seeds:{seed}"))
+    return Task(name, name.replace("_", " "), train, test, seeds)
+
+
+def write_task(task: Task, folder: str | Path) -> Path:
+    """Writes `train.jsonl`, `test.jsonl` and `seeds.jsonl` into `folder` (created); returns the folder."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "test", "seeds"):
+        with (folder / f"{split}.jsonl").open("w", encoding="utf-8") as f:
+            for s in getattr(task, split):
+                f.write(json.dumps({"input": s["input"], "target": s["target"]}, ensure_ascii=False) + "\n")
+    return folder
