@@ -1,0 +1,715 @@
+"""Distillation losses for stage 6 (teacher Ms+θs -> student Mt+θt): pure tensor functions, no trainer code.
+
+Two families:
+
+- **Sequence-level KD** ([`sequence_loss`]): cross-entropy on the teacher's completion tokens. This is the paper's
+  loss and the only one that works across tokenizers (Llama -> Gemma).
+- **Token-level KD** ([`forward_kl`], [`reverse_kl`], [`jsd`], [`token_divergence`], [`mixed_loss`]): a divergence
+  between the teacher's and the student's next-token distributions at every completion position. It needs one shared
+  vocabulary: check it with [`assert_same_vocabulary`] before training.
+
+Conventions shared by every function here:
+
+- `labels` follow the Hugging Face convention: **unshifted**, the same shape as `input_ids`, `-100` (`ignore_index`)
+  on prompt and padding positions. The logits (or hidden states) at position `t` predict `labels[t + 1]`; the shift
+  happens inside, so callers pass what `DataCollatorForLanguageModeling`/`SFTTrainer` produce.
+- The mask of completion positions is `labels[:, 1:] != ignore_index`; divergences are computed at those positions only.
+- Reduction: mean over completion tokens of the whole batch (not per sequence), or `sum / num_items_in_batch` when
+  `num_items_in_batch` is given, which keeps gradient accumulation exact (the transformers/TRL convention).
+- Softmax math is done in float32 whatever the input dtype (bf16 log-softmax over 256k entries loses too much).
+- Temperature `T` softens both distributions (`softmax(logits / T)`). The divergence is **not** multiplied by `T²`:
+  this matches TRL's GKD and `DistillationTrainer`, so loss values and learning rates carry over from TRL runs.
+  (Hinton et al. scale by `T²` to keep the soft term's gradient comparable to a hard-label term as `T` grows; if you
+  mix with cross-entropy at `T > 1` and want that, raise the divergence's weight by `T²` yourself.) The sequence
+  cross-entropy is always at `T = 1`: it is the likelihood of the teacher's actual tokens.
+
+[`chunked_token_divergence`] computes the same numbers as [`mixed_loss`] from hidden states and `lm_head` weights
+without materialising the `(batch, length, vocab)` logits of either model; see its docstring for the memory strategy.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+DIVERGENCE_KINDS = ("forward_kl", "reverse_kl", "jsd")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Per-token definitions, shared by the plain and the chunked paths so that both compute exactly the same thing.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _check_divergence_args(kind: str, beta: float, temperature: float) -> None:
+    if kind not in DIVERGENCE_KINDS:
+        raise ValueError(f"Unknown divergence kind {kind!r}; choose one of {DIVERGENCE_KINDS}.")
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"`beta` must be in [0, 1], got {beta}.")
+    if not temperature > 0.0:
+        raise ValueError(f"`temperature` must be > 0, got {temperature}.")
+
+
+def _effective_kind(kind: str, beta: float) -> str:
+    # TRL's GKD convention: the generalised JSD at beta=0 is the forward KL and at beta=1 the reverse KL. The JSD
+    # formula itself tends to 0 at both ends (the mixture collapses onto one distribution), so the limits are
+    # special-cased exactly like `trl.experimental.gkd.GKDTrainer.generalized_jsd_loss` does.
+    if kind == "jsd" and beta == 0.0:
+        return "forward_kl"
+    if kind == "jsd" and beta == 1.0:
+        return "reverse_kl"
+    return kind
+
+
+def _per_token_divergence(
+    student_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor, kind: str, beta: float
+) -> torch.Tensor:
+    """`(N, V)` float32 log-probabilities of both models -> `(N,)` divergence per position."""
+    kind = _effective_kind(kind, beta)
+    if kind == "forward_kl":
+        # KL(p_t || p_s) = sum_v p_t (log p_t - log p_s): mode-covering, the classic KD objective.
+        return (teacher_log_probs.exp() * (teacher_log_probs - student_log_probs)).sum(-1)
+    if kind == "reverse_kl":
+        # KL(p_s || p_t): mode-seeking; the student is not punished for ignoring the teacher's low-mass tokens.
+        return (student_log_probs.exp() * (student_log_probs - teacher_log_probs)).sum(-1)
+    # Generalised JSD with mixture m = (1 - beta) p_s + beta p_t:
+    #   beta * KL(p_t || m) + (1 - beta) * KL(p_s || m)
+    # log m via logaddexp so that it stays finite where one distribution underflows.
+    log_mixture = torch.logaddexp(student_log_probs + math.log1p(-beta), teacher_log_probs + math.log(beta))
+    kl_teacher = (teacher_log_probs.exp() * (teacher_log_probs - log_mixture)).sum(-1)
+    kl_student = (student_log_probs.exp() * (student_log_probs - log_mixture)).sum(-1)
+    return beta * kl_teacher + (1.0 - beta) * kl_student
+
+
+def _shift_and_gather(labels: torch.Tensor, ignore_index: int, *tensors: torch.Tensor):
+    """Align `(B, L, ...)` tensors with next-token targets and keep completion positions only.
+
+    Returns the targets `(N,)` and each tensor reduced to `(N, ...)`, where `N` is the number of positions `t` with
+    `labels[:, t + 1] != ignore_index`. Gathering before any vocabulary-sized work is what makes prompt tokens free.
+    """
+    if labels.dim() != 2:
+        raise ValueError(f"`labels` must have shape (batch, length), got {tuple(labels.shape)}.")
+    shifted_labels = labels[:, 1:]
+    mask = shifted_labels != ignore_index
+    gathered = []
+    for tensor in tensors:
+        if tensor.shape[:2] != labels.shape:
+            raise ValueError(
+                f"Expected a tensor of shape (batch, length, ...) = {tuple(labels.shape)} + (...), "
+                f"got {tuple(tensor.shape)}. Labels are unshifted (same shape as input_ids)."
+            )
+        gathered.append(tensor[:, :-1][mask])
+    return shifted_labels[mask], *gathered
+
+
+def _reduce(total: torch.Tensor, num_tokens: int | torch.Tensor, num_items_in_batch) -> torch.Tensor:
+    if num_items_in_batch is not None:
+        if isinstance(num_items_in_batch, torch.Tensor):
+            num_items_in_batch = num_items_in_batch.to(total.device)
+        return total / num_items_in_batch
+    # max(.., 1): a batch whose completions were all truncated away gives 0 with a valid graph, not 0/0 = nan.
+    return total / max(int(num_tokens), 1)
+
+
+def _check_same_vocab(student_size: int, teacher_size: int) -> None:
+    if student_size != teacher_size:
+        raise ValueError(
+            f"Student and teacher vocabulary sizes differ ({student_size} vs {teacher_size}). Token-level losses "
+            'need a shared vocabulary; use loss="sequence" (cross-entropy on the teacher\'s completions) instead.'
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Losses on full logits
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def sequence_loss(
+    student_logits: torch.Tensor,
+    labels: torch.Tensor,
+    ignore_index: int = -100,
+    num_items_in_batch: int | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """
+    Cross-entropy of the student on the teacher's completion tokens (sequence-level KD, the paper's loss).
+
+    Args:
+        student_logits (`torch.Tensor`):
+            Student logits of shape `(batch, length, vocab)`.
+        labels (`torch.Tensor`):
+            Unshifted token ids of shape `(batch, length)` with `ignore_index` on prompt and padding positions; the
+            logits at position `t` are scored against `labels[:, t + 1]`.
+        ignore_index (`int`, *optional*, defaults to `-100`):
+            Label value that marks positions without a target.
+        num_items_in_batch (`int` or `torch.Tensor`, *optional*):
+            When given, the loss is `sum / num_items_in_batch` (exact under gradient accumulation); otherwise the
+            mean over the batch's completion tokens.
+
+    Returns:
+        `torch.Tensor`: scalar float32 loss.
+    """
+    targets, logits = _shift_and_gather(labels, ignore_index, student_logits)
+    total = F.cross_entropy(logits.float(), targets, reduction="sum")
+    return _reduce(total, targets.numel(), num_items_in_batch)
+
+
+def token_divergence(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    kind: str = "forward_kl",
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    ignore_index: int = -100,
+    num_items_in_batch: int | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """
+    Divergence between the teacher's and the student's next-token distributions over completion positions.
+
+    Gradients reach `student_logits` only: the teacher's logits are detached.
+
+    Args:
+        student_logits (`torch.Tensor`):
+            Student logits of shape `(batch, length, vocab)`.
+        teacher_logits (`torch.Tensor`):
+            Teacher logits of shape `(batch, length, vocab)` for the same `input_ids` (same vocabulary).
+        labels (`torch.Tensor`):
+            Unshifted labels of shape `(batch, length)`; only positions `t` with `labels[:, t + 1] != ignore_index`
+            count.
+        kind (`str`, *optional*, defaults to `"forward_kl"`):
+            `"forward_kl"` = KL(teacher ‖ student), `"reverse_kl"` = KL(student ‖ teacher), `"jsd"` = generalised
+            Jensen-Shannon divergence with weight `beta`.
+        beta (`float`, *optional*, defaults to `0.5`):
+            Only for `kind="jsd"`, in TRL's GKD convention: mixture `m = (1 - beta) p_student + beta p_teacher`,
+            loss `beta KL(p_teacher ‖ m) + (1 - beta) KL(p_student ‖ m)`; `beta=0` is exactly the forward KL and
+            `beta=1` exactly the reverse KL.
+        temperature (`float`, *optional*, defaults to `1.0`):
+            Both distributions are `softmax(logits / temperature)`. No `T²` factor (see the module docstring).
+        ignore_index (`int`, *optional*, defaults to `-100`):
+            Label value that marks positions without a target.
+        num_items_in_batch (`int` or `torch.Tensor`, *optional*):
+            When given, the loss is `sum / num_items_in_batch`; otherwise the mean over completion tokens.
+
+    Returns:
+        `torch.Tensor`: scalar float32 loss.
+    """
+    _check_divergence_args(kind, beta, temperature)
+    _check_same_vocab(student_logits.shape[-1], teacher_logits.shape[-1])
+    _, student, teacher = _shift_and_gather(labels, ignore_index, student_logits, teacher_logits.detach())
+    student_log_probs = F.log_softmax(student.float() / temperature, dim=-1)
+    teacher_log_probs = F.log_softmax(teacher.float() / temperature, dim=-1)
+    total = _per_token_divergence(student_log_probs, teacher_log_probs, kind, beta).sum()
+    return _reduce(total, student.shape[0], num_items_in_batch)
+
+
+def forward_kl(student_logits, teacher_logits, labels, *, temperature=1.0, ignore_index=-100, num_items_in_batch=None):
+    """
+    KL(teacher ‖ student) per completion token, averaged: [`token_divergence`] with `kind="forward_kl"`.
+
+    Args:
+        student_logits (`torch.Tensor`): `(batch, length, vocab)`.
+        teacher_logits (`torch.Tensor`): `(batch, length, vocab)`, detached inside.
+        labels (`torch.Tensor`): unshifted `(batch, length)`, `ignore_index` off the completion.
+        temperature (`float`, *optional*, defaults to `1.0`): softens both distributions; no `T²` factor.
+        ignore_index (`int`, *optional*, defaults to `-100`).
+        num_items_in_batch (`int` or `torch.Tensor`, *optional*): divide the sum by this instead of the token count.
+
+    Returns:
+        `torch.Tensor`: scalar float32 loss.
+    """
+    return token_divergence(
+        student_logits,
+        teacher_logits,
+        labels,
+        kind="forward_kl",
+        temperature=temperature,
+        ignore_index=ignore_index,
+        num_items_in_batch=num_items_in_batch,
+    )
+
+
+def reverse_kl(student_logits, teacher_logits, labels, *, temperature=1.0, ignore_index=-100, num_items_in_batch=None):
+    """
+    KL(student ‖ teacher) per completion token, averaged: [`token_divergence`] with `kind="reverse_kl"`.
+
+    Args:
+        student_logits (`torch.Tensor`): `(batch, length, vocab)`.
+        teacher_logits (`torch.Tensor`): `(batch, length, vocab)`, detached inside.
+        labels (`torch.Tensor`): unshifted `(batch, length)`, `ignore_index` off the completion.
+        temperature (`float`, *optional*, defaults to `1.0`): softens both distributions; no `T²` factor.
+        ignore_index (`int`, *optional*, defaults to `-100`).
+        num_items_in_batch (`int` or `torch.Tensor`, *optional*): divide the sum by this instead of the token count.
+
+    Returns:
+        `torch.Tensor`: scalar float32 loss.
+    """
+    return token_divergence(
+        student_logits,
+        teacher_logits,
+        labels,
+        kind="reverse_kl",
+        temperature=temperature,
+        ignore_index=ignore_index,
+        num_items_in_batch=num_items_in_batch,
+    )
+
+
+def jsd(
+    student_logits, teacher_logits, labels, *, beta=0.5, temperature=1.0, ignore_index=-100, num_items_in_batch=None
+):
+    """
+    Generalised Jensen-Shannon divergence per completion token, averaged, in TRL's GKD convention.
+
+    With `m = (1 - beta) p_student + beta p_teacher` the loss is `beta KL(p_teacher ‖ m) + (1 - beta) KL(p_student ‖
+    m)`; `beta=0` returns exactly [`forward_kl`] and `beta=1` exactly [`reverse_kl`] (as TRL does; the formula itself
+    vanishes at both ends). `beta=0.5` is the symmetric JSD.
+
+    Args:
+        student_logits (`torch.Tensor`): `(batch, length, vocab)`.
+        teacher_logits (`torch.Tensor`): `(batch, length, vocab)`, detached inside.
+        labels (`torch.Tensor`): unshifted `(batch, length)`, `ignore_index` off the completion.
+        beta (`float`, *optional*, defaults to `0.5`): interpolation weight in `[0, 1]`.
+        temperature (`float`, *optional*, defaults to `1.0`): softens both distributions; no `T²` factor.
+        ignore_index (`int`, *optional*, defaults to `-100`).
+        num_items_in_batch (`int` or `torch.Tensor`, *optional*): divide the sum by this instead of the token count.
+
+    Returns:
+        `torch.Tensor`: scalar float32 loss.
+    """
+    return token_divergence(
+        student_logits,
+        teacher_logits,
+        labels,
+        kind="jsd",
+        beta=beta,
+        temperature=temperature,
+        ignore_index=ignore_index,
+        num_items_in_batch=num_items_in_batch,
+    )
+
+
+def mixed_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor | None,
+    labels: torch.Tensor,
+    *,
+    sequence_weight: float = 0.5,
+    kind: str = "forward_kl",
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    ignore_index: int = -100,
+    num_items_in_batch: int | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """
+    `sequence_weight · sequence_loss + (1 - sequence_weight) · token_divergence`, both over the same tokens.
+
+    Args:
+        student_logits (`torch.Tensor`): `(batch, length, vocab)`.
+        teacher_logits (`torch.Tensor`, *optional*): `(batch, length, vocab)`; may be `None` when
+            `sequence_weight == 1` (pure sequence-level KD, the teacher's logits are not needed).
+        labels (`torch.Tensor`): unshifted `(batch, length)`, `ignore_index` off the completion.
+        sequence_weight (`float`, *optional*, defaults to `0.5`): weight `alpha` in `[0, 1]` of the cross-entropy.
+        kind (`str`, *optional*, defaults to `"forward_kl"`): `"forward_kl"`, `"reverse_kl"` or `"jsd"`.
+        beta (`float`, *optional*, defaults to `0.5`): JSD weight, TRL's GKD convention (see [`jsd`]).
+        temperature (`float`, *optional*, defaults to `1.0`): for the divergence only; the cross-entropy is at `T = 1`.
+        ignore_index (`int`, *optional*, defaults to `-100`).
+        num_items_in_batch (`int` or `torch.Tensor`, *optional*): divide sums by this instead of the token count.
+
+    Returns:
+        `torch.Tensor`: scalar float32 loss.
+    """
+    if not 0.0 <= sequence_weight <= 1.0:
+        raise ValueError(f"`sequence_weight` must be in [0, 1], got {sequence_weight}.")
+    _check_divergence_args(kind, beta, temperature)
+    loss = 0.0
+    if sequence_weight > 0.0:
+        loss = sequence_weight * sequence_loss(student_logits, labels, ignore_index, num_items_in_batch)
+    if sequence_weight < 1.0:
+        if teacher_logits is None:
+            raise ValueError("`teacher_logits` is required when `sequence_weight < 1`.")
+        loss = loss + (1.0 - sequence_weight) * token_divergence(
+            student_logits,
+            teacher_logits,
+            labels,
+            kind=kind,
+            beta=beta,
+            temperature=temperature,
+            ignore_index=ignore_index,
+            num_items_in_batch=num_items_in_batch,
+        )
+    return loss
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Chunked: from hidden states and lm_head weights, O(chunk × vocab) memory in forward and backward
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _softcap(logits: torch.Tensor, cap: float | None):
+    """Gemma-style final-logit soft-capping `cap · tanh(x / cap)`; returns the capped logits and `tanh` for backward."""
+    if cap is None:
+        return logits, None
+    tanh = torch.tanh(logits / cap)
+    return tanh * cap, tanh
+
+
+def _chunk_loss_and_logit_grad(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor | None,
+    targets: torch.Tensor,
+    kind: str,
+    beta: float,
+    temperature: float,
+    sequence_weight: float,
+    compute_grad: bool,
+):
+    """
+    Loss terms of one chunk and, analytically, the gradient of their weighted sum w.r.t. the student's logits.
+
+    Args: float32 student logits `(C, V)` (after soft-capping), teacher logits `(C, V)` or `None`, targets `(C,)`.
+    Returns: divergence sum, cross-entropy sum (float32 scalars), and the `(C, V)` gradient or `None`.
+
+    The gradient is written by hand instead of calling autograd so that nothing vocabulary-sized is kept per chunk:
+    every `(C, V)` temporary dies when this function returns. With `p = softmax(z)`, `z = logits / T`:
+      forward KL  d/dz = p_s - p_t
+      reverse KL  d/dz = p_s (log p_s - log p_t - KL(p_s‖p_t))
+      JSD(beta)   d/dz = (1 - beta) p_s (log p_s - log m - KL(p_s‖m))
+      CE (T = 1)  d/dlogits = softmax(logits) - onehot(target)
+    and d/dlogits = d/dz / T. The tests check these against autograd on the plain functions.
+    """
+    divergence_weight = 1.0 - sequence_weight
+    zero = student_logits.new_zeros(())
+    divergence_sum, ce_sum, grad = zero, zero, None
+    kind = _effective_kind(kind, beta)
+
+    student_log_probs = None
+    if divergence_weight > 0.0:
+        student_log_probs = F.log_softmax(student_logits / temperature, dim=-1)
+        teacher_log_probs = F.log_softmax(teacher_logits / temperature, dim=-1)
+        if kind == "jsd":
+            log_mixture = torch.logaddexp(student_log_probs + math.log1p(-beta), teacher_log_probs + math.log(beta))
+            student_probs = student_log_probs.exp()
+            kl_student_rows = (student_probs * (student_log_probs - log_mixture)).sum(-1)
+            kl_teacher_rows = (teacher_log_probs.exp() * (teacher_log_probs - log_mixture)).sum(-1)
+            divergence_sum = (beta * kl_teacher_rows + (1.0 - beta) * kl_student_rows).sum()
+            if compute_grad:
+                grad = log_mixture.neg_().add_(student_log_probs).sub_(kl_student_rows[:, None])
+                grad.mul_(student_probs).mul_((1.0 - beta) * divergence_weight / temperature)
+            del log_mixture, student_probs
+        else:
+            divergence_sum = _per_token_divergence(student_log_probs, teacher_log_probs, kind, beta).sum()
+            if compute_grad and kind == "forward_kl":
+                grad = student_log_probs.exp().sub_(teacher_log_probs.exp())
+                grad.mul_(divergence_weight / temperature)
+            elif compute_grad:  # reverse_kl
+                rows = (student_log_probs.exp() * (student_log_probs - teacher_log_probs)).sum(-1)
+                grad = (student_log_probs - teacher_log_probs).sub_(rows[:, None]).mul_(student_log_probs.exp())
+                grad.mul_(divergence_weight / temperature)
+        del teacher_log_probs
+
+    if sequence_weight > 0.0:
+        # The cross-entropy is at T = 1; reuse the divergence's log-softmax when it was already at T = 1.
+        if student_log_probs is None or temperature != 1.0:
+            student_log_probs = F.log_softmax(student_logits, dim=-1)
+        target_log_probs = student_log_probs.gather(-1, targets[:, None]).squeeze(-1)
+        ce_sum = -target_log_probs.sum()
+        if compute_grad:
+            ce_grad = student_log_probs.exp_()  # in place: the log-probabilities are not needed any more
+            ce_grad[torch.arange(targets.numel(), device=targets.device), targets] -= 1.0
+            ce_grad.mul_(sequence_weight)
+            grad = ce_grad if grad is None else grad.add_(ce_grad)
+    return divergence_sum, ce_sum, grad
+
+
+class _ChunkedDistillationLoss(torch.autograd.Function):
+    """
+    Sum over positions of `sequence_weight · CE + (1 - sequence_weight) · divergence`, from hidden states.
+
+    The gradients w.r.t. the student's hidden states, `lm_head` weight and bias are computed chunk by chunk during
+    the forward pass and saved (they are no larger than the inputs themselves); backward only scales them by the
+    incoming scalar gradient. So the backward never recomputes logits, and autograd never holds any chunk's logits.
+    """
+
+    @staticmethod
+    def forward(
+        ctx,
+        student_hidden,  # (N, H_s)
+        student_weight,  # (V, H_s)
+        student_bias,  # (V,) or None
+        teacher_hidden,  # (N, H_t) or None
+        teacher_weight,  # (V, H_t) or None
+        teacher_bias,  # (V,) or None
+        targets,  # (N,)
+        options,
+    ):
+        kind, beta, temperature, sequence_weight, chunk_size, student_cap, teacher_cap, compute_grad = options
+        needs_hidden, needs_weight, needs_bias = ctx.needs_input_grad[:3]
+        compute_grad = compute_grad and (needs_hidden or needs_weight or needs_bias)
+        num_positions = student_hidden.shape[0]
+        device = student_hidden.device
+
+        # Gradients accumulate in float32 whatever the model dtype: the lm_head gradient sums over all chunks.
+        grad_hidden = torch.zeros_like(student_hidden, dtype=torch.float32) if compute_grad and needs_hidden else None
+        grad_weight = torch.zeros_like(student_weight, dtype=torch.float32) if compute_grad and needs_weight else None
+        grad_bias = (
+            torch.zeros_like(student_bias, dtype=torch.float32)
+            if compute_grad and needs_bias and student_bias is not None
+            else None
+        )
+        divergence_total = torch.zeros((), device=device, dtype=torch.float32)
+        ce_total = torch.zeros((), device=device, dtype=torch.float32)
+
+        for start in range(0, num_positions, chunk_size):
+            end = min(start + chunk_size, num_positions)
+            hidden_chunk = student_hidden[start:end]
+            # Logits in the model's dtype, like the model's own lm_head, then float32 for the softmax math.
+            student_logits, tanh = _softcap(F.linear(hidden_chunk, student_weight, student_bias).float(), student_cap)
+            teacher_logits = None
+            if sequence_weight < 1.0:
+                teacher_logits = F.linear(teacher_hidden[start:end], teacher_weight, teacher_bias).float()
+                teacher_logits, _ = _softcap(teacher_logits, teacher_cap)
+            divergence_sum, ce_sum, grad_logits = _chunk_loss_and_logit_grad(
+                student_logits, teacher_logits, targets[start:end], kind, beta, temperature, sequence_weight,
+                compute_grad,
+            )
+            del student_logits, teacher_logits
+            divergence_total += divergence_sum
+            ce_total += ce_sum
+            if grad_logits is None:
+                continue
+            if tanh is not None:
+                # d/dx [cap · tanh(x / cap)] = 1 - tanh²
+                grad_logits.mul_(tanh.square_().neg_().add_(1.0))
+            del tanh
+            if grad_hidden is not None:
+                # Matmul in the weight's dtype (what autograd on the unchunked model would do), output float32.
+                grad_hidden[start:end] = (grad_logits.to(student_weight.dtype) @ student_weight).float()
+            if grad_weight is not None:
+                grad_weight.addmm_(grad_logits.t(), hidden_chunk.float())
+            if grad_bias is not None:
+                grad_bias += grad_logits.sum(0)
+            del grad_logits
+
+        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
+        ctx.input_dtypes = (student_hidden.dtype, student_weight.dtype, None if student_bias is None else student_bias.dtype)
+        loss_total = (1.0 - sequence_weight) * divergence_total + sequence_weight * ce_total
+        ctx.mark_non_differentiable(divergence_total, ce_total)
+        return loss_total, divergence_total, ce_total
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss, _grad_divergence, _grad_ce):
+        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
+        dtypes = ctx.input_dtypes
+
+        def scale(grad, dtype):
+            # The loss is a sum, so its gradient is linear in the incoming scalar (1 / num_tokens, loss weights, ...).
+            return None if grad is None else (grad * grad_loss).to(dtype)
+
+        return (
+            scale(grad_hidden, dtypes[0]),
+            scale(grad_weight, dtypes[1]),
+            scale(grad_bias, dtypes[2]),
+            None,  # teacher hidden: the teacher never receives a gradient
+            None,
+            None,
+            None,
+            None,
+        )
+
+
+def _split_lm_head(lm_head) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if lm_head is None:
+        return None, None
+    if isinstance(lm_head, torch.Tensor):
+        return lm_head, None
+    if isinstance(lm_head, (tuple, list)):
+        weight, bias = lm_head
+        return weight, bias
+    return lm_head.weight, getattr(lm_head, "bias", None)
+
+
+def chunked_token_divergence(
+    student_hidden: torch.Tensor,
+    student_lm_head,
+    teacher_hidden: torch.Tensor | None,
+    teacher_lm_head,
+    labels: torch.Tensor,
+    *,
+    kind: str = "forward_kl",
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    chunk_size: int = 256,
+    sequence_weight: float = 0.0,
+    logit_softcap: float | tuple[float | None, float | None] | None = None,
+    ignore_index: int = -100,
+    num_items_in_batch: int | torch.Tensor | None = None,
+    return_components: bool = False,
+):
+    """
+    [`mixed_loss`] computed from final hidden states and `lm_head` weights, never materialising full logits.
+
+    Value and gradients equal those of `mixed_loss(lm_head_s(h_s), lm_head_t(h_t), labels, ...)` (up to float
+    rounding) while peak memory stays O(`chunk_size` × vocab) instead of O(batch × length × vocab) for each model:
+
+    1. The completion positions (`labels[:, t + 1] != ignore_index`) are gathered first, so prompt and padding
+       positions cost nothing.
+    2. Positions are processed `chunk_size` at a time: both models' logits for the chunk, the divergence and the
+       cross-entropy, and, analytically, the gradient w.r.t. the student's chunk logits, which is immediately
+       projected back onto the student's hidden states and `lm_head` weight/bias. The chunk's logits are then freed.
+    3. This happens inside a custom `torch.autograd.Function`, so autograd stores only the accumulated gradients
+       (the size of the hidden states, plus the size of the `lm_head` weight if it requires grad); backward multiplies
+       them by the incoming scalar. No logits are recomputed in backward and none are kept alive by autograd.
+
+    Gradients flow to `student_hidden` and to the student `lm_head` weight/bias when they require grad (under
+    `torch.no_grad()` no gradient work is done at all); the teacher's tensors never receive one. Peak extra memory
+    is about eight float32 `(chunk_size, vocab)` buffers: 256 × 256k × 4 B × 8 ≈ 2 GB at the default chunk size.
+
+    Args:
+        student_hidden (`torch.Tensor`):
+            Student's final hidden states (after the final norm, i.e. the `lm_head` input), `(batch, length, H_s)`.
+        student_lm_head (`torch.nn.Linear`, `torch.Tensor` or `tuple`):
+            The student's `lm_head` module, or its weight `(vocab, H_s)`, or a `(weight, bias)` pair (bias may be
+            `None`).
+        teacher_hidden (`torch.Tensor`, *optional*):
+            Teacher's final hidden states for the same `input_ids`, `(batch, length, H_t)`; `H_t` may differ from
+            `H_s`. May be `None` when `sequence_weight == 1`.
+        teacher_lm_head (`torch.nn.Linear`, `torch.Tensor` or `tuple`, *optional*):
+            The teacher's `lm_head`, `(vocab, H_t)`, same forms as `student_lm_head`. Same vocabulary size required.
+        labels (`torch.Tensor`):
+            Unshifted labels `(batch, length)` with `ignore_index` off the completion (see the module docstring).
+        kind (`str`, *optional*, defaults to `"forward_kl"`):
+            `"forward_kl"`, `"reverse_kl"` or `"jsd"` (see [`token_divergence`]).
+        beta (`float`, *optional*, defaults to `0.5`):
+            JSD weight in TRL's GKD convention; `0` = forward KL, `1` = reverse KL.
+        temperature (`float`, *optional*, defaults to `1.0`):
+            Softens both distributions for the divergence; no `T²` factor; the cross-entropy stays at `T = 1`.
+        chunk_size (`int`, *optional*, defaults to `256`):
+            Completion positions per chunk. Any value ≥ 1 gives the same result; larger is faster and uses more memory.
+        sequence_weight (`float`, *optional*, defaults to `0.0`):
+            Weight `alpha` of the cross-entropy on the teacher's tokens: the loss is `alpha · CE + (1 - alpha) ·
+            divergence`, in one pass. With `1.0` the teacher is not used (chunked plain SFT loss).
+        logit_softcap (`float` or `tuple`, *optional*):
+            Final-logit soft-capping `cap · tanh(logits / cap)` applied before the softmax (Gemma 2/3 set
+            `config.final_logit_softcapping`; with hidden states you bypass the model's own capping, so pass it here).
+            A float applies to both models, a `(student_cap, teacher_cap)` pair to each (either may be `None`).
+        ignore_index (`int`, *optional*, defaults to `-100`):
+            Label value that marks positions without a target.
+        num_items_in_batch (`int` or `torch.Tensor`, *optional*):
+            When given, the loss is `sum / num_items_in_batch`; otherwise the mean over completion tokens.
+        return_components (`bool`, *optional*, defaults to `False`):
+            Also return the detached divergence and cross-entropy (same reduction), for logging.
+
+    Returns:
+        `torch.Tensor` (scalar float32 loss), or `(loss, divergence, cross_entropy)` when `return_components=True`.
+    """
+    _check_divergence_args(kind, beta, temperature)
+    if not 0.0 <= sequence_weight <= 1.0:
+        raise ValueError(f"`sequence_weight` must be in [0, 1], got {sequence_weight}.")
+    if chunk_size < 1:
+        raise ValueError(f"`chunk_size` must be >= 1, got {chunk_size}.")
+    student_cap, teacher_cap = logit_softcap if isinstance(logit_softcap, (tuple, list)) else (logit_softcap,) * 2
+
+    student_weight, student_bias = _split_lm_head(student_lm_head)
+    teacher_weight, teacher_bias = _split_lm_head(teacher_lm_head)
+    if sequence_weight < 1.0:
+        if teacher_hidden is None or teacher_weight is None:
+            raise ValueError("`teacher_hidden` and `teacher_lm_head` are required when `sequence_weight < 1`.")
+        _check_same_vocab(student_weight.shape[0], teacher_weight.shape[0])
+        # Detach here as well as returning no gradient: a teacher run without `torch.no_grad()` must not pull its
+        # graph into the student's backward.
+        teacher_weight = teacher_weight.detach()
+        teacher_bias = None if teacher_bias is None else teacher_bias.detach()
+        targets, student_rows, teacher_rows = _shift_and_gather(
+            labels, ignore_index, student_hidden, teacher_hidden.detach()
+        )
+    else:
+        targets, student_rows = _shift_and_gather(labels, ignore_index, student_hidden)
+        teacher_rows, teacher_weight, teacher_bias = None, None, None
+
+    options = (kind, beta, temperature, sequence_weight, chunk_size, student_cap, teacher_cap, torch.is_grad_enabled())
+    loss_sum, divergence_sum, ce_sum = _ChunkedDistillationLoss.apply(
+        student_rows, student_weight, student_bias, teacher_rows, teacher_weight, teacher_bias, targets, options
+    )
+    num_tokens = targets.numel()
+    loss = _reduce(loss_sum, num_tokens, num_items_in_batch)
+    if return_components:
+        return loss, _reduce(divergence_sum, num_tokens, num_items_in_batch), _reduce(ce_sum, num_tokens, num_items_in_batch)
+    return loss
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Vocabulary check
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def assert_same_vocabulary(
+    teacher_tokenizer,
+    student_tokenizer,
+    teacher_vocab_size: int | None = None,
+    student_vocab_size: int | None = None,
+) -> None:
+    """
+    Refuse token-level distillation unless teacher and student share one vocabulary, id for id.
+
+    Token-level losses compare the two next-token distributions entry by entry, so entry `i` must be the same token
+    for both models. Equal vocabulary *sets* are not enough: the same tokens under different ids (a re-trained or
+    re-ordered tokenizer) would silently compare unrelated tokens, so the full `get_vocab()` maps (added tokens
+    included) must be equal.
+
+    The `lm_head` sizes, when given, must be equal and at least the tokenizer length. Models often pad their
+    embedding matrix beyond the tokenizer (to a multiple of 64/128); padded rows are accepted when both models pad
+    to the same size, because the losses compare full `lm_head` outputs and need equal widths. Models that pad to
+    different sizes (e.g. two sizes of one family with 151,936 and 152,064 rows) are refused rather than silently
+    truncated.
+
+    Args:
+        teacher_tokenizer ([`~transformers.PreTrainedTokenizerBase`]):
+            The teacher's tokenizer (source base model).
+        student_tokenizer ([`~transformers.PreTrainedTokenizerBase`]):
+            The student's tokenizer (target base model).
+        teacher_vocab_size (`int`, *optional*):
+            Rows of the teacher's `lm_head` (`model.get_output_embeddings().weight.shape[0]`).
+        student_vocab_size (`int`, *optional*):
+            Rows of the student's `lm_head`.
+
+    Raises:
+        `ValueError`: when the vocabularies differ, saying to use `loss="sequence"` instead.
+    """
+    advice = (
+        'Token-level losses (forward_kl, reverse_kl, jsd) need a shared vocabulary; use loss="sequence" '
+        "(cross-entropy on the teacher's completions, which works across tokenizers) instead."
+    )
+    teacher_vocab = teacher_tokenizer.get_vocab()
+    student_vocab = student_tokenizer.get_vocab()
+    if teacher_vocab != student_vocab:
+        only_teacher = teacher_vocab.keys() - student_vocab.keys()
+        only_student = student_vocab.keys() - teacher_vocab.keys()
+        if only_teacher or only_student:
+            detail = (
+                f"{len(only_teacher)} tokens only in the teacher's vocabulary (e.g. {sorted(only_teacher)[:3]}), "
+                f"{len(only_student)} only in the student's (e.g. {sorted(only_student)[:3]})"
+            )
+        else:
+            moved = sorted(token for token in teacher_vocab if teacher_vocab[token] != student_vocab[token])
+            example = moved[0]
+            detail = (
+                f"the same {len(teacher_vocab)} tokens but {len(moved)} under different ids "
+                f"(e.g. {example!r}: teacher {teacher_vocab[example]}, student {student_vocab[example]})"
+            )
+        raise ValueError(f"Teacher and student tokenizers differ: {detail}. {advice}")
+
+    tokenizer_size = len(teacher_vocab)
+    for name, size in (("teacher", teacher_vocab_size), ("student", student_vocab_size)):
+        if size is not None and size < tokenizer_size:
+            raise ValueError(
+                f"The {name}'s lm_head has {size} rows but its tokenizer has {tokenizer_size} tokens. {advice}"
+            )
+    if teacher_vocab_size is not None and student_vocab_size is not None and teacher_vocab_size != student_vocab_size:
+        raise ValueError(
+            f"Teacher and student share a tokenizer ({tokenizer_size} tokens) but their lm_heads have different "
+            f"sizes ({teacher_vocab_size} vs {student_vocab_size} rows, padded differently). {advice}"
+        )
