@@ -80,40 +80,55 @@ MISC_ITEM_FAMILIES = {
 # blocks
 
 
-def _generic_sample(rng: random.Random, exclude: set[str], family=None, fmt: int | None = None) -> Sample:
-    family = family or TASKS[rng.choice(list(TASKS))]
-    for _ in range(1000):
-        x, y = family.sample_generic(rng, fmt)
+def _generic_sample(rng: random.Random, exclude: set[str], family=None, fmt: int | None = None) -> Sample | None:
+    """A generic sample outside `exclude`, or None when the format keeps producing excluded inputs."""
+    for _ in range(50):
+        fam = family or TASKS[rng.choice(list(TASKS))]
+        x, y = fam.sample_generic(rng, fmt)
         # Generic formats never match a specific template (tests check it); `exclude` is the second guard.
-        if x not in exclude and not family.is_specific(x):
+        if x not in exclude and not fam.is_specific(x):
             return x, y
-    raise RuntimeError(f"could not draw a generic {family.name} sample outside `exclude`")
+    return None
 
 
 def qa_block(rng: random.Random, exclude: set[str] = frozenset(), n: int | None = None) -> str:
     """`n` (default 1-4) generic Q/A demonstrations, `"{input}\\nAnswer: {target}"`, one blank line apart."""
-    demos = [_generic_sample(rng, exclude) for _ in range(n or rng.randint(1, 4))]
+    demos = []
+    for _ in range(n or rng.randint(1, 4)):
+        sample = _generic_sample(rng, exclude)  # family and format drawn afresh on every try
+        if sample is None:
+            raise RuntimeError("`exclude` covers nearly every generic input; cannot build Q/A demonstrations")
+        demos.append(sample)
     return BLOCK_SEPARATOR.join(f"{x}{ANSWER_PREFIX} {y}" for x, y in demos)
 
 
-def list_block(rng: random.Random, exclude: set[str] = frozenset(), n: int = 10) -> str:
-    """A numbered list in the generator prompt's format; all items from one source, no item repeated."""
+def _list_items(rng: random.Random, exclude: set[str], n: int) -> list[str] | None:
+    """`n` distinct items from one source (one generic format or one misc family); None if it has too few."""
     if rng.random() < 0.6:
         family = TASKS[rng.choice(list(TASKS))]
         fmt = rng.randrange(len(family.generic_formats))
-        draw = lambda: _generic_sample(rng, exclude, family, fmt)[0]  # noqa: E731
+        draw = lambda: (_generic_sample(rng, exclude, family, fmt) or ("",))[0]  # noqa: E731
     else:
         make = MISC_ITEM_FAMILIES[rng.choice(list(MISC_ITEM_FAMILIES))]
         draw = lambda: make(rng)  # noqa: E731
     items: list[str] = []
-    for _ in range(20 * n):
+    for _ in range(10 * n):
         item = draw()
-        if item not in items and item not in exclude:
+        if item and item not in items and item not in exclude:
             items.append(item)
-        if len(items) == n:
-            break
-    lines = [LIST_HEADER.format(n=n)] + [f"{i}. {item}" for i, item in enumerate(items, start=1)]
-    return "\n".join(lines)
+            if len(items) == n:
+                return items
+    return None  # e.g. "One step north from (0,0) is" has only four inputs
+
+
+def list_block(rng: random.Random, exclude: set[str] = frozenset(), n: int = 10) -> str:
+    """A numbered list in the generator prompt's format; all items from one source, no item repeated."""
+    for _ in range(100):
+        items = _list_items(rng, exclude, n)
+        if items is not None:
+            lines = [LIST_HEADER.format(n=n)] + [f"{i}. {item}" for i, item in enumerate(items, start=1)]
+            return "\n".join(lines)
+    raise RuntimeError(f"no item source gives {n} distinct items outside `exclude`")
 
 
 def filler_block(rng: random.Random) -> str:

@@ -549,13 +549,13 @@ def load_task_files(
     train_path, test_path = Path(train_file), Path(test_file)
     train, test = _read_jsonl(train_path), _read_jsonl(test_path)
     name = name or train_path.resolve().parent.name
-    overlap = {s["input"] for s in train} & {s["input"] for s in test}
-    if overlap:
-        warnings.warn(f"{len(overlap)} inputs appear in both {train_path} and {test_path}; test scores will be optimistic")
     if seeds_file is not None:
         seeds = _read_jsonl(Path(seeds_file))
     else:
         seeds = _pick_seeds(train, n_seeds, random.Random(f"{name}:seeds:{seed}"))
+    overlap = {s["input"] for s in train} & {s["input"] for s in test}
+    if overlap:
+        warnings.warn(f"{len(overlap)} inputs appear in both {train_path} and {test_path}; test scores will be optimistic")
     return Task(name, name.replace("_", " "), train, test, seeds)
 
 
