@@ -16,7 +16,8 @@ Conventions shared by every function here:
 - The mask of completion positions is `labels[:, 1:] != ignore_index`; divergences are computed at those positions only.
 - Reduction: mean over completion tokens of the whole batch (not per sequence), or `sum / num_items_in_batch` when
   `num_items_in_batch` is given, which keeps gradient accumulation exact (the transformers/TRL convention).
-- Softmax math is done in float32 whatever the input dtype (bf16 log-softmax over 256k entries loses too much).
+- Softmax math is done in (at least) float32 whatever the input dtype (bf16 log-softmax over 256k entries loses too
+  much); losses are float32 (float64 for float64 inputs).
 - Temperature `T` softens both distributions (`softmax(logits / T)`). The divergence is **not** multiplied by `T²`:
   this matches TRL's GKD and `DistillationTrainer`, so loss values and learning rates carry over from TRL runs.
   (Hinton et al. scale by `T²` to keep the soft term's gradient comparable to a hard-label term as `T` grows; if you
@@ -43,6 +44,11 @@ DIVERGENCE_KINDS = ("forward_kl", "reverse_kl", "jsd")
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _upcast(tensor: torch.Tensor) -> torch.Tensor:
+    # At least float32 for softmax math (bf16 over a 256k vocabulary loses too much); float64 stays float64.
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
 def _check_divergence_args(kind: str, beta: float, temperature: float) -> None:
     if kind not in DIVERGENCE_KINDS:
         raise ValueError(f"Unknown divergence kind {kind!r}; choose one of {DIVERGENCE_KINDS}.")
@@ -66,7 +72,7 @@ def _effective_kind(kind: str, beta: float) -> str:
 def _per_token_divergence(
     student_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor, kind: str, beta: float
 ) -> torch.Tensor:
-    """`(N, V)` float32 log-probabilities of both models -> `(N,)` divergence per position."""
+    """`(N, V)` upcast log-probabilities of both models -> `(N,)` divergence per position."""
     kind = _effective_kind(kind, beta)
     if kind == "forward_kl":
         # KL(p_t || p_s) = sum_v p_t (log p_t - log p_s): mode-covering, the classic KD objective.
@@ -148,10 +154,10 @@ def sequence_loss(
             mean over the batch's completion tokens.
 
     Returns:
-        `torch.Tensor`: scalar float32 loss.
+        `torch.Tensor`: scalar loss, float32 (float64 for float64 inputs).
     """
     targets, logits = _shift_and_gather(labels, ignore_index, student_logits)
-    total = F.cross_entropy(logits.float(), targets, reduction="sum")
+    total = F.cross_entropy(_upcast(logits), targets, reduction="sum")
     return _reduce(total, targets.numel(), num_items_in_batch)
 
 
@@ -194,13 +200,13 @@ def token_divergence(
             When given, the loss is `sum / num_items_in_batch`; otherwise the mean over completion tokens.
 
     Returns:
-        `torch.Tensor`: scalar float32 loss.
+        `torch.Tensor`: scalar loss, float32 (float64 for float64 inputs).
     """
     _check_divergence_args(kind, beta, temperature)
     _check_same_vocab(student_logits.shape[-1], teacher_logits.shape[-1])
     _, student, teacher = _shift_and_gather(labels, ignore_index, student_logits, teacher_logits.detach())
-    student_log_probs = F.log_softmax(student.float() / temperature, dim=-1)
-    teacher_log_probs = F.log_softmax(teacher.float() / temperature, dim=-1)
+    student_log_probs = F.log_softmax(_upcast(student) / temperature, dim=-1)
+    teacher_log_probs = F.log_softmax(_upcast(teacher) / temperature, dim=-1)
     total = _per_token_divergence(student_log_probs, teacher_log_probs, kind, beta).sum()
     return _reduce(total, student.shape[0], num_items_in_batch)
 
@@ -218,7 +224,7 @@ def forward_kl(student_logits, teacher_logits, labels, *, temperature=1.0, ignor
         num_items_in_batch (`int` or `torch.Tensor`, *optional*): divide the sum by this instead of the token count.
 
     Returns:
-        `torch.Tensor`: scalar float32 loss.
+        `torch.Tensor`: scalar loss, float32 (float64 for float64 inputs).
     """
     return token_divergence(
         student_logits,
@@ -244,7 +250,7 @@ def reverse_kl(student_logits, teacher_logits, labels, *, temperature=1.0, ignor
         num_items_in_batch (`int` or `torch.Tensor`, *optional*): divide the sum by this instead of the token count.
 
     Returns:
-        `torch.Tensor`: scalar float32 loss.
+        `torch.Tensor`: scalar loss, float32 (float64 for float64 inputs).
     """
     return token_divergence(
         student_logits,
@@ -277,7 +283,7 @@ def jsd(
         num_items_in_batch (`int` or `torch.Tensor`, *optional*): divide the sum by this instead of the token count.
 
     Returns:
-        `torch.Tensor`: scalar float32 loss.
+        `torch.Tensor`: scalar loss, float32 (float64 for float64 inputs).
     """
     return token_divergence(
         student_logits,
@@ -319,7 +325,7 @@ def mixed_loss(
         num_items_in_batch (`int` or `torch.Tensor`, *optional*): divide sums by this instead of the token count.
 
     Returns:
-        `torch.Tensor`: scalar float32 loss.
+        `torch.Tensor`: scalar loss, float32 (float64 for float64 inputs).
     """
     if not 0.0 <= sequence_weight <= 1.0:
         raise ValueError(f"`sequence_weight` must be in [0, 1], got {sequence_weight}.")
@@ -349,7 +355,7 @@ def mixed_loss(
 
 
 def _softcap(logits: torch.Tensor, cap: float | None):
-    """Gemma-style final-logit soft-capping `cap · tanh(x / cap)`; returns the capped logits and `tanh` for backward."""
+    """Gemma-style soft-capping `cap · tanh(x / cap)`; returns the capped logits and `tanh` for the gradient."""
     if cap is None:
         return logits, None
     tanh = torch.tanh(logits / cap)
@@ -369,8 +375,8 @@ def _chunk_loss_and_logit_grad(
     """
     Loss terms of one chunk and, analytically, the gradient of their weighted sum w.r.t. the student's logits.
 
-    Args: float32 student logits `(C, V)` (after soft-capping), teacher logits `(C, V)` or `None`, targets `(C,)`.
-    Returns: divergence sum, cross-entropy sum (float32 scalars), and the `(C, V)` gradient or `None`.
+    Args: upcast student logits `(C, V)` (after soft-capping), teacher logits `(C, V)` or `None`, targets `(C,)`.
+    Returns: divergence sum, cross-entropy sum (upcast scalars), and the `(C, V)` gradient or `None`.
 
     The gradient is written by hand instead of calling autograd so that nothing vocabulary-sized is kept per chunk:
     every `(C, V)` temporary dies when this function returns. With `p = softmax(z)`, `z = logits / T`:
@@ -451,25 +457,26 @@ class _ChunkedDistillationLoss(torch.autograd.Function):
         num_positions = student_hidden.shape[0]
         device = student_hidden.device
 
-        # Gradients accumulate in float32 whatever the model dtype: the lm_head gradient sums over all chunks.
-        grad_hidden = torch.zeros_like(student_hidden, dtype=torch.float32) if compute_grad and needs_hidden else None
-        grad_weight = torch.zeros_like(student_weight, dtype=torch.float32) if compute_grad and needs_weight else None
+        # Gradients accumulate in (at least) float32 whatever the model dtype: the lm_head gradient sums over chunks.
+        acc_dtype = torch.promote_types(student_hidden.dtype, torch.float32)
+        grad_hidden = torch.zeros_like(student_hidden, dtype=acc_dtype) if compute_grad and needs_hidden else None
+        grad_weight = torch.zeros_like(student_weight, dtype=acc_dtype) if compute_grad and needs_weight else None
         grad_bias = (
-            torch.zeros_like(student_bias, dtype=torch.float32)
+            torch.zeros_like(student_bias, dtype=acc_dtype)
             if compute_grad and needs_bias and student_bias is not None
             else None
         )
-        divergence_total = torch.zeros((), device=device, dtype=torch.float32)
-        ce_total = torch.zeros((), device=device, dtype=torch.float32)
+        divergence_total = torch.zeros((), device=device, dtype=acc_dtype)
+        ce_total = torch.zeros((), device=device, dtype=acc_dtype)
 
         for start in range(0, num_positions, chunk_size):
             end = min(start + chunk_size, num_positions)
             hidden_chunk = student_hidden[start:end]
-            # Logits in the model's dtype, like the model's own lm_head, then float32 for the softmax math.
-            student_logits, tanh = _softcap(F.linear(hidden_chunk, student_weight, student_bias).float(), student_cap)
+            # Logits in the model's dtype, like the model's own lm_head, then upcast for the softmax math.
+            student_logits, tanh = _softcap(_upcast(F.linear(hidden_chunk, student_weight, student_bias)), student_cap)
             teacher_logits = None
             if sequence_weight < 1.0:
-                teacher_logits = F.linear(teacher_hidden[start:end], teacher_weight, teacher_bias).float()
+                teacher_logits = _upcast(F.linear(teacher_hidden[start:end], teacher_weight, teacher_bias))
                 teacher_logits, _ = _softcap(teacher_logits, teacher_cap)
             divergence_sum, ce_sum, grad_logits = _chunk_loss_and_logit_grad(
                 student_logits, teacher_logits, targets[start:end], kind, beta, temperature, sequence_weight,
@@ -485,16 +492,17 @@ class _ChunkedDistillationLoss(torch.autograd.Function):
                 grad_logits.mul_(tanh.square_().neg_().add_(1.0))
             del tanh
             if grad_hidden is not None:
-                # Matmul in the weight's dtype (what autograd on the unchunked model would do), output float32.
-                grad_hidden[start:end] = (grad_logits.to(student_weight.dtype) @ student_weight).float()
+                # Matmul in the weight's dtype (what autograd on the unchunked model would do), accumulated upcast.
+                grad_hidden[start:end] = grad_logits.to(student_weight.dtype) @ student_weight
             if grad_weight is not None:
-                grad_weight.addmm_(grad_logits.t(), hidden_chunk.float())
+                grad_weight.addmm_(grad_logits.t(), hidden_chunk.to(acc_dtype))
             if grad_bias is not None:
                 grad_bias += grad_logits.sum(0)
             del grad_logits
 
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
-        ctx.input_dtypes = (student_hidden.dtype, student_weight.dtype, None if student_bias is None else student_bias.dtype)
+        bias_dtype = None if student_bias is None else student_bias.dtype
+        ctx.input_dtypes = (student_hidden.dtype, student_weight.dtype, bias_dtype)
         loss_total = (1.0 - sequence_weight) * divergence_total + sequence_weight * ce_total
         ctx.mark_non_differentiable(divergence_total, ce_total)
         return loss_total, divergence_total, ce_total
@@ -588,7 +596,7 @@ def chunked_token_divergence(
         temperature (`float`, *optional*, defaults to `1.0`):
             Softens both distributions for the divergence; no `T²` factor; the cross-entropy stays at `T = 1`.
         chunk_size (`int`, *optional*, defaults to `256`):
-            Completion positions per chunk. Any value ≥ 1 gives the same result; larger is faster and uses more memory.
+            Completion positions per chunk. Any value ≥ 1 gives the same result; larger is faster, uses more memory.
         sequence_weight (`float`, *optional*, defaults to `0.0`):
             Weight `alpha` of the cross-entropy on the teacher's tokens: the loss is `alpha · CE + (1 - alpha) ·
             divergence`, in one pass. With `1.0` the teacher is not used (chunked plain SFT loss).
@@ -604,7 +612,7 @@ def chunked_token_divergence(
             Also return the detached divergence and cross-entropy (same reduction), for logging.
 
     Returns:
-        `torch.Tensor` (scalar float32 loss), or `(loss, divergence, cross_entropy)` when `return_components=True`.
+        `torch.Tensor` (scalar loss), or `(loss, divergence, cross_entropy)` when `return_components=True`.
     """
     _check_divergence_args(kind, beta, temperature)
     if not 0.0 <= sequence_weight <= 1.0:
@@ -637,7 +645,8 @@ def chunked_token_divergence(
     num_tokens = targets.numel()
     loss = _reduce(loss_sum, num_tokens, num_items_in_batch)
     if return_components:
-        return loss, _reduce(divergence_sum, num_tokens, num_items_in_batch), _reduce(ce_sum, num_tokens, num_items_in_batch)
+        divergence = _reduce(divergence_sum, num_tokens, num_items_in_batch)
+        return loss, divergence, _reduce(ce_sum, num_tokens, num_items_in_batch)
     return loss
 
 
