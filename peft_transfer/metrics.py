@@ -649,6 +649,26 @@ def filter_leaks(
 # --------------------------------------------------------------------------------------------------------------
 
 
+def _pca_2d(arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """
+    Projects each array onto the first two principal axes of all of them pooled.
+
+    Args:
+        arrays (`list[np.ndarray]`, each of shape `(n_i, dim)`, `n_i >= 1`): the groups to project.
+
+    Returns:
+        `list[np.ndarray]`, each of shape `(n_i, 2)`. When `dim` or the rank is below 2 the missing coordinate
+        is 0, so that one-dimensional embeddings still plot.
+    """
+    pooled = np.concatenate(arrays)
+    center = pooled.mean(0)
+    # The principal axes are the right singular vectors of the centered data (no scikit-learn needed).
+    _, _, vt = np.linalg.svd(pooled - center, full_matrices=False)
+    axes = np.zeros((pooled.shape[1], 2))
+    axes[:, : min(2, vt.shape[0])] = vt[:2].T
+    return [(array - center) @ axes for array in arrays]
+
+
 def plot_projection(real, accepted, rejected, path, *, title: str | None = None) -> Path:
     """
     Scatter of real, accepted and rejected inputs in the first two principal components (paper Fig. 7).
@@ -691,13 +711,8 @@ def plot_projection(real, accepted, rejected, path, *, title: str | None = None)
         raise ValueError("All three embedding arrays are empty: nothing to plot.")
     if len(dims) > 1:
         raise ValueError(f"The embedding arrays have different dimensions: {sorted(dims)}.")
-    dim = dims.pop()
-    pooled = np.concatenate([a for a in arrays if a.shape[0]])
-    center = pooled.mean(0)
-    # Principal axes = right singular vectors of the centered data; pad with zeros when dim or rank < 2.
-    _, _, vt = np.linalg.svd(pooled - center, full_matrices=False)
-    axes = np.zeros((dim, 2))
-    axes[:, : min(2, vt.shape[0])] = vt[:2].T
+    projections = iter(_pca_2d([array for array in arrays if array.shape[0]]))
+    arrays = [next(projections) if array.shape[0] else array for array in arrays]
 
     figure = Figure(figsize=(6, 5), dpi=120)
     FigureCanvasAgg(figure)
@@ -706,9 +721,8 @@ def plot_projection(real, accepted, rejected, path, *, title: str | None = None)
     for (name, _), array in zip(groups, arrays):
         if array.shape[0] == 0:
             continue
-        projected = (array - center) @ axes
         color, marker = styles[name]
-        plot.scatter(projected[:, 0], projected[:, 1], s=12, c=color, marker=marker, alpha=0.7,
+        plot.scatter(array[:, 0], array[:, 1], s=12, c=color, marker=marker, alpha=0.7,
                      label=f"{name} ({array.shape[0]})")
     plot.set_xlabel("PC 1")
     plot.set_ylabel("PC 2")

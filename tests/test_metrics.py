@@ -296,6 +296,13 @@ def test_embed_texts_with_a_peft_model(tiny_lm, adapter):
         alone = embed_texts([SHORT], model=peft_model, tokenizer=tokenizer)
         batched = embed_texts([LONG, SHORT], model=peft_model, tokenizer=tokenizer)
         np.testing.assert_allclose(batched[1], alone[0], rtol=1e-4, atol=1e-5)
+        # Against a forward pass of the text alone, averaging only the text's own positions (after any virtual
+        # tokens, which prompt tuning prepends to the hidden states).
+        ids = torch.tensor([tokenizer(LONG)["input_ids"]])
+        with torch.no_grad():
+            hidden = peft_model(input_ids=ids, output_hidden_states=True).hidden_states[-1][0]
+        assert hidden.shape[0] == ids.shape[1] + (3 if adapter == "prompt_tuning" else 0)
+        np.testing.assert_allclose(batched[0], hidden[-ids.shape[1] :].mean(0).numpy(), rtol=1e-4, atol=1e-5)
         with peft_model.disable_adapter():
             plain = embed_texts([SHORT], model=peft_model, tokenizer=tokenizer)
         assert not np.allclose(alone, plain, atol=1e-4)  # the adapter is really in the forward pass
@@ -458,6 +465,18 @@ def test_plot_projection_writes_a_png(tmp_path):
     assert plot_projection(real[:, :1], accepted[:, :1], rejected[:, :1], tmp_path / "c.png").stat().st_size > 1000
     with pytest.raises(ValueError, match="dimensions"):
         plot_projection(real, accepted[:, :8], rejected, tmp_path / "d.png")
+
+
+def test_pca_2d_matches_sklearn():
+    decomposition = pytest.importorskip("sklearn.decomposition")
+    rng = np.random.default_rng(4)
+    groups = [rng.normal(size=(15, 6)) * [5, 3, 1, 1, 0.5, 0.1], rng.normal(1.0, 1.0, size=(9, 6))]
+    expected = decomposition.PCA(n_components=2).fit_transform(np.concatenate(groups))
+    projected = np.concatenate(metrics._pca_2d(groups))
+    # Principal axes are defined up to sign.
+    signs = np.sign((projected * expected).sum(0))
+    np.testing.assert_allclose(projected * signs, expected, rtol=1e-8, atol=1e-8)
+    assert np.all(projected.var(0) > 0)
 
 
 def test_plot_projection_without_matplotlib(tmp_path, monkeypatch):
