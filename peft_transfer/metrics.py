@@ -554,8 +554,8 @@ def near_duplicates(
     template is most of the text.
 
     Cost: one inverted index from n-gram to references, then one `bincount` per chunk of candidates; about
-    linear in the total number of n-grams plus the postings hit (10k candidates x 300 references of ~100
-    characters: about 1 s on one CPU core).
+    linear in the total number of n-grams plus the postings hit. Measured on one CPU core: 10k candidates x 300
+    references of ~130 characters in 0.6 s, of ~340 characters in 1.4 s.
 
     Args:
         candidates (`Sequence[str]`):
