@@ -334,8 +334,8 @@ def synthetic_dataset_card(info: dict[str, Any], *, repo_id: str | None = None) 
         "|---|---|",
     ]
     lines += [f"| {name} | {_fmt(info[key])} |" for name, key in rows if info.get(key) is not None]
-    if info.get("acceptance_rate") is not None:
-        lines.append(f"| acceptance rate | {_pct(info['acceptance_rate'])} |")
+    if _rate(info) is not None:
+        lines.append(f"| acceptance rate | {_rate(info)} |")
     lines += ["", "## Privacy", "", "Generated to resemble private task data; pushed private by default."]
     body = _section("\n".join(lines) + "\n\n## Citation\n\n```bibtex\n" + CITATION + "\n```\n")
     return DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
