@@ -232,7 +232,8 @@ def main(args, argv):
     if differences is None:
         print("max abs difference: n/a (a variant did not finish)")
     else:
-        print(f"loss {differences['loss_value']:.6f}; max abs difference naive vs chunked: loss {differences['loss']:.3e}"
+        print(f"loss {differences['loss_value']:.6f}; max abs difference naive vs chunked: "
+              f"loss {differences['loss']:.3e}"
               + "".join(f", {name} {value:.3e} (of max {differences[name + '_max_abs']:.3e})"
                         for name, value in differences.items() if name.startswith("grad_") and "max_abs" not in name))
     for variant in VARIANTS:
