@@ -79,7 +79,7 @@ def reference(student_logits, teacher_logits, labels, kind="forward_kl", beta=0.
     return total / count
 
 
-# --- plain losses -------------------------------------------------------------------------------------------------------
+# --- plain losses -----------------------------------------------------------------------------------------------------
 
 
 def test_sequence_loss_matches_reference(generator):
