@@ -1,0 +1,220 @@
+"""`TransferConfig`: every setting of one transfer, validated.
+
+Parsed the TRL way (`TrlParser((TransferConfig,))`), so a flat YAML recipe (`--config recipe.yaml`) and command-line
+flags both work and unknown keys are refused. The defaults are the paper's hyper-parameters (Trans-LoRA, §4 and
+Appendix): AdamW without weight decay, linear schedule without warm-up, lr 2e-5, 20 epochs, effective batch 8,
+LoRA r=8 / alpha=8 on q_proj and v_proj, 5 seeds, N = 250 accepted samples, margin 0.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+
+PEFT_TYPES = ("lora", "dora", "prompt_tuning", "prefix_tuning", "ia3")
+LOSS_TYPES = ("sequence", "forward_kl", "reverse_kl", "jsd")
+FILTER_MODES = ("discriminator", "none")
+
+
+@dataclass
+class TransferConfig:
+    r"""
+    Configuration of a Trans-LoRA transfer: source base + adapter → target base + new adapter.
+
+    Model settings take a local path or a Hub repo id with an optional revision (`user/repo@rev`).
+    """
+
+    # Models
+    source_model: str | None = field(default=None, metadata={"help": "Source base model Ms (path or Hub id)."})
+    source_adapter: str | None = field(
+        default=None,
+        metadata={"help": "Source adapter θs (path or Hub id). Left empty, one is trained on `train_file`."},
+    )
+    target_model: str | None = field(default=None, metadata={"help": "Target base model Mt (path or Hub id)."})
+    generator_model: str | None = field(
+        default=None, metadata={"help": "Model that writes candidate inputs; defaults to the target base."}
+    )
+    discriminator_model: str | None = field(
+        default=None, metadata={"help": "Base of the discriminator; defaults to the source base."}
+    )
+    discriminator_adapter: str | None = field(
+        default=None,
+        metadata={"help": "Trained discriminator adapter (path or Hub id). Left empty, one is trained on `train_file`."},
+    )
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom modelling code from the Hub."})
+    dtype: str = field(default="auto", metadata={"help": "'auto' (bf16 on GPU, fp32 on CPU), 'bfloat16', 'float16' or 'float32'."})
+    attn_implementation: str | None = field(default=None, metadata={"help": "e.g. 'sdpa', 'eager', 'flash_attention_2'."})
+    hub_token: str | None = field(default=None, metadata={"help": "Hub token for private repos (never logged)."})
+
+    # Task data
+    task_name: str = field(default="task", metadata={"help": "Task name used in the discriminator prompt."})
+    seed_file: str | None = field(
+        default=None, metadata={"help": "JSONL of seed examples ({'input': ...}); defaults to the first of `train_file`."}
+    )
+    num_seeds: int = field(default=5, metadata={"help": "Seeds shown per generation prompt (paper: 5; 15 helps some tasks)."})
+    train_file: str | None = field(
+        default=None,
+        metadata={"help": "JSONL of real task data ({'input', 'target'}), only needed to train the source adapter or discriminator."},
+    )
+    eval_file: str | None = field(default=None, metadata={"help": "JSONL of held-out real data for the final report."})
+    prompt_template: str = field(
+        default="{input}\nAnswer:", metadata={"help": "How a task input is shown to a model without a chat template."}
+    )
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Cap on evaluated examples."})
+
+    # Adapters
+    source_peft_type: str = field(
+        default="lora", metadata={"help": f"Type of the source adapter when one is trained here: one of {PEFT_TYPES}."}
+    )
+    peft_type: str = field(default="lora", metadata={"help": f"Type of the new adapter: one of {PEFT_TYPES}."})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=8, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "v_proj"], metadata={"help": "Modules that get LoRA/DoRA/IA3 layers."}
+    )
+    num_virtual_tokens: int = field(default=20, metadata={"help": "Virtual tokens for prompt and prefix tuning."})
+    prompt_tuning_init_text: str | None = field(
+        default="Answer the following question correctly:",
+        metadata={"help": "Initial text for prompt tuning (None: random init)."},
+    )
+
+    # Synthesis: generate -> filter
+    num_samples: int = field(default=250, metadata={"help": "Accepted synthetic inputs to collect (paper: |D| = 250)."})
+    candidate_budget: int = field(
+        default=5000, metadata={"help": "Most candidates to generate before giving up with an error."}
+    )
+    generation_batch_size: int = field(default=64, metadata={"help": "Prompts per generate call."})
+    max_candidate_tokens: int = field(default=96, metadata={"help": "New tokens per candidate; longer ones are dropped."})
+    max_candidate_chars: int = field(default=1000, metadata={"help": "Candidates longer than this are dropped."})
+    do_sample: bool = field(default=True, metadata={"help": "Sample candidates (greedy would repeat itself)."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature for candidates."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling for candidates."})
+    top_k: int = field(default=0, metadata={"help": "Top-k sampling for candidates (0: off)."})
+    filter_mode: str = field(
+        default="discriminator", metadata={"help": "'discriminator' (the method) or 'none' (unfiltered ablation)."}
+    )
+    filter_margin: float = field(
+        default=0.0, metadata={"help": "Accept when log p(yes) - log p(no) > margin (0 reproduces the paper)."}
+    )
+    filter_batch_size: int = field(default=64, metadata={"help": "Candidates per discriminator forward pass."})
+
+    # Labelling with the teacher
+    label_max_new_tokens: int = field(default=64, metadata={"help": "New tokens per teacher answer."})
+    label_do_sample: bool = field(default=False, metadata={"help": "Sample teacher answers (default greedy)."})
+    answer_stop: str | None = field(default="\n", metadata={"help": "Answers are cut at this string (None: keep all)."})
+
+    # Distillation (stage 6) and the other trainings
+    loss_type: str = field(default="sequence", metadata={"help": f"One of {LOSS_TYPES}; token-level ones need a shared vocabulary."})
+    sequence_weight: float = field(
+        default=1.0, metadata={"help": "For token-level losses: weight of sequence CE in the mix (1 - weight on the divergence)."}
+    )
+    beta: float = field(default=0.5, metadata={"help": "JSD interpolation (0: forward KL, 1: reverse KL)."})
+    kd_temperature: float = field(default=1.0, metadata={"help": "Softmax temperature of token-level KD."})
+    learning_rate: float = field(default=2e-5, metadata={"help": "Learning rate of the new adapter (prompt tuning: 2e-3)."})
+    num_train_epochs: float = field(default=20, metadata={"help": "Epochs over the synthetic set."})
+    per_device_train_batch_size: int = field(default=8, metadata={"help": "Batch size per device."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Gradient accumulation."})
+    max_length: int = field(default=512, metadata={"help": "Longest training sequence (prompt + answer) in tokens."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory."})
+    logging_steps: int = field(default=10, metadata={"help": "Log every N steps."})
+    report_to: list[str] = field(default_factory=lambda: ["none"], metadata={"help": "Trainer integrations."})
+    source_learning_rate: float = field(default=2e-4, metadata={"help": "When training the source adapter."})
+    source_epochs: float = field(default=20, metadata={"help": "When training the source adapter."})
+    discriminator_learning_rate: float = field(default=2e-4, metadata={"help": "When training the discriminator."})
+    discriminator_epochs: float = field(default=5, metadata={"help": "When training the discriminator."})
+    discriminator_negatives: int | None = field(
+        default=None, metadata={"help": "Synthetic negatives for the discriminator; defaults to the number of real inputs."}
+    )
+
+    # Run
+    output_dir: str = field(default="runs/transfer", metadata={"help": "Run directory: every stage's artifacts."})
+    overwrite: bool = field(default=False, metadata={"help": "Redo finished stages instead of resuming."})
+    seed: int = field(default=42, metadata={"help": "Seed of every random choice."})
+    demo: bool = field(
+        default=False,
+        metadata={"help": "Build the tiny local models and the built-in task; they fill any model or file left empty."},
+    )
+    demo_pretrain_steps: int = field(default=1500, metadata={"help": "Pretraining steps of each tiny demo base."})
+
+    def __post_init__(self):
+        problems = []
+        for name in ("peft_type", "source_peft_type"):
+            if getattr(self, name) not in PEFT_TYPES:
+                problems.append(f"{name}={getattr(self, name)!r} is not one of {PEFT_TYPES}.")
+        if self.loss_type not in LOSS_TYPES:
+            problems.append(f"loss_type={self.loss_type!r} is not one of {LOSS_TYPES}.")
+        if self.filter_mode not in FILTER_MODES:
+            problems.append(f"filter_mode={self.filter_mode!r} is not one of {FILTER_MODES}.")
+        for name in ("num_seeds", "num_samples", "candidate_budget", "generation_batch_size", "max_candidate_tokens",
+                     "filter_batch_size", "label_max_new_tokens", "per_device_train_batch_size",
+                     "gradient_accumulation_steps", "max_length"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be at least 1 (got {getattr(self, name)}).")
+        if self.candidate_budget < self.num_samples:
+            problems.append(
+                f"candidate_budget ({self.candidate_budget}) is smaller than num_samples ({self.num_samples}): "
+                "raise candidate_budget, since at most one sample is accepted per candidate."
+            )
+        if not 0.0 <= self.sequence_weight <= 1.0:
+            problems.append(f"sequence_weight must lie in [0, 1] (got {self.sequence_weight}).")
+        if not 0.0 <= self.beta <= 1.0:
+            problems.append(f"beta must lie in [0, 1] (got {self.beta}).")
+        if self.temperature <= 0 or self.kd_temperature <= 0:
+            problems.append("temperature and kd_temperature must be positive.")
+        if not 0.0 < self.top_p <= 1.0:
+            problems.append(f"top_p must lie in (0, 1] (got {self.top_p}).")
+        if "{input}" not in self.prompt_template:
+            problems.append("prompt_template must contain '{input}'.")
+        if self.dtype not in ("auto", "bfloat16", "float16", "float32"):
+            problems.append(f"dtype={self.dtype!r}: use 'auto', 'bfloat16', 'float16' or 'float32'.")
+        if not self.demo:
+            for name in ("source_model", "target_model"):
+                if not getattr(self, name):
+                    problems.append(f"{name} is required (a local path or a Hub id), or set `demo: true`.")
+            if not self.source_adapter and not self.train_file:
+                problems.append("Give `source_adapter`, or `train_file` so that one can be trained.")
+            if not self.discriminator_adapter and not self.train_file and self.filter_mode == "discriminator":
+                problems.append(
+                    "Give `discriminator_adapter`, or `train_file` so that one can be trained, "
+                    "or set `filter_mode: none` (the unfiltered ablation)."
+                )
+            if not self.seed_file and not self.train_file:
+                problems.append("Give `seed_file` (JSONL with an 'input' per line) or `train_file` to take seeds from.")
+        if problems:
+            raise ValueError("Invalid TransferConfig:\n- " + "\n- ".join(problems))
+
+    # -- helpers ---------------------------------------------------------------------------------------------------
+
+    def to_dict(self, redact: bool = True) -> dict:
+        """The settings as a plain dict; the Hub token is never written out."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        if redact and out.get("hub_token"):
+            out["hub_token"] = "***"
+        return out
+
+    @property
+    def generator(self) -> str:
+        return self.generator_model or self.target_model
+
+    @property
+    def discriminator_base(self) -> str:
+        return self.discriminator_model or self.source_model
+
+    def path(self, *parts: str) -> str:
+        """A path inside the run directory."""
+        return os.path.join(self.output_dir, *parts)
+
+    @classmethod
+    def from_yaml(cls, path: str, **overrides) -> "TransferConfig":
+        """Read a flat YAML recipe (unknown keys refused), with keyword overrides."""
+        import yaml
+
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+        data.update(overrides)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"Unknown settings in {path}: {unknown}. Check the spelling against TransferConfig.")
+        return cls(**data)

@@ -1,0 +1,79 @@
+"""Stage 7 (first half): accuracy on held-out real data, and the transfer's report.
+
+The report compares the three models a user cares about — the source base with its adapter, the target base
+alone and the target base with the transferred adapter — on the same held-out examples, with exact match of the
+answer (text up to the stop string, whitespace-stripped) by default, or any `metric(prediction, target) -> float`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+
+from .data import task_prompt
+from .generation import cut_answer, generate
+
+
+def exact_match(prediction: str, target: str) -> float:
+    return float(prediction.strip() == target.strip())
+
+
+def evaluate(model, tokenizer, examples: list[dict], *, prompt_template: str = "{input}\nAnswer:",
+             answer_stop: str | None = "\n", max_new_tokens: int = 64, batch_size: int = 64,
+             metric: Callable[[str, str], float] = exact_match, desc: str | None = None,
+             show_progress: bool = True) -> dict:
+    """Greedy answers of `model` on `examples` (`{"input", "target"}`) scored by `metric`.
+
+    Returns:
+        `dict` with `accuracy` (mean of the metric), `num_samples` and `predictions`.
+    """
+    prompts = [task_prompt(tokenizer, e["input"], prompt_template) for e in examples]
+    outputs = generate(model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                       stop_strings=[answer_stop] if answer_stop else None, desc=desc, show_progress=show_progress)
+    predictions = [cut_answer(text, answer_stop) for text, _ in outputs]
+    scores = [metric(p, e["target"]) for p, e in zip(predictions, examples)]
+    return {
+        "accuracy": sum(scores) / len(scores) if scores else 0.0,
+        "num_samples": len(scores),
+        "predictions": predictions,
+    }
+
+
+def format_report(report: dict) -> str:
+    """A plain-text table of the report: accuracies, synthesis counts and time per stage."""
+    lines = []
+    ev = report.get("evaluation") or {}
+    if ev:
+        lines.append(f"Accuracy on {ev.get('num_samples', '?')} held-out examples ({report.get('task_name', 'task')})")
+        lines.append(f"  {'model':<34}{'accuracy':>10}")
+        for key, label in (("source_adapter", "source base + source adapter"), ("target_base", "target base"),
+                           ("transferred", "target base + transferred adapter")):
+            if key in ev:
+                lines.append(f"  {label:<34}{ev[key]:>10.1%}")
+    syn = report.get("synthesis") or {}
+    if syn:
+        lines.append("Synthesis")
+        lines.append(f"  candidates spent {syn.get('candidates', 0)}, scored {syn.get('scored', 0)}, accepted "
+                     f"{syn.get('accepted', 0)} (acceptance rate {syn.get('acceptance_rate', 0):.1%}), unparsable "
+                     f"{syn.get('unparsable', 0)}, duplicates {syn.get('duplicates', 0)}, seed copies "
+                     f"{syn.get('seed_copies', 0)}")
+    disc = report.get("discriminator") or {}
+    if "accuracy" in disc:
+        lines.append(f"Discriminator held-out accuracy {disc['accuracy']:.1%}, ROC-AUC {disc.get('roc_auc', float('nan')):.3f}")
+    stages = report.get("stages") or {}
+    if stages:
+        lines.append("Time per stage")
+        for name, info in stages.items():
+            note = " (resumed: done earlier)" if info.get("skipped") else ""
+            lines.append(f"  {name:<20}{info.get('seconds', 0):>8.1f} s{note}")
+        lines.append(f"  {'total':<20}{sum(i.get('seconds', 0) for i in stages.values()):>8.1f} s")
+    return "\n".join(lines)
+
+
+def write_json(path: str, data: dict) -> None:
+    tmp = path + ".tmp"
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, default=str)
+    os.replace(tmp, path)

@@ -1,0 +1,165 @@
+"""Loading bases and adapters the ordinary way, and building the new adapter's `PeftConfig`.
+
+Every model or adapter setting is a local path or a Hub repo id with an optional revision (`user/repo@rev`); both
+go through `from_pretrained`. Safe defaults: `trust_remote_code` off and safetensors only.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+class AdapterMismatchError(ValueError):
+    """An adapter trained on another base than the one it is applied to."""
+
+
+def split_revision(ref: str) -> tuple[str, str | None]:
+    """`"user/repo@rev"` → `("user/repo", "rev")`; an existing local path is returned as it is."""
+    if ref is None or os.path.exists(ref) or "@" not in ref:
+        return ref, None
+    name, rev = ref.rsplit("@", 1)
+    return name, rev or None
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    return getattr(torch, name)
+
+
+def default_device() -> torch.device:
+    from accelerate import PartialState
+
+    return PartialState().device
+
+
+def load_tokenizer(ref: str, *, trust_remote_code: bool = False, token: str | None = None):
+    from transformers import AutoTokenizer
+
+    name, revision = split_revision(ref)
+    tokenizer = AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code, token=token)
+    if tokenizer.pad_token is None:
+        # Batched, left-padded generation needs a pad token; EOS is the usual stand-in and is masked by attention.
+        if tokenizer.eos_token is None:
+            raise ValueError(
+                f"The tokenizer of {ref!r} has neither a pad nor an EOS token: add a pad token to it "
+                "(`tokenizer.add_special_tokens({'pad_token': '<pad>'})`) and save it, then start again."
+            )
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_base(ref: str, *, dtype: str = "auto", trust_remote_code: bool = False, attn_implementation=None,
+              token: str | None = None, device=None):
+    """A causal LM from a path or Hub id (safetensors only), on `device`, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    name, revision = split_revision(ref)
+    kwargs = dict(revision=revision, trust_remote_code=trust_remote_code, token=token, use_safetensors=True,
+                  dtype=torch_dtype(dtype))
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+    model.to(device or default_device())
+    model.eval()
+    return model
+
+
+def _same_model(a: str | None, b: str | None) -> bool:
+    if not a or not b:
+        return True  # nothing recorded: cannot tell, accept
+    a, b = split_revision(a)[0], split_revision(b)[0]
+    if os.path.exists(a) and os.path.exists(b):
+        return os.path.realpath(a) == os.path.realpath(b)
+    return a.rstrip("/").split("/")[-2:] == b.rstrip("/").split("/")[-2:]
+
+
+def check_adapter_base(adapter_ref: str, model, base_ref: str, *, token: str | None = None) -> None:
+    """Refuse an adapter whose recorded base does not fit the model it is applied to.
+
+    The recorded `base_model_name_or_path` is compared with the base's name, and the adapter's target modules and
+    shapes are checked against the model when loading; a name that differs only by a local copy's path is accepted
+    when the architecture matches.
+    """
+    from peft import PeftConfig
+
+    name, revision = split_revision(adapter_ref)
+    peft_config = PeftConfig.from_pretrained(name, revision=revision, token=token)
+    recorded = peft_config.base_model_name_or_path
+    if recorded and not _same_model(recorded, base_ref):
+        # A local copy of the same base has another path; accept it when the configs agree on the architecture.
+        try:
+            from transformers import AutoConfig
+
+            rec_cfg = AutoConfig.from_pretrained(recorded).to_dict()
+        except Exception:
+            rec_cfg = None
+        cur_cfg = model.config.to_dict()
+        keys = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")
+        if rec_cfg is None or any(rec_cfg.get(k) != cur_cfg.get(k) for k in keys):
+            raise AdapterMismatchError(
+                f"The adapter {adapter_ref!r} was trained on {recorded!r}, not on {base_ref!r}: set `source_model` to the "
+                "adapter's base (see base_model_name_or_path in its adapter_config.json), or use an adapter trained "
+                "on this base."
+            )
+    return peft_config
+
+
+def load_adapter(model, adapter_ref: str, base_ref: str, *, adapter_name: str = "default", token: str | None = None,
+                 is_trainable: bool = False):
+    """Base + adapter as a `PeftModel` (or a new adapter added to an existing `PeftModel`)."""
+    from peft import PeftModel
+
+    check_adapter_base(adapter_ref, model, base_ref, token=token)
+    name, revision = split_revision(adapter_ref)
+    try:
+        if isinstance(model, PeftModel):
+            model.load_adapter(name, adapter_name=adapter_name, revision=revision, token=token, is_trainable=is_trainable)
+            return model
+        return PeftModel.from_pretrained(model, name, adapter_name=adapter_name, revision=revision, token=token,
+                                         is_trainable=is_trainable, autocast_adapter_dtype=False)
+    except (RuntimeError, ValueError, KeyError) as e:
+        if "size mismatch" in str(e) or "Target modules" in str(e):
+            raise AdapterMismatchError(
+                f"The adapter {adapter_ref!r} does not fit {base_ref!r} ({str(e).splitlines()[0]}): set `source_model` "
+                "to the base the adapter was trained on."
+            ) from e
+        raise
+
+
+def peft_config_from(config, tokenizer_name_or_path: str | None = None, *, peft_type: str | None = None,
+                     task_type: str = "CAUSAL_LM"):
+    """A `PeftConfig` from a `TransferConfig`'s adapter settings (`peft_type` overrides the config's)."""
+    from peft import IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig, PromptTuningInit
+
+    peft_type = peft_type or config.peft_type
+
+    if peft_type in ("lora", "dora"):
+        return LoraConfig(
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=list(config.lora_target_modules),
+            use_dora=peft_type == "dora",
+            bias="none",
+            task_type=task_type,
+        )
+    if peft_type == "ia3":
+        targets = list(config.lora_target_modules)
+        return IA3Config(target_modules=targets, feedforward_modules=[m for m in targets if "mlp" in m or m in (
+            "down_proj", "up_proj", "gate_proj")], task_type=task_type)
+    if peft_type == "prompt_tuning":
+        if config.prompt_tuning_init_text:
+            return PromptTuningConfig(
+                num_virtual_tokens=config.num_virtual_tokens,
+                prompt_tuning_init=PromptTuningInit.TEXT,
+                prompt_tuning_init_text=config.prompt_tuning_init_text,
+                tokenizer_name_or_path=tokenizer_name_or_path,
+                task_type=task_type,
+            )
+        return PromptTuningConfig(num_virtual_tokens=config.num_virtual_tokens, task_type=task_type)
+    if peft_type == "prefix_tuning":
+        return PrefixTuningConfig(num_virtual_tokens=config.num_virtual_tokens, task_type=task_type)
+    raise ValueError(f"Unknown peft_type {peft_type!r}.")

@@ -1,0 +1,365 @@
+"""The stages of a transfer, in order, over a run directory — with resume.
+
+Each stage reads named artifacts and writes its own into `output_dir/<stage>/`: it is written under a temporary
+name and renamed when complete, so a folder that exists is a finished stage, and a run that dies is started again
+with the same command and goes on from the first unfinished stage (`overwrite=True` redoes them all). Generation in
+the synthesis stage also keeps a progress file, so even that stage resumes mid-way.
+
+    source_adapter   train θs on the task data (only when no source adapter is given)
+    discriminator    train the yes/no adapter on real inputs vs source-generated ones (only when none is given)
+    synthesis        generate -> filter until `num_samples` are accepted
+    labels           the teacher (source base + θs) answers every accepted input
+    target_adapter   distil into a fresh θt on the target base
+    evaluation       source+θs / target / target+θt on held-out data; report.json
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+import random
+import shutil
+import time
+
+import torch
+
+from .config import TransferConfig
+from .data import load_examples, load_seeds, task_prompt
+from .evaluation import evaluate, format_report, write_json
+from .modeling import load_adapter, load_base, load_tokenizer, peft_config_from, split_revision
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("source_adapter", "discriminator", "synthesis", "labels", "target_adapter", "evaluation")
+LINEAGE_FILE = "transfer.json"
+
+
+class Transfer:
+    """One transfer over its run directory. `Transfer(config).run()` does every stage that is not done yet."""
+
+    def __init__(self, config: TransferConfig, *, show_progress: bool = True):
+        self.config = config
+        self.show_progress = show_progress
+        self.timings: dict[str, dict] = {}
+        if config.demo:
+            self._fill_demo_settings()
+        os.makedirs(config.output_dir, exist_ok=True)
+
+    # -- the run ---------------------------------------------------------------------------------------------------
+
+    def run(self, stages: tuple[str, ...] | None = None) -> dict:
+        cfg = self.config
+        self._check_inputs()
+        write_json(cfg.path("config.json"), cfg.to_dict())
+        for name in stages or STAGES:
+            if name not in STAGES:
+                raise ValueError(f"Unknown stage {name!r}: use one of {STAGES}.")
+            if not self._needed(name):
+                continue
+            self._stage(name, getattr(self, f"_{name}"))
+        report = self.report()
+        write_json(cfg.path("report.json"), report)
+        return report
+
+    def _needed(self, name: str) -> bool:
+        cfg = self.config
+        if name == "source_adapter":
+            return not cfg.source_adapter
+        if name == "discriminator":
+            return cfg.filter_mode == "discriminator" and not cfg.discriminator_adapter
+        if name == "evaluation":
+            return bool(cfg.eval_file)
+        return True
+
+    def _stage(self, name: str, fn) -> None:
+        final, tmp = self.config.path(name), self.config.path(f"{name}.incomplete")
+        if os.path.isdir(final) and not self.config.overwrite:
+            logger.info("stage %s: done earlier, skipped (overwrite=True redoes it)", name)
+            self.timings[name] = {**self._read_stage_info(final), "skipped": True}
+            return
+        if os.path.isdir(final):
+            shutil.rmtree(final)
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp)
+        os.makedirs(tmp)
+        logger.info("stage %s: running", name)
+        start = time.perf_counter()
+        fn(tmp)
+        seconds = time.perf_counter() - start
+        write_json(os.path.join(tmp, "stage.json"), {"stage": name, "seconds": seconds})
+        os.replace(tmp, final)
+        self.timings[name] = {"seconds": seconds}
+        _free_memory()
+
+    @staticmethod
+    def _read_stage_info(folder: str) -> dict:
+        path = os.path.join(folder, "stage.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                return {"seconds": json.load(f).get("seconds", 0.0)}
+        return {"seconds": 0.0}
+
+    # -- inputs ----------------------------------------------------------------------------------------------------
+
+    def _fill_demo_settings(self):
+        from .testing import DEMO_TASK_NAME, build_demo_assets
+
+        cfg = self.config
+        assets = build_demo_assets(cfg.path("demo_assets"), pretrain_steps=cfg.demo_pretrain_steps, seed=cfg.seed)
+        changes = {key: value for key, value in assets.items() if not getattr(cfg, key)}
+        if cfg.task_name == "task":
+            changes["task_name"] = DEMO_TASK_NAME
+        for key, value in changes.items():
+            setattr(cfg, key, value)
+
+    def _check_inputs(self):
+        """Fail before any work on what can be checked up front (files, seeds)."""
+        cfg = self.config
+        self.seeds = load_seeds(cfg.seed_file or cfg.train_file, cfg.num_seeds)
+        if self._needed("source_adapter") or self._needed("discriminator"):
+            load_examples(cfg.train_file, require_target=self._needed("source_adapter"), what="train_file")
+        if cfg.eval_file:
+            load_examples(cfg.eval_file, require_target=True, what="eval_file")
+
+    @property
+    def source_adapter(self) -> str:
+        return self.config.source_adapter or self.config.path("source_adapter")
+
+    @property
+    def discriminator_adapter(self) -> str:
+        return self.config.discriminator_adapter or self.config.path("discriminator")
+
+    def _base(self, ref: str):
+        cfg = self.config
+        tokenizer = load_tokenizer(ref, trust_remote_code=cfg.trust_remote_code, token=cfg.hub_token)
+        model = load_base(ref, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
+                          attn_implementation=cfg.attn_implementation, token=cfg.hub_token)
+        return model, tokenizer
+
+    def _with_adapter(self, base_ref: str, adapter_ref: str):
+        model, tokenizer = self._base(base_ref)
+        return load_adapter(model, adapter_ref, base_ref, token=self.config.hub_token), tokenizer
+
+    def _sft_args(self, output_dir: str, **overrides):
+        from .trainer import DistillationConfig
+
+        cfg = self.config
+        use_bf16 = torch.cuda.is_available() and cfg.dtype in ("auto", "bfloat16")
+        kwargs = dict(
+            output_dir=output_dir,
+            learning_rate=cfg.learning_rate,
+            num_train_epochs=cfg.num_train_epochs,
+            per_device_train_batch_size=cfg.per_device_train_batch_size,
+            gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+            lr_scheduler_type="linear",
+            warmup_steps=0,
+            weight_decay=0.0,
+            max_length=cfg.max_length,
+            gradient_checkpointing=cfg.gradient_checkpointing,
+            logging_steps=cfg.logging_steps,
+            report_to=list(cfg.report_to),
+            save_strategy="no",
+            seed=cfg.seed,
+            bf16=use_bf16,
+            disable_tqdm=not self.show_progress,
+        )
+        kwargs.update(overrides)
+        return DistillationConfig(**kwargs)
+
+    # -- stages ----------------------------------------------------------------------------------------------------
+
+    def _source_adapter(self, out: str):
+        from datasets import Dataset
+
+        from .trainer import DistillationTrainer
+
+        cfg = self.config
+        model, tokenizer = self._base(cfg.source_model)
+        rows = [{"prompt": task_prompt(tokenizer, e["input"], cfg.prompt_template), "completion": " " + e["target"]}
+                for e in load_examples(cfg.train_file, require_target=True, what="train_file")]
+        args = self._sft_args(os.path.join(out, "trainer"), learning_rate=cfg.source_learning_rate,
+                              num_train_epochs=cfg.source_epochs)
+        peft_config = peft_config_from(cfg, cfg.source_model, peft_type=cfg.source_peft_type)
+        trainer = DistillationTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                                      processing_class=tokenizer, peft_config=peft_config)
+        trainer.train()
+        trainer.model.save_pretrained(out)
+        shutil.rmtree(os.path.join(out, "trainer"), ignore_errors=True)
+
+    def _discriminator(self, out: str):
+        from .discriminator import score, train_discriminator
+        from .metrics import discriminator_report
+        from .synthesis import synthesize
+
+        cfg = self.config
+        real = list(dict.fromkeys(e["input"] for e in load_examples(cfg.train_file, what="train_file")))
+        rng = random.Random(cfg.seed)
+        rng.shuffle(real)
+        # Negatives: what the source base makes of the stage-3 prompt, seeded with random real inputs.
+        n_neg = cfg.discriminator_negatives or len(real)
+        model, tokenizer = self._base(cfg.source_model)
+        rows, _ = synthesize(cfg, model, tokenizer, real, num_samples=n_neg,
+                             candidate_budget=max(cfg.candidate_budget, 4 * n_neg), show_progress=self.show_progress)
+        real_set = set(real)
+        negatives = [r["input"] for r in rows if r["accepted"] and r["input"] not in real_set]
+        del model
+        _free_memory()
+        # Hold out a fifth of both sides to measure the discriminator on data it has not seen.
+        n_pos_held, n_neg_held = max(1, len(real) // 5), max(1, len(negatives) // 5)
+        held_pos, train_pos = real[:n_pos_held], real[n_pos_held:]
+        held_neg, train_neg = negatives[:n_neg_held], negatives[n_neg_held:]
+        base, tokenizer = self._base(cfg.discriminator_base)
+        peft_config = peft_config_from(cfg, cfg.discriminator_base, peft_type="lora")
+        args = self._sft_args(os.path.join(out, "trainer"), learning_rate=cfg.discriminator_learning_rate,
+                              num_train_epochs=cfg.discriminator_epochs, max_length=None)
+        model = train_discriminator(base, tokenizer, train_pos, train_neg, task_name=cfg.task_name, args=args,
+                                    peft_config=peft_config)
+        pos_scores = score(model, tokenizer, held_pos, cfg.task_name, batch_size=cfg.filter_batch_size)
+        neg_scores = score(model, tokenizer, held_neg, cfg.task_name, batch_size=cfg.filter_batch_size)
+        metrics = discriminator_report(pos_scores, neg_scores, margin=cfg.filter_margin)
+        metrics.update(num_positives=len(train_pos), num_negatives=len(train_neg), task_name=cfg.task_name,
+                       base_model=cfg.discriminator_base)
+        if metrics.get("near_chance"):
+            logger.warning("The discriminator is near chance on held-out data (ROC-AUC %.3f): the filter will "
+                           "barely help. Train it longer or on more data.", metrics["roc_auc"])
+        model.save_pretrained(out)
+        shutil.rmtree(os.path.join(out, "trainer"), ignore_errors=True)
+        write_json(os.path.join(out, "metrics.json"), metrics)
+
+    def _synthesis(self, out: str):
+        from datasets import Dataset
+
+        from .synthesis import synthesize
+
+        cfg = self.config
+        generator, gen_tok = self._base(cfg.generator)
+        disc = disc_tok = None
+        if cfg.filter_mode == "discriminator":
+            disc, disc_tok = self._with_adapter(cfg.discriminator_base, self.discriminator_adapter)
+        rows, stats = synthesize(cfg, generator, gen_tok, self.seeds, discriminator=disc,
+                                 discriminator_tokenizer=disc_tok, progress_path=cfg.path("synthesis_progress.jsonl"),
+                                 show_progress=self.show_progress)
+        Dataset.from_list(rows).save_to_disk(os.path.join(out, "candidates"))
+        Dataset.from_list([r for r in rows if r["accepted"]]).save_to_disk(os.path.join(out, "accepted"))
+        write_json(os.path.join(out, "stats.json"), stats.to_dict())
+        os.remove(cfg.path("synthesis_progress.jsonl"))
+
+    def _labels(self, out: str):
+        from datasets import Dataset, load_from_disk
+
+        from .synthesis import label
+
+        cfg = self.config
+        accepted = load_from_disk(cfg.path("synthesis", "accepted"))["input"]
+        teacher, tokenizer = self._with_adapter(cfg.source_model, self.source_adapter)
+        rows = label(cfg, teacher, tokenizer, list(accepted), show_progress=self.show_progress)
+        empty = sum(1 for r in rows if not r["answer"])
+        if empty:
+            logger.warning("%d of %d teacher answers are empty; they are kept as the teacher's behaviour.", empty, len(rows))
+        Dataset.from_list(rows).save_to_disk(out)
+
+    def _target_adapter(self, out: str):
+        from datasets import Dataset, load_from_disk
+
+        from .trainer import DistillationTrainer
+
+        cfg = self.config
+        labels = load_from_disk(cfg.path("labels"))
+        student, tokenizer = self._base(cfg.target_model)
+        rows = [{"prompt": task_prompt(tokenizer, x, cfg.prompt_template), "completion": c}
+                for x, c in zip(labels["input"], labels["completion"])]
+        args = self._sft_args(
+            os.path.join(out, "trainer"), kd_loss=cfg.loss_type,
+            sequence_weight=cfg.sequence_weight if cfg.loss_type != "sequence" else 0.0,
+            beta=cfg.beta, kd_temperature=cfg.kd_temperature,
+        )
+        teacher = None
+        if cfg.loss_type != "sequence":
+            teacher, _ = self._with_adapter(cfg.source_model, self.source_adapter)
+        trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args,
+                                      train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                                      peft_config=peft_config_from(cfg, cfg.target_model))
+        trainer.train()
+        trainer.model.save_pretrained(out)
+        shutil.rmtree(os.path.join(out, "trainer"), ignore_errors=True)
+        write_json(os.path.join(out, LINEAGE_FILE), self.lineage())
+
+    def _evaluation(self, out: str):
+        cfg = self.config
+        examples = load_examples(cfg.eval_file, require_target=True, what="eval_file")[: cfg.max_eval_samples]
+        kwargs = dict(prompt_template=cfg.prompt_template, answer_stop=cfg.answer_stop,
+                      max_new_tokens=cfg.label_max_new_tokens, batch_size=cfg.generation_batch_size,
+                      show_progress=self.show_progress)
+        results = {}
+        for key, (base, adapter) in {
+            "source_adapter": (cfg.source_model, self.source_adapter),
+            "target_base": (cfg.target_model, None),
+            "transferred": (cfg.target_model, cfg.path("target_adapter")),
+        }.items():
+            model, tokenizer = self._with_adapter(base, adapter) if adapter else self._base(base)
+            results[key] = evaluate(model, tokenizer, examples, desc=f"evaluate {key}", **kwargs)
+            del model
+            _free_memory()
+        summary = {k: v["accuracy"] for k, v in results.items()}
+        summary["num_samples"] = len(examples)
+        write_json(os.path.join(out, "evaluation.json"), summary)
+        write_json(os.path.join(out, "predictions.json"),
+                   {k: v["predictions"] for k, v in results.items()})
+
+    # -- report ----------------------------------------------------------------------------------------------------
+
+    def lineage(self) -> dict:
+        """Where the transferred adapter comes from, including earlier hops when the source was itself transferred."""
+        cfg = self.config
+        stats = _read_json(cfg.path("synthesis", "stats.json"))
+        src_model, src_rev = split_revision(cfg.source_model)
+        src_adapter, src_adapter_rev = split_revision(self.source_adapter)
+        tgt_model, tgt_rev = split_revision(cfg.target_model)
+        earlier = _read_json(os.path.join(src_adapter, LINEAGE_FILE)) if os.path.isdir(src_adapter) else {}
+        chain = list(earlier.pop("chain", []) or []) + ([earlier] if earlier else [])
+        return {
+            "source_model": src_model, "source_model_revision": src_rev,
+            "source_adapter": src_adapter, "source_adapter_revision": src_adapter_rev,
+            "target_model": tgt_model, "target_model_revision": tgt_rev,
+            "discriminator": self.discriminator_adapter if cfg.filter_mode == "discriminator" else None,
+            "generator": cfg.generator, "task_name": cfg.task_name, "num_seeds": cfg.num_seeds,
+            "num_accepted": stats.get("accepted"), "num_candidates": stats.get("candidates"),
+            "acceptance_rate": stats.get("acceptance_rate"), "loss": cfg.loss_type, "peft_type": cfg.peft_type,
+            "chain": chain,
+        }
+
+    def report(self) -> dict:
+        cfg = self.config
+        return {
+            "task_name": cfg.task_name,
+            "lineage": self.lineage() if os.path.isdir(cfg.path("target_adapter")) else None,
+            "discriminator": _read_json(os.path.join(self.discriminator_adapter, "metrics.json"))
+            if os.path.isdir(self.discriminator_adapter) else {},
+            "synthesis": _read_json(cfg.path("synthesis", "stats.json")),
+            "evaluation": _read_json(cfg.path("evaluation", "evaluation.json")),
+            "stages": self.timings,
+            "target_adapter": cfg.path("target_adapter"),
+        }
+
+
+def run_transfer(config: TransferConfig, *, show_progress: bool = True, print_report: bool = True) -> dict:
+    """Run (or resume) a whole transfer; returns the report and prints its table."""
+    report = Transfer(config, show_progress=show_progress).run()
+    if print_report:
+        print(format_report(report))
+    return report
+
+
+def _read_json(path: str) -> dict:
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def _free_memory():
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
