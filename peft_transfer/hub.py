@@ -79,7 +79,8 @@ _START_PREFIX = "<!-- peft-transfer:start"
 
 CITATION = """@inproceedings{wang2024translora,
   title     = {Trans-LoRA: towards data-free Transferable Parameter Efficient Finetuning},
-  author    = {Runqian Wang and Soumya Ghosh and David Cox and Diego Antognini and Aude Oliva and Rogerio Feris and Leonid Karlinsky},
+  author    = {Runqian Wang and Soumya Ghosh and David Cox and Diego Antognini and Aude Oliva and
+               Rogerio Feris and Leonid Karlinsky},
   booktitle = {Advances in Neural Information Processing Systems (NeurIPS)},
   year      = {2024},
   eprint    = {2405.17258},
@@ -301,7 +302,8 @@ def discriminator_card(info: dict[str, Any], *, repo_id: str | None = None) -> M
                if info.get(key) is not None]  # fmt: skip
     if metrics:
         n = info.get("num_eval_samples")
-        lines += ["", "## Held-out evaluation" + (f" ({n} samples)" if n else ""), "", "| metric | value |", "|---|---|"]
+        title = "## Held-out evaluation" + (f" ({n} samples)" if n else "")
+        lines += ["", title, "", "| metric | value |", "|---|---|"]
         lines += [f"| {name} | {value:.4f} |" for name, value in metrics]
     lines += [
         "",
@@ -321,8 +323,9 @@ def synthetic_dataset_card(info: dict[str, Any], *, repo_id: str | None = None) 
     _check_keys(info, DATASET_KEYS, "info")
     data = DatasetCardData(tags=TAGS + ["synthetic"], task_categories=["text-generation"])
     rows = [("task", "task_name"), ("generator", "generator"), ("discriminator", "discriminator"),
-            ("teacher (labels)", "teacher"), ("target base model", "target_model"), ("seed examples used", "num_seeds"),
-            ("accepted inputs", "num_accepted"), ("candidates generated", "num_candidates"), ("rows", "num_rows")]  # fmt: skip
+            ("teacher (labels)", "teacher"), ("target base model", "target_model"),
+            ("seed examples used", "num_seeds"), ("accepted inputs", "num_accepted"),
+            ("candidates generated", "num_candidates"), ("rows", "num_rows")]  # fmt: skip
     lines = [
         f"# {repo_id.split('/')[-1] if repo_id else 'Trans-LoRA synthetic dataset'}",
         "",

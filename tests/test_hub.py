@@ -63,7 +63,16 @@ def run_client(server: HubServer, home: Path, code: str, *, xet: bool, token: st
     )
     if token is not None:
         env["HF_TOKEN"] = server.token if token == "default" else token
-    script = "import json\nfrom peft_transfer import hub\nresult = {}\n" + textwrap.dedent(code)
+    # The client needs only `peft_transfer.hub` (huggingface_hub): a bare package module skips the package
+    # `__init__`, which imports torch and trl (~5 s per process on 2 cores); hub.py itself runs unchanged.
+    header = (
+        "import json, sys, types\n"
+        f"pkg = types.ModuleType('peft_transfer'); pkg.__path__ = [{str(ROOT / 'peft_transfer')!r}]\n"
+        "sys.modules['peft_transfer'] = pkg\n"
+        "from peft_transfer import hub\n"
+        "result = {}\n"
+    )
+    script = header + textwrap.dedent(code)
     script += "\nprint('@@RESULT@@' + json.dumps(result))\n"
     proc = subprocess.run(
         [sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
@@ -144,8 +153,8 @@ def test_resolve_pretrained_local_and_invalid_refs(tmp_path):
 
 
 def test_adapter_card_content_and_validation():
-    chain = [{"source_model": "org/older-base", "source_adapter": "org/older-adapter", "target_model": "org/source-base",
-              "num_accepted": 100, "num_candidates": 400}]  # fmt: skip
+    chain = [{"source_model": "org/older-base", "source_adapter": "org/older-adapter",
+              "target_model": "org/source-base", "num_accepted": 100, "num_candidates": 400}]  # fmt: skip
     evaluation = {"source_adapter": 0.78, "target_base": 0.1, "transferred": 0.61, "num_samples": 200}
     card = hub.adapter_card({**LINEAGE, "chain": chain}, evaluation, repo_id="tester/adapter")
     meta = card.data.to_dict()
@@ -155,7 +164,8 @@ def test_adapter_card_content_and_validation():
     text = card.text
     for expected in ["`org/source-adapter`", "`org/source-base` @ `0123abc`", "`tester/disc`", "250 / 1,000",
                      "25.0%", "sequence-level KD", "`org/older-adapter`", "100 / 400", "200 held-out",
-                     "| target base + this adapter (transferred) | 61.0% |", "| source base + source adapter | 78.0% |",
+                     "| target base + this adapter (transferred) | 61.0% |",
+                     "| source base + source adapter | 78.0% |",
                      'PeftModel.from_pretrained(base, "tester/adapter")', "Leonid Karlinsky", "2405.17258",
                      hub.SECTION_START, hub.SECTION_END]:  # fmt: skip
         assert expected in text, expected
@@ -170,8 +180,9 @@ def test_adapter_card_content_and_validation():
 
 
 def test_discriminator_and_dataset_cards_hold_counts_only():
-    card = hub.discriminator_card({"base_model": "org/source-base", "task_name": "letter-sorting", "num_positives": 250,
-                                   "num_negatives": 300, "accuracy": 0.93, "roc_auc": 0.97, "peft_type": "LORA"})  # fmt: skip
+    card = hub.discriminator_card({"base_model": "org/source-base", "task_name": "letter-sorting",
+                                   "num_positives": 250, "num_negatives": 300, "accuracy": 0.93, "roc_auc": 0.97,
+                                   "peft_type": "LORA"})  # fmt: skip
     meta = card.data.to_dict()
     assert meta["base_model"] == "org/source-base" and "discriminator" in meta["tags"] and "lora" in meta["tags"]
     for expected in ["| 250 |", "| 300 |", "0.9300", "0.9700", "private", "no training text"]:
@@ -192,7 +203,8 @@ def test_merge_card_keeps_user_metadata_and_text():
     assert meta["license"] == "mit" and meta["base_model"] == "org/target-base"
     assert meta["tags"][0] == "my-tag" and meta["tags"].count("peft") == 1
     assert "User intro." in second.text and "User footer." in second.text
-    assert second.text.count(hub.SECTION_END) == 1 and "400 / 1,000" in second.text and "250 / 1,000" not in second.text
+    assert second.text.count(hub.SECTION_END) == 1
+    assert "400 / 1,000" in second.text and "250 / 1,000" not in second.text
 
 
 # ---------------------------------------------------------------------------------------------- round trips
@@ -252,7 +264,8 @@ result["pulled"] = hub.resolve_pretrained("tester/disc")
 """, xet=False)  # fmt: skip
     assert hub_server.repo("tester/disc")["private"] is True
     assert "adapter_model.safetensors" in hub_server.files("tester/disc")
-    assert "num_positives" not in out["card"] and "| 250 |" in out["card"] and "base_model: org/source-base" in out["card"]
+    assert "num_positives" not in out["card"] and "| 250 |" in out["card"]
+    assert "base_model: org/source-base" in out["card"]
     assert Path(out["pulled"], "adapter_config.json").exists()
     assert_no_seed_text(hub_server)
 
@@ -307,7 +320,8 @@ def test_synthetic_dataset_push_and_pull(hub_server, tmp_path):
     out = run_client(hub_server, tmp_path / "home", f"""
 import datasets
 from huggingface_hub import DatasetCard
-hub.push_synthetic_dataset({str(saved)!r}, "tester/synthetic", info={{"task_name": "letter-sorting", "num_candidates": 24}})
+info = {{"task_name": "letter-sorting", "num_candidates": 24}}
+hub.push_synthetic_dataset({str(saved)!r}, "tester/synthetic", info=info)
 folder = hub.resolve_pretrained("tester/synthetic", repo_type="dataset")
 result["rows"] = datasets.load_dataset("parquet", data_dir=folder + "/data", split="train").to_dict()
 result["card"] = DatasetCard.load("tester/synthetic", repo_type="dataset").data.to_dict()
