@@ -1,4 +1,4 @@
-"""The benchmark's procedural tasks and pretraining corpus (benchmarks/tasks.py, benchmarks/corpus.py).
+"""The benchmark's procedural tasks and pretraining corpus (peft_transfer/tasks.py, peft_transfer/corpus.py).
 
 The answers are checked against reference solvers written here from the task's text alone; each solver is
 itself pinned by examples worked out by hand.
@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from benchmarks.corpus import (
+from peft_transfer.corpus import (
     ANSWER_PREFIX,
     LIST_HEADER,
     block_kind,
@@ -19,7 +19,7 @@ from benchmarks.corpus import (
     list_block,
     qa_block,
 )
-from benchmarks.tasks import (
+from peft_transfer.tasks import (
     MAX_INPUT_CHARS,
     MAX_TARGET_CHARS,
     TASKS,
