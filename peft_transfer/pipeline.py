@@ -104,15 +104,16 @@ class Transfer:
     # -- inputs ----------------------------------------------------------------------------------------------------
 
     def _fill_demo_settings(self):
-        from .testing import DEMO_TASK_NAME, build_demo_assets
+        from .testing import build_demo_assets
 
         cfg = self.config
         assets = build_demo_assets(cfg.path("demo_assets"), pretrain_steps=cfg.demo_pretrain_steps, seed=cfg.seed)
-        changes = {key: value for key, value in assets.items() if not getattr(cfg, key)}
+        task_name = assets.pop("task_name")
+        for key, value in assets.items():
+            if not getattr(cfg, key):
+                setattr(cfg, key, value)
         if cfg.task_name == "task":
-            changes["task_name"] = DEMO_TASK_NAME
-        for key, value in changes.items():
-            setattr(cfg, key, value)
+            cfg.task_name = task_name
 
     def _check_inputs(self):
         """Fail before any work on what can be checked up front (files, seeds)."""

@@ -87,6 +87,12 @@ def synthesize(cfg, generator, generator_tokenizer, seeds: list[str], *, discrim
                 rows.append(rec)
                 dedup.add(rec["input"])
         rows = [r for r in rows if r["round"] < stats.rounds]  # rows of a round whose stats line is missing are redone
+        # The verdicts are re-taken from the stored scores, so a start with another margin reuses the candidates.
+        stats.accepted = 0
+        for r in rows:
+            r["passed"] = r["score"] is None or r["score"] > cfg.filter_margin
+            r["accepted"] = r["passed"] and stats.accepted < num_samples
+            stats.accepted += r["accepted"]
     stop = [f"\n{min(len(seeds), cfg.num_seeds) + 2}."]
     while stats.accepted < num_samples and stats.candidates < budget:
         round_rng = random.Random(cfg.seed * 100_003 + stats.rounds)
@@ -130,13 +136,14 @@ def synthesize(cfg, generator, generator_tokenizer, seeds: list[str], *, discrim
                 for r in new_rows:
                     f.write(json.dumps(r) + "\n")
                 f.write(json.dumps({"stats": {k: v for k, v in asdict(stats).items()}}) + "\n")
-        if stats.scored == 0 and stats.candidates >= max(2 * cfg.generation_batch_size, 64):
+        parsed = stats.candidates - stats.unparsable
+        if stats.candidates >= max(2 * cfg.generation_batch_size, 64) and parsed < 0.01 * stats.candidates:
             raise SynthesisError(
-                f"The generator's output never parsed into a candidate: {stats.candidates} continuations of the "
-                f"numbered-list prompt gave no usable item 6 ({stats.unparsable} empty or cut at "
-                f"max_candidate_tokens={cfg.max_candidate_tokens}, {stats.duplicates + stats.seed_copies} duplicates "
-                "or seed copies). Use a base (not chat-only) model that continues numbered lists as `generator_model`, "
-                "or raise `max_candidate_tokens`."
+                f"The generator's output (almost) never parsed into a candidate: {parsed} of {stats.candidates} "
+                f"continuations of the numbered-list prompt gave a usable item {min(len(seeds), cfg.num_seeds) + 1} "
+                f"(the others were empty, or cut at max_candidate_tokens={cfg.max_candidate_tokens} before the item "
+                "ended). Use a base (not chat-only) model that continues numbered lists as `generator_model`, or "
+                "raise `max_candidate_tokens`."
             )
     if stats.accepted < num_samples:
         raise SynthesisError(

@@ -20,11 +20,30 @@ from dataclasses import dataclass, field
 
 import torch
 
-DEMO_TASK_NAME = "letter sorting"
-_WORDS = (
-    "the a model data task input answer small large river stone light quick blue green cold warm city road "
-    "paper window morning evening garden number letter story question simple clear open close early late"
-).split()
+DEMO_TASK = "sort_letters"  # a family of `peft_transfer.tasks`
+DEMO_MODELS = os.path.join(os.path.dirname(__file__), "demo_models")  # committed, pretrained bases (if present)
+
+# What `peft-transfer demo` runs; recipes/demo.yaml holds the same values (a test checks they agree).
+DEMO_SETTINGS = dict(
+    demo=True,
+    output_dir="runs/demo",
+    num_samples=250,
+    candidate_budget=4000,
+    generation_batch_size=64,
+    max_candidate_tokens=48,
+    label_max_new_tokens=24,
+    learning_rate=2e-3,
+    num_train_epochs=6,
+    source_learning_rate=2e-3,
+    source_epochs=8,
+    discriminator_learning_rate=1e-3,
+    discriminator_epochs=3,
+    lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    lora_r=16,
+    lora_alpha=32,
+    max_eval_samples=200,
+    logging_steps=50,
+)
 
 
 @dataclass
@@ -51,66 +70,6 @@ FAMILIES = {
         intermediate_size=192, vocab_size=448, tokenizer_kind="metaspace_bpe", extra={"head_dim": 24},
     ),
 }
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The built-in task: sort the letters of a short word. The "specific" format (what real task inputs look like) is
-# `Sort the letters: dbca`; generic variants of the skill in other phrasings go into the pretraining corpus.
-
-
-def demo_example(rng: random.Random) -> dict:
-    n = rng.randint(3, 5)
-    letters = "".join(rng.choice("abcdefghij") for _ in range(n))
-    return {"input": f"Sort the letters: {letters}", "target": "".join(sorted(letters))}
-
-
-def demo_task(n_train: int = 250, n_test: int = 100, seed: int = 0) -> tuple[list[dict], list[dict]]:
-    """Disjoint train and test examples of the built-in task (`{"input", "target"}` dicts)."""
-    rng = random.Random(seed)
-    seen, train, test = set(), [], []
-    while len(train) < n_train or len(test) < n_test:
-        ex = demo_example(rng)
-        if ex["input"] in seen:
-            continue
-        seen.add(ex["input"])
-        (train if len(train) < n_train else test).append(ex)
-    return train, test
-
-
-def _generic_item(rng: random.Random) -> tuple[str, str]:
-    """A generic question/answer pair of some skill (never the specific demo format)."""
-    kind = rng.randrange(4)
-    letters = "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(3, 6)))
-    if kind == 0:
-        return f"Put in order: {' '.join(letters)}", " ".join(sorted(letters))
-    if kind == 1:
-        return f"Reverse the word {letters}", letters[::-1]
-    if kind == 2:
-        a, b = rng.randint(0, 20), rng.randint(0, 20)
-        return f"What is {a} plus {b}?", str(a + b)
-    return f"Uppercase: {letters}", letters.upper()
-
-
-def _filler(rng: random.Random, n_words: int = 12) -> str:
-    return " ".join(rng.choice(_WORDS) for _ in range(n_words)).capitalize() + "."
-
-
-def generic_corpus(num_docs: int, seed: int = 0) -> list[str]:
-    """Documents for pretraining the tiny bases: filler, numbered lists and generic Q/A demos."""
-    rng = random.Random(seed)
-    docs = []
-    for _ in range(num_docs):
-        kind = rng.randrange(3)
-        if kind == 0:
-            docs.append(" ".join(_filler(rng, rng.randint(6, 14)) for _ in range(2)))
-        elif kind == 1:
-            make = rng.choice([lambda: _generic_item(rng)[0], lambda: _filler(rng, rng.randint(3, 6))])
-            items = [make() for _ in range(rng.randint(3, 7))]
-            docs.append("Here are 10 examples:\n" + "\n".join(f"{i + 1}. {x}" for i, x in enumerate(items)))
-        else:
-            q, a = _generic_item(rng)
-            docs.append(f"{q}\nAnswer: {a}")
-    return docs
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -188,12 +147,12 @@ def pretrain(model, tokenizer, docs: list[str], *, steps: int, batch_size: int =
 
 
 def build_family(name: str, path: str, *, pretrain_steps: int = 0, seed: int = 0, num_docs: int = 4000) -> str:
-    """Build (and optionally pretrain) one tiny family and save it under `path`; returns `path`."""
+    """Build (and optionally pretrain) one tiny family on the generic corpus; saves it under `path`, returns `path`."""
+    from .corpus import generic_corpus
+
     family = FAMILIES[name]
-    docs = generic_corpus(num_docs, seed=seed)
-    task_train, _ = demo_task(n_train=50, n_test=0, seed=seed + 1000)
-    # The tokenizer sees task-like text so that its merges are sensible, as a real tokenizer would.
-    tokenizer = build_tokenizer(family.tokenizer_kind, family.vocab_size, docs + [e["input"] for e in task_train])
+    docs = generic_corpus(num_docs=num_docs, seed=seed, doc_chars=300)
+    tokenizer = build_tokenizer(family.tokenizer_kind, family.vocab_size, docs)
     model = build_model(family, tokenizer, seed=seed)
     if pretrain_steps:
         pretrain(model, tokenizer, docs, steps=pretrain_steps, seed=seed)
@@ -218,25 +177,32 @@ def write_jsonl(path: str, rows: list[dict]) -> str:
     return path
 
 
-def build_demo_assets(folder: str, *, pretrain_steps: int = 300, seed: int = 0) -> dict:
-    """Build both families and the built-in task's files under `folder` (skipping what already exists).
+def build_demo_assets(folder: str, *, pretrain_steps: int = 300, seed: int = 0, task: str = DEMO_TASK) -> dict:
+    """The demo's models and task files.
+
+    The bases are the committed pretrained ones in `peft_transfer/demo_models/` when they are there; otherwise both
+    families are built and pretrained for `pretrain_steps` under `folder`. The task's train, test and seed files
+    are written under `folder/task` (skipped when they exist).
 
     Returns:
-        `dict`: paths keyed `source_model`, `target_model`, `train_file`, `eval_file`, `seed_file`.
+        `dict`: paths keyed `source_model`, `target_model`, `train_file`, `eval_file`, `seed_file`, and the task's
+        `task_name`.
     """
-    paths = {
-        "source_model": os.path.join(folder, "tiny-llama"),
-        "target_model": os.path.join(folder, "tiny-gemma"),
-        "train_file": os.path.join(folder, "task", "train.jsonl"),
-        "eval_file": os.path.join(folder, "task", "test.jsonl"),
-        "seed_file": os.path.join(folder, "task", "seeds.jsonl"),
-    }
+    from .tasks import make_task, write_task
+
+    paths = {}
     for key, name in (("source_model", "tiny-llama"), ("target_model", "tiny-gemma")):
+        committed = os.path.join(DEMO_MODELS, name)
+        if os.path.exists(os.path.join(committed, "config.json")):
+            paths[key] = committed
+            continue
+        paths[key] = os.path.join(folder, name)
         if not os.path.exists(os.path.join(paths[key], "config.json")):
             build_family(name, paths[key], pretrain_steps=pretrain_steps, seed=seed)
-    if not os.path.exists(paths["seed_file"]):
-        train, test = demo_task(seed=seed)
-        write_jsonl(paths["train_file"], train)
-        write_jsonl(paths["eval_file"], test)
-        write_jsonl(paths["seed_file"], train[:5])
+    made = make_task(task, seed=seed)
+    task_dir = os.path.join(folder, "task")
+    if not os.path.exists(os.path.join(task_dir, "seeds.jsonl")):
+        write_task(made, task_dir)
+    paths.update(train_file=os.path.join(task_dir, "train.jsonl"), eval_file=os.path.join(task_dir, "test.jsonl"),
+                 seed_file=os.path.join(task_dir, "seeds.jsonl"), task_name=made.description)
     return paths
