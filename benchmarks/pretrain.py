@@ -1,0 +1,422 @@
+"""Build and pretrain the two tiny base-model families of the trained-here world (DESIGN.md §4).
+
+    python benchmarks/pretrain.py --out peft_transfer/demo_models --size cpu      # the committed demo bases, 2 CPU cores
+    python benchmarks/pretrain.py --out runs/bases --size gpu                     # larger bases, one H100 (bf16 autocast)
+    python benchmarks/pretrain.py --probe-only --out peft_transfer/demo_models    # re-run the probes on saved bases
+
+A transfer only shows something when the target base can do what the generator prompt asks of it: continue a
+numbered list of task inputs *in the format of the listed items* (stage 3 of the method). The specific formats of
+the tasks never occur in the pretraining corpus (`peft_transfer/corpus.py` only holds generic variants), so this
+is in-context format copying, an induction-style skill. The corpus's own lists cover only a few dozen formats, which
+a small model can simply memorize; this script therefore adds lists drawn from *random templates* (random fixed
+words and punctuation around random slots: letters, numbers, pseudo-words, brackets, ...), every list homogeneous in
+format, so the cheapest way to predict item k+1 is to copy the fixed parts of items 1..k. Items that happen to match a
+task's `specific_pattern` are dropped, so no specific format leaks in.
+
+Training is a plain full-parameter causal-LM loop over documents packed into fixed-length token blocks (no padding
+is wasted). `probe` measures what a transfer needs of a base: the format-copy rate of item 6 and the zero-shot
+accuracy of each task family's specific variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import random
+import re
+import string
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+
+from peft_transfer.corpus import generic_corpus
+from peft_transfer.data import generator_prompt, parse_candidate
+from peft_transfer.tasks import TASKS, WEEKDAYS, WORDS, _pseudo_word, make_task
+from peft_transfer.testing import build_tokenizer
+
+PROBE_TASKS = ("sort_letters", "reverse_word", "multistep_arithmetic", "boolean_expressions", "count_letters")
+
+
+@dataclass
+class BaseSpec:
+    """One base to build: its family's architecture and tokenizer, its size and its training budget."""
+
+    name: str
+    architecture: str  # "llama" or "gemma"
+    tokenizer_kind: str  # "byte_bpe" or "metaspace_bpe"
+    vocab_size: int
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    intermediate_size: int
+    head_dim: int
+    steps: int
+    batch_size: int  # blocks of `seq_len` tokens per step
+    lr: float
+
+
+# The source (tiny-llama) is the smaller family, the target (tiny-gemma) the larger; the target also gets the
+# larger training budget because its format copying is what the generator stage depends on.
+SIZES = {
+    "cpu": dict(
+        seq_len=256,
+        corpus_chars=10_000_000,
+        bases=[
+            BaseSpec("tiny-llama", "llama", "byte_bpe", 768, 128, 4, 4, 2, 384, 32, steps=2000, batch_size=8, lr=2e-3),
+            BaseSpec("tiny-gemma", "gemma", "metaspace_bpe", 1024, 192, 4, 6, 2, 512, 32, steps=1800, batch_size=8,
+                     lr=2e-3),
+        ],
+    ),
+    "gpu": dict(
+        seq_len=512,
+        corpus_chars=120_000_000,
+        bases=[
+            BaseSpec("tiny-llama", "llama", "byte_bpe", 1024, 256, 4, 8, 4, 768, 32, steps=4000, batch_size=64,
+                     lr=2e-3),
+            BaseSpec("tiny-gemma", "gemma", "metaspace_bpe", 1536, 384, 6, 8, 4, 1024, 48, steps=5000, batch_size=64,
+                     lr=1.5e-3),
+        ],
+    ),
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The corpus: the package's generic corpus plus random-template lists.
+
+_TEMPLATE_WORDS = list(WORDS) + (
+    "the a of in to is what how many which find write take give list check compute solve evaluate complete "
+    "each every all first last next word words letter letters number numbers value answer result total order "
+    "from and or not with after before then now day days item items code name key step steps point move moves "
+    "start end left right up down new old show tell make put get count sum add read say turn"
+).split()
+_SEPARATORS = (" ", ", ", ",", "", "-", " | ", "; ")
+_ENDINGS = ("", "", "?", ".", ":", " =", " ->", " is", "!")
+
+
+def _slot(rng: random.Random):
+    """A random slot type with fixed parameters: returns a function that draws one value of it."""
+    kind = rng.randrange(9)
+    sep = rng.choice(_SEPARATORS)
+    lo = rng.randint(1, 5)
+    hi = lo + rng.randint(0, 4)
+    upper = rng.random() < 0.25
+    if kind == 0:  # letters
+        return lambda r: sep.join(c.upper() if upper else c for c in r.sample(string.ascii_lowercase, r.randint(lo, hi)))
+    if kind == 1:  # numbers in a fixed range
+        a = rng.choice((0, 1, 10, 100, -9))
+        b = a + rng.choice((9, 20, 89, 899))
+        return lambda r: sep.join(str(r.randint(a, b)) for _ in range(r.randint(lo, hi)))
+    if kind == 2:  # one number
+        b = rng.choice((9, 30, 99, 365, 1000))
+        return lambda r: str(r.randint(0, b))
+    if kind == 3:  # pseudo-word, maybe quoted
+        q = rng.choice(("", "", "'", '"'))
+        return lambda r: q + _pseudo_word(r, 1, 4) + q
+    if kind == 4:  # words
+        q = rng.choice(("", "'"))
+        return lambda r: q + sep.join(r.choice(WORDS) for _ in range(r.randint(min(lo, 3), min(hi, 4)))) + q
+    if kind == 5:  # brackets
+        return lambda r: sep.join(r.choice("()[]{}<>") for _ in range(r.randint(lo + 1, hi + 4)))
+    if kind == 6:  # weekday
+        return lambda r: r.choice(WEEKDAYS)
+    if kind == 7:  # a symbol string over a small alphabet
+        alphabet = "".join(rng.sample("abcdxyzNESWUDLR01TF+-*", rng.randint(2, 4)))
+        return lambda r: sep.join(r.choice(alphabet) for _ in range(r.randint(lo + 2, hi + 8)))
+    ops = rng.sample("+-*", rng.randint(1, 3))  # a small expression
+    return lambda r: f"{r.randint(-9, 20)} {r.choice(ops)} {r.randint(-9, 20)}"
+
+
+def _phrase(rng: random.Random) -> str:
+    words = [rng.choice(_TEMPLATE_WORDS) for _ in range(rng.randint(1, 4))]
+    if rng.random() < 0.6:
+        words[0] = words[0].capitalize()
+    return " ".join(words)
+
+
+def random_template(rng: random.Random):
+    """A random item format: fixed phrases and punctuation around one or two slots. Returns a drawing function."""
+    parts = [_phrase(rng) + rng.choice((" ", ": ", " (", " '"))]
+    parts[-1] = parts[-1] if not parts[-1].endswith(("(", "'")) else parts[-1]
+    slots = [_slot(rng) for _ in range(rng.choice((1, 1, 2)))]
+    joiner = rng.choice((" ", ", ", " and ", " to ", ". ", " in "))
+    close = {"(": ")", "'": "'"}.get(parts[0][-1], "")
+    ending = rng.choice(_ENDINGS)
+    tail = (" " + _phrase(rng).lower()) if rng.random() < 0.3 else ""
+
+    def draw(r: random.Random) -> str:
+        return parts[0] + joiner.join(s(r) for s in slots) + close + tail + ending
+
+    return draw
+
+
+def _is_specific(text: str) -> bool:
+    return any(fam.is_specific(text) for fam in TASKS.values())
+
+
+def template_list_block(rng: random.Random, exclude: set[str], n: int = 10) -> str:
+    """`Here are {n} examples:` and `n` distinct items of one random template (none a specific input)."""
+    while True:
+        draw = random_template(rng)
+        items: list[str] = []
+        for _ in range(10 * n):
+            item = draw(rng)
+            if len(item) <= 80 and item not in items and item not in exclude and not _is_specific(item):
+                items.append(item)
+                if len(items) == n:
+                    return "\n".join([f"Here are {n} examples:"] + [f"{i}. {x}" for i, x in enumerate(items, 1)])
+
+
+def pretraining_corpus(num_chars: int, seed: int = 0, template_share: float = 0.4) -> list[str]:
+    """The package's generic corpus (qa/list/filler) plus documents of random-template lists, shuffled."""
+    exclude = set()
+    for name in TASKS:
+        task = make_task(name, seed=seed)
+        exclude.update(s["input"] for s in task.train + task.test)
+    docs = generic_corpus(num_chars=int(num_chars * (1 - template_share)), seed=seed, exclude=exclude,
+                          weights=(0.5, 0.3, 0.2))
+    rng = random.Random(f"template_lists:{seed}")
+    total = 0
+    while total < num_chars * template_share:
+        doc = "\n\n".join(template_list_block(rng, exclude) for _ in range(rng.randint(1, 3)))
+        docs.append(doc)
+        total += len(doc)
+    rng.shuffle(docs)
+    return docs
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Models and training.
+
+
+def build_base(spec: BaseSpec, tokenizer, max_positions: int, seed: int = 0):
+    from transformers import GemmaConfig, GemmaForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    common = dict(
+        hidden_size=spec.hidden_size, num_hidden_layers=spec.num_hidden_layers,
+        num_attention_heads=spec.num_attention_heads, num_key_value_heads=spec.num_key_value_heads,
+        intermediate_size=spec.intermediate_size, head_dim=spec.head_dim, vocab_size=len(tokenizer),
+        max_position_embeddings=max_positions, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    if spec.architecture == "llama":
+        return LlamaForCausalLM(LlamaConfig(tie_word_embeddings=False, **common))
+    # Gemma ties its embeddings, as the real Gemma models do (and it keeps the file small).
+    return GemmaForCausalLM(GemmaConfig(tie_word_embeddings=True, **common))
+
+
+def pack(tokenizer, docs: list[str], seq_len: int) -> torch.Tensor:
+    """All documents, each followed by EOS, concatenated and cut into `[num_blocks, seq_len]` blocks."""
+    ids: list[int] = []
+    for i in range(0, len(docs), 1000):
+        for row in tokenizer(docs[i:i + 1000], add_special_tokens=False).input_ids:
+            ids.extend(row)
+            ids.append(tokenizer.eos_token_id)
+    n = len(ids) // seq_len
+    return torch.tensor(ids[: n * seq_len], dtype=torch.long).view(n, seq_len)
+
+
+def train(model, blocks: torch.Tensor, spec: BaseSpec, device: str, seed: int = 0, log_every: int = 50) -> dict:
+    """AdamW, linear warm-up then cosine decay to 10%; returns the loss curve summary and the wall time."""
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.95), weight_decay=0.01)
+    warmup = max(1, spec.steps // 20)
+
+    def schedule(step):
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, spec.steps - warmup)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else contextlib.nullcontext())
+    model.train()
+    order = torch.randperm(len(blocks), generator=gen)
+    pos, start, recent, curve = 0, time.time(), [], []
+    for step in range(spec.steps):
+        if pos + spec.batch_size > len(order):
+            order, pos = torch.randperm(len(blocks), generator=gen), 0
+        batch = blocks[order[pos:pos + spec.batch_size]].to(device)
+        pos += spec.batch_size
+        with autocast:
+            loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        recent.append(loss.item())
+        if (step + 1) % log_every == 0 or step + 1 == spec.steps:
+            mean = sum(recent) / len(recent)
+            curve.append((step + 1, round(mean, 4)))
+            tok_s = (step + 1) * spec.batch_size * blocks.shape[1] / (time.time() - start)
+            print(f"[{spec.name}] step {step + 1}/{spec.steps} loss {mean:.3f} ({tok_s:,.0f} tokens/s)", flush=True)
+            recent = []
+    model.eval()
+    return {"final_loss": curve[-1][1], "wall_s": round(time.time() - start, 1), "curve": curve,
+            "epochs": round(spec.steps * spec.batch_size / len(blocks), 2)}
+
+
+def save_base(model, tokenizer, path: str) -> None:
+    os.makedirs(path, exist_ok=True)
+    n_bytes = sum(p.numel() for p in model.parameters()) * 4
+    # float32 when it fits in 8 MB, else bfloat16 (loading with dtype=torch.float32 upcasts).
+    model = model.to(torch.float32 if n_bytes <= 8_000_000 else torch.bfloat16)
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    # Name the portable class so that every transformers 5.x release loads the locally trained tokenizer.
+    cfg_path = os.path.join(path, "tokenizer_config.json")
+    with open(cfg_path) as f:
+        cfg = json.load(f)
+    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    with open(cfg_path, "w") as f:
+        json.dump(cfg, f, indent=2)
+    model.to(torch.float32)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Probes.
+
+
+@torch.no_grad()
+def format_copy_rate(model, tokenizer, task_name: str, *, num: int = 50, seed: int = 0, max_new_tokens: int = 48,
+                     device: str = "cpu") -> dict:
+    """Item 6 of the generator prompt with 5 specific seeds (temperature 1.0): how often it is well-formed
+    (parsed the way stage 3 parses it) and how often it matches the family's `specific_pattern`."""
+    task = make_task(task_name, seed=seed)
+    seeds = [s["input"] for s in task.seeds]
+    rng = random.Random(f"probe:{task_name}:{seed}")
+    prompts = [generator_prompt(seeds, rng) for _ in range(num)]
+    torch.manual_seed(seed)
+    tokenizer.padding_side = "left"
+    enc = tokenizer(prompts, return_tensors="pt", padding=True).to(device)
+    out = model.generate(**enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    new = out[:, enc.input_ids.shape[1]:]
+    texts = tokenizer.batch_decode(new, skip_special_tokens=True)
+    finished = [(row == tokenizer.eos_token_id).any().item() for row in new]
+    items = [parse_candidate(t, finished=f) for t, f in zip(texts, finished)]
+    pattern = TASKS[task_name].specific_pattern
+    match = [x is not None and re.fullmatch(pattern, x) is not None for x in items]
+    novel = [m and x not in seeds for m, x in zip(match, items)]
+    return {"parsed": sum(x is not None for x in items) / num, "format": sum(match) / num,
+            "novel": sum(novel) / num, "examples": [x for x in items if x][:3]}
+
+
+@torch.no_grad()
+def zero_shot_accuracy(model, tokenizer, task_name: str, *, num: int = 100, seed: int = 0, device: str = "cpu",
+                       batch_size: int = 50) -> float:
+    """Exact match of the greedy answer (cut at the first newline) to `"{input}\\nAnswer:"` on specific test inputs."""
+    test = make_task(task_name, seed=seed).test[:num]
+    tokenizer.padding_side = "left"
+    correct = 0
+    for i in range(0, len(test), batch_size):
+        rows = test[i:i + batch_size]
+        enc = tokenizer([f"{r['input']}\nAnswer:" for r in rows], return_tensors="pt", padding=True).to(device)
+        out = model.generate(**enc, do_sample=False, max_new_tokens=16, pad_token_id=tokenizer.pad_token_id,
+                             eos_token_id=tokenizer.eos_token_id)
+        for r, text in zip(rows, tokenizer.batch_decode(out[:, enc.input_ids.shape[1]:], skip_special_tokens=True)):
+            correct += text.split("\n")[0].strip() == r["target"]
+    return correct / len(test)
+
+
+def probe(path: str, tasks=PROBE_TASKS, device: str = "cpu") -> dict:
+    """Probe every saved base under `path`; prints a table and returns `{base: {task: {...}}}`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    results = {}
+    for name in sorted(os.listdir(path)):
+        if not os.path.exists(os.path.join(path, name, "config.json")):
+            continue
+        model = AutoModelForCausalLM.from_pretrained(os.path.join(path, name), dtype=torch.float32).to(device).eval()
+        tokenizer = AutoTokenizer.from_pretrained(os.path.join(path, name))
+        results[name] = {}
+        for task in tasks:
+            fc = format_copy_rate(model, tokenizer, task, device=device)
+            acc = zero_shot_accuracy(model, tokenizer, task, device=device)
+            results[name][task] = {**fc, "zero_shot": acc}
+    print(f"\n| base | task | item 6 parsed | format copy | novel + format | zero-shot EM |")
+    print("|---|---|---|---|---|---|")
+    for name, per_task in results.items():
+        for task, r in per_task.items():
+            print(f"| {name} | {task} | {r['parsed']:.2f} | {r['format']:.2f} | {r['novel']:.2f} | {r['zero_shot']:.2f} |")
+    for name, per_task in results.items():
+        for task, r in per_task.items():
+            print(f"{name} {task} examples: {r['examples']}")
+    return results
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def build_one(spec: BaseSpec, size_name: str, out: str, seed: int, device: str, threads: int) -> dict:
+    """Corpus, tokenizer, model, training and saving of one base; returns (and writes) its training report."""
+    if device == "cpu":
+        torch.set_num_threads(threads)
+    size = SIZES[size_name]
+    t0 = time.time()
+    docs = pretraining_corpus(size["corpus_chars"], seed=seed)
+    tokenizer = build_tokenizer(spec.tokenizer_kind, spec.vocab_size, docs[:4000])  # ~3 MB: every format
+    blocks = pack(tokenizer, docs, size["seq_len"])
+    model = build_base(spec, tokenizer, max_positions=max(512, size["seq_len"]), seed=seed).to(device)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"[{spec.name}] {len(docs)} docs, {sum(map(len, docs)):,} chars, {blocks.numel():,} tokens "
+          f"({sum(map(len, docs)) / blocks.numel():.2f} chars/token); {n_params:,} parameters, vocab "
+          f"{len(tokenizer)}; prep {time.time() - t0:.0f} s", flush=True)
+    stats = train(model, blocks, spec, device, seed=seed)
+    path = os.path.join(out, spec.name)
+    save_base(model, tokenizer, path)
+    report = {"parameters": n_params, "vocab": len(tokenizer), "steps": spec.steps,
+              "batch": f"{spec.batch_size} x {size['seq_len']} tokens", "lr": spec.lr, "threads": threads,
+              "corpus_tokens": blocks.numel(), **stats}
+    print(json.dumps({k: v for k, v in report.items() if k != "curve"}), flush=True)
+    with open(os.path.join(path, "pretraining.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    return report
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="peft_transfer/demo_models")
+    parser.add_argument("--size", choices=sorted(SIZES), default="cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", nargs="*", help="build only these bases (names)")
+    parser.add_argument("--steps", type=int, help="override the steps of every base (for measuring)")
+    parser.add_argument("--probe-only", action="store_true")
+    parser.add_argument("--no-probe", action="store_true")
+    args = parser.parse_args(argv)
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    size = SIZES[args.size]
+    specs = [s for s in size["bases"] if not args.only or s.name in args.only]
+    for spec in specs:
+        spec.steps = args.steps or spec.steps
+    if not args.probe_only:
+        os.makedirs(args.out, exist_ok=True)
+        if device == "cpu" and len(specs) > 1 and (os.cpu_count() or 1) >= len(specs):
+            # One single-threaded process per base: two-thread processes on two shared cores stall each other in
+            # OpenMP barriers (measured: 15x slower per step when another job holds a core), one thread each does not.
+            import multiprocessing
+
+            with multiprocessing.get_context("spawn").Pool(len(specs)) as pool:
+                pool.starmap(build_one, [(spec, args.size, args.out, args.seed, device, 1) for spec in specs])
+        else:
+            for spec in specs:
+                build_one(spec, args.size, args.out, args.seed, device, min(2, os.cpu_count() or 1))
+    if device == "cpu":
+        torch.set_num_threads(1)  # generation of tiny models gains little from a second thread, and may stall
+    if not args.no_probe:
+        t0 = time.time()
+        probe(args.out, device=device)
+        print(f"probes: {time.time() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
