@@ -4,19 +4,31 @@ Why a subclass of `trl.SFTTrainer`: the paper's loss is sequence-level KD, i.e. 
 completions, which *is* SFT on a prompt/completion dataset with the loss on completion tokens only. `SFTTrainer`
 already does that tokenisation, masking, packing, PEFT wrapping (any PEFT type) and model cards, and it works across
 tokenizers because the teacher's text is re-tokenised by the student. TRL's own `trl.DistillationTrainer` is
-on-policy only and refuses differing vocabularies, so it cannot run the paper's method. Token-level KD (forward KL,
-reverse KL, JSD, or a mix with the sequence CE) is added on top when teacher and student share a vocabulary, computed
-chunk by chunk from the final hidden states so that no full (batch × length × vocab) logits tensor is kept.
+on-policy only, refuses differing vocabularies and prompt-learning adapters, so it cannot run the paper's method.
+
+Token-level KD (forward KL, reverse KL, JSD, or a mix with the sequence CE) is added on top when teacher and student
+share a vocabulary. Both models run their ordinary `forward` (so PEFT's prompt and prefix tuning do their work); the
+input of each `lm_head` is captured by a pre-hook that also cuts the head's own work to the last position, and the
+loss is computed chunk by chunk from those hidden states (`losses.chunked_token_divergence`), so no full
+(batch × length × vocab) logits tensor is ever built.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import json
+import os
 from dataclasses import dataclass, field
 
 import torch
 from trl import SFTConfig, SFTTrainer
 
 KD_LOSSES = ("sequence", "forward_kl", "reverse_kl", "jsd")
+LINEAGE_FILE = "transfer.json"  # what the pipeline writes next to a transferred adapter
+# Config attributes that rescale logits after `lm_head` (Cohere, Granite, Falcon-H1, ...): the chunked loss reads
+# `lm_head` directly and would silently skip them.
+_LOGIT_SCALES = ("logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
 
 
 @dataclass
@@ -33,7 +45,7 @@ class DistillationConfig(SFTConfig):
         beta (`float`, *optional*, defaults to `0.5`):
             JSD interpolation: 0 is forward KL, 1 is reverse KL (TRL's GKD convention).
         kd_temperature (`float`, *optional*, defaults to `1.0`):
-            Softmax temperature of both distributions in token-level KD.
+            Softmax temperature of both distributions in token-level KD (no `T²` factor, like TRL).
         kd_chunk_size (`int`, *optional*, defaults to `1024`):
             Completion positions per chunk of token-level KD; bounds the memory of the logits.
     """
@@ -67,7 +79,7 @@ class DistillationTrainer(SFTTrainer):
     trainer = DistillationTrainer(
         model=student,                      # a base model (with `peft_config`) or a `PeftModel`
         teacher_model=teacher,              # `PeftModel`, merged model, or a path / Hub id (+ `teacher_adapter`)
-        args=DistillationConfig(output_dir="out", kd_loss="sequence"),
+        args=DistillationConfig(output_dir="out", kd_loss="forward_kl"),
         train_dataset=dataset,              # {"prompt": ..., "completion": <teacher's answer>} rows
         peft_config=LoraConfig(r=8, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
     )
@@ -75,8 +87,35 @@ class DistillationTrainer(SFTTrainer):
     ```
 
     With `kd_loss="sequence"` the teacher is not needed during training (its completions are the labels) and may
-    be left out. Token-level losses need it, and need the same vocabulary on both sides: this is checked when the
-    trainer is built.
+    be left out. Token-level losses need it, and need the same vocabulary on both sides, id for id: this is checked
+    when the trainer is built.
+
+    When teacher and student share the base weights, one model holds both adapters: pass a `PeftModel` that has the
+    teacher's adapter loaded under `teacher_adapter_name` (plus `peft_config` for a fresh student adapter, or the
+    student adapter already added and active). The teacher's forward runs with its adapter active, in eval mode and
+    without gradients; only the student's adapter is trainable, and `save_pretrained` on that model writes only the
+    student's adapter unless `selected_adapters` says otherwise.
+
+    Args:
+        model (`PreTrainedModel`, `PeftModel` or `str`):
+            The student, as for [`SFTTrainer`].
+        teacher_model (`PreTrainedModel`, `PeftModel` or `str`, *optional*):
+            The teacher: base + adapter as a `PeftModel` (any PEFT type), a merged model, or a path / Hub id of a base
+            model (`user/repo@revision` works) with `teacher_adapter`. It is put in eval mode and its parameters are
+            frozen; training never changes it.
+        args ([`DistillationConfig`], *optional*):
+            Training and distillation settings.
+        teacher_adapter (`str`, *optional*):
+            Path or Hub id of the teacher's adapter, when `teacher_model` is a path or Hub id.
+        teacher_adapter_name (`str`, *optional*):
+            Name of the teacher's adapter on the student `PeftModel` (one base, two adapters).
+        teacher_processing_class (`PreTrainedTokenizerBase`, *optional*):
+            The teacher's tokenizer for the vocabulary check; loaded from the teacher's path when not given.
+        lineage (`dict`, *optional*):
+            Where the transfer comes from (source base and adapter, discriminator, sample counts, ...), written into
+            the model card. When not given, `transfer.json` in `args.output_dir` is used if it exists.
+        **kwargs:
+            Everything else [`SFTTrainer`] takes (`train_dataset`, `processing_class`, `peft_config`, ...).
     """
 
     _tag_names = ["trl", "peft-transfer", "trans-lora", "distillation"]
@@ -97,66 +136,99 @@ class DistillationTrainer(SFTTrainer):
     }
 
     def __init__(self, model=None, teacher_model=None, args: DistillationConfig | None = None, *,
-                 teacher_adapter: str | None = None, teacher_processing_class=None, **kwargs):
+                 teacher_adapter: str | None = None, teacher_adapter_name: str | None = None,
+                 teacher_processing_class=None, lineage: dict | None = None, **kwargs):
         if args is None:
             args = DistillationConfig(output_dir="distillation-output")
         elif not isinstance(args, DistillationConfig):
             raise TypeError("`args` must be a DistillationConfig (an SFTConfig with the distillation settings).")
-        self.kd_loss = args.kd_loss
+        self.lineage = lineage
+        # A token-level loss with sequence_weight=1 is plain CE computed chunk-wise: it does not need the teacher.
+        self._uses_teacher = args.kd_loss != "sequence" and args.sequence_weight < 1.0
+        self.teacher_adapter_name = teacher_adapter_name
+        if teacher_adapter_name is not None:
+            if teacher_model is not None:
+                raise ValueError("Pass either `teacher_model` or `teacher_adapter_name` (the teacher's adapter on the "
+                                 "student model), not both.")
+            model, kwargs["peft_config"] = _add_student_adapter(model, teacher_adapter_name, kwargs.get("peft_config"))
+        elif isinstance(teacher_model, torch.nn.Module) and isinstance(model, torch.nn.Module):
+            _refuse_shared_parameters(model, teacher_model)
+        if self._uses_teacher and getattr(args, "deepspeed_plugin", None) is not None \
+                and args.deepspeed_plugin.zero_stage == 3:
+            raise NotImplementedError(
+                "Token-level KD reads both lm_head weights outside the forward pass, which ZeRO-3 partitions. Use "
+                "ZeRO-2 (or kd_loss='sequence') with DeepSpeed."
+            )
+
         super().__init__(model=model, args=args, **kwargs)
+
         self.teacher_model = None
-        if args.kd_loss != "sequence":
-            if teacher_model is None:
-                raise ValueError(
-                    f"kd_loss={args.kd_loss!r} needs a teacher: pass `teacher_model`, or use kd_loss='sequence' "
-                    "(the teacher's completions are then the labels)."
-                )
-            teacher_model = self._load_teacher(teacher_model, teacher_adapter)
-            self._check_vocabulary(teacher_model, teacher_processing_class)
-            self.teacher_model = self._prepare_teacher(teacher_model)
+        self.teacher_name = None
+        if teacher_adapter_name is not None:
+            self.teacher_name = f"adapter {teacher_adapter_name!r} on the student's base"
+            _freeze_adapter(self.model, teacher_adapter_name)
+            _save_only_student_adapters(self.model, teacher_adapter_name)
+        elif isinstance(teacher_model, str):
+            self.teacher_name = teacher_model + (f" + {teacher_adapter}" if teacher_adapter else "")
+            if self._uses_teacher:  # the sequence loss never runs the teacher: do not load it
+                self.teacher_model = self._load_teacher(teacher_model, teacher_adapter)
         elif teacher_model is not None:
-            # Kept for the model card and for callers; not used by the sequence loss.
-            self.teacher_model = self._freeze(self._load_teacher(teacher_model, teacher_adapter))
+            if teacher_adapter:
+                raise ValueError("`teacher_adapter` is only used with a teacher given as a path or Hub id.")
+            self.teacher_name = getattr(teacher_model, "name_or_path", None)
+            self.teacher_model = _freeze(teacher_model)
+
+        self._softcaps = (None, None)
+        if self._uses_teacher:
+            if self.teacher_model is None and teacher_adapter_name is None:
+                raise ValueError(
+                    f"kd_loss={args.kd_loss!r} needs a teacher: pass `teacher_model` (or `teacher_adapter_name`), or "
+                    "use kd_loss='sequence' (the teacher's completions are then the labels)."
+                )
+            if self.teacher_model is not None:
+                self._check_vocabulary(self.teacher_model, teacher_processing_class)
+                self.teacher_model = self._prepare_teacher(self.teacher_model)
+        if args.kd_loss != "sequence":
+            teacher = self.teacher_model if self.teacher_model is not None else self.model
+            self._softcaps = (_logit_softcap(self.model), _logit_softcap(_unwrap(teacher)))
+            _refuse_adapter_on_lm_head(_unwrap(teacher), "teacher")
 
     # -- teacher ---------------------------------------------------------------------------------------------------
 
-    def _load_teacher(self, teacher, adapter):
-        if isinstance(teacher, str):
-            from .modeling import load_adapter, load_base
+    def _load_teacher(self, ref: str, adapter: str | None):
+        from .modeling import load_adapter, load_base
 
-            ref = teacher
-            teacher = load_base(ref, dtype="auto", device=self.accelerator.device)
-            if adapter:
-                teacher = load_adapter(teacher, adapter, ref)
-        elif adapter:
-            raise ValueError("`teacher_adapter` is only used with a teacher given as a path or Hub id.")
-        return teacher
-
-    @staticmethod
-    def _freeze(teacher):
-        teacher.eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-        return teacher
+        dtype = str(self.model.dtype).removeprefix("torch.")
+        teacher = load_base(ref, dtype=dtype, device=self.accelerator.device)
+        if adapter:
+            teacher = load_adapter(teacher, adapter, ref)
+        return _freeze(teacher)
 
     def _prepare_teacher(self, teacher):
-        teacher = self._freeze(teacher)
         if self.is_deepspeed_enabled:
             from trl.models import prepare_deepspeed
 
             return prepare_deepspeed(teacher, self.accelerator)
+        # evaluation_mode: placed on the device, never wrapped for DDP (it receives no gradient).
         return self.accelerator.prepare_model(teacher, evaluation_mode=True)
 
     def _check_vocabulary(self, teacher, teacher_processing_class):
-        from transformers import AutoTokenizer
-
         from .losses import assert_same_vocabulary
 
-        student_tok = self.processing_class
         teacher_tok = teacher_processing_class
         if teacher_tok is None:
-            name = getattr(teacher, "name_or_path", None) or teacher.config._name_or_path
-            teacher_tok = AutoTokenizer.from_pretrained(name)
+            from transformers import AutoTokenizer
+
+            name = getattr(teacher, "name_or_path", None)
+            try:
+                teacher_tok = AutoTokenizer.from_pretrained(name)
+            except Exception as e:
+                raise ValueError(
+                    f"Could not load the teacher's tokenizer from {name!r} to check that teacher and student share a "
+                    "vocabulary: pass `teacher_processing_class`."
+                ) from e
+        student_tok = getattr(self.processing_class, "tokenizer", self.processing_class)
+        teacher_tok = getattr(teacher_tok, "tokenizer", teacher_tok)
         assert_same_vocabulary(
             teacher_tok,
             student_tok,
@@ -167,42 +239,257 @@ class DistillationTrainer(SFTTrainer):
     # -- loss ------------------------------------------------------------------------------------------------------
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if self.kd_loss == "sequence":
+        if self.args.kd_loss == "sequence":
             return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)
         from .losses import chunked_token_divergence
 
+        mode = "train" if self.model.training else "eval"
         labels = inputs["labels"]
-        model_inputs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "position_ids")}
-        student_out = model(**model_inputs, output_hidden_states=True, use_cache=False)
-        with torch.no_grad():
-            teacher_out = self.teacher_model(**model_inputs, output_hidden_states=True, use_cache=False)
-        # Prompt-learning adapters prepend virtual tokens: keep the positions of the real sequence.
+        model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        model_inputs["use_cache"] = False
         length = labels.shape[1]
-        student_hidden = student_out.hidden_states[-1][:, -length:]
-        teacher_hidden = teacher_out.hidden_states[-1][:, -length:]
-        student_head = _unwrap(model).get_output_embeddings()
-        teacher_head = _unwrap(self.teacher_model).get_output_embeddings()
-        loss = chunked_token_divergence(
+        student = _unwrap(model)
+        student_head = student.get_output_embeddings()
+        # Prompt-learning adapters prepend virtual tokens: keep the positions of the real sequence (the last L).
+        student_hidden = _final_hidden(model, student_head, model_inputs)[:, -length:]
+        teacher_hidden = teacher_head = None
+        if self._uses_teacher:
+            with torch.no_grad():
+                teacher_hidden, teacher_head = self._teacher_forward(model, model_inputs)
+            teacher_hidden = teacher_hidden[:, -length:].to(student_hidden.device)
+            if teacher_head.weight.device != student_hidden.device:
+                teacher_head = (teacher_head.weight.to(student_hidden.device),
+                                None if teacher_head.bias is None else teacher_head.bias.to(student_hidden.device))
+        loss, divergence, cross_entropy = chunked_token_divergence(
             student_hidden,
-            student_head.weight,
+            student_head,
             teacher_hidden,
-            teacher_head.weight,
+            teacher_head,
             labels,
             kind=self.args.kd_loss,
             beta=self.args.beta,
             temperature=self.args.kd_temperature,
             chunk_size=self.args.kd_chunk_size,
             sequence_weight=self.args.sequence_weight,
-            student_bias=getattr(student_head, "bias", None),
-            teacher_bias=getattr(teacher_head, "bias", None),
+            logit_softcap=self._softcaps,
+            num_items_in_batch=num_items_in_batch,
+            return_components=True,
         )
-        return (loss, student_out) if return_outputs else loss
+        # Like `SFTTrainer`: `num_items_in_batch` counts the tokens of every rank, and DDP averages the gradients.
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+        self._log_kd_metrics(mode, inputs, divergence, cross_entropy)
+        if return_outputs:
+            with torch.no_grad():
+                outputs = model(**model_inputs)
+            return loss, outputs
+        return loss
+
+    def _teacher_forward(self, model, model_inputs):
+        """Final hidden states `(B, L[+P], H_t)` and `lm_head` of the teacher, without gradients."""
+        if self.teacher_adapter_name is None:
+            head = _unwrap(self.teacher_model).get_output_embeddings()
+            return _final_hidden(self.teacher_model, head, model_inputs), head
+        # One base, two adapters: run the unwrapped model (not DDP's forward) with the teacher's adapter.
+        peft_model = self.accelerator.unwrap_model(model)
+        head = _unwrap(peft_model).get_output_embeddings()
+        with _adapter_active(peft_model, self.teacher_adapter_name):
+            return _final_hidden(peft_model, head, model_inputs), head
+
+    def _log_kd_metrics(self, mode, inputs, divergence, cross_entropy):
+        gather = self.accelerator.gather_for_metrics
+        self._metrics[mode]["kd/divergence"].append(gather(divergence.detach()).mean().item())
+        self._metrics[mode]["kd/cross_entropy"].append(gather(cross_entropy.detach()).mean().item())
+        if mode == "train":
+            if "attention_mask" in inputs:
+                tokens = inputs["attention_mask"].sum()
+            else:
+                tokens = torch.tensor(inputs["input_ids"].numel(), device=inputs["input_ids"].device)
+            self._total_train_tokens += gather(tokens).sum().item() // self._tp_size
+        self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+
+    # -- model card ------------------------------------------------------------------------------------------------
+
+    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None,
+                          tags: str | list[str] | None = None):
+        """TRL's model card (tags, citation of arXiv 2405.17258), plus the transfer's lineage when it is known."""
+        super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
+        if not self.is_world_process_zero():
+            return
+        rows = dict(self._card_lineage())
+        rows.update({"teacher": self.teacher_name, "distillation loss": self.args.kd_loss})
+        if self.args.kd_loss != "sequence":
+            rows.update({"sequence weight": self.args.sequence_weight, "temperature": self.args.kd_temperature})
+            if self.args.kd_loss == "jsd":
+                rows["beta"] = self.args.beta
+        peft_config = getattr(_unwrapped_peft(self.model), "active_peft_config", None)
+        if peft_config is not None:
+            rows["student PEFT type"] = str(peft_config.peft_type.value)
+        lines = ["", "## Transfer lineage", "", "| | |", "|---|---|"]
+        lines += [f"| {k} | {_card_value(v)} |" for k, v in rows.items() if v not in (None, "", [], {})]
+        with open(os.path.join(self.args.output_dir, "README.md"), "a") as f:
+            f.write("\n".join(lines) + "\n")
+
+    def _card_lineage(self) -> dict:
+        if self.lineage is not None:
+            return self.lineage
+        path = os.path.join(self.args.output_dir, LINEAGE_FILE)
+        if os.path.exists(path):
+            with open(path) as f:
+                return json.load(f)
+        return {}
+
+
+# -- helpers -------------------------------------------------------------------------------------------------------
 
 
 def _unwrap(model):
+    """The `transformers` model under DDP/DeepSpeed wrappers and PEFT."""
     while hasattr(model, "module"):
         model = model.module
     if hasattr(model, "get_base_model"):
         model = model.get_base_model()
     return model
+
+
+def _unwrapped_peft(model):
+    while hasattr(model, "module"):
+        model = model.module
+    return model
+
+
+def _freeze(model):
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _final_hidden(model, lm_head, model_inputs) -> torch.Tensor:
+    """Run `model`'s own forward and return the input of its `lm_head`, `(B, T, H)` (after the final norm).
+
+    The ordinary forward keeps whatever the model and its adapter do (PEFT's virtual tokens and prefixes included);
+    the pre-hook passes only the last position on to `lm_head`, so the full logits are never computed.
+    """
+    captured = []
+
+    def hook(module, args):
+        captured.append(args[0])
+        return (args[0][..., -1:, :], *args[1:])
+
+    handle = lm_head.register_forward_pre_hook(hook)
+    try:
+        model(**model_inputs)
+    finally:
+        handle.remove()
+    if len(captured) != 1:
+        raise RuntimeError(f"Expected the model to call its lm_head once per forward, got {len(captured)} calls.")
+    return captured[0]
+
+
+@contextlib.contextmanager
+def _adapter_active(peft_model, adapter_name: str):
+    """Run with `adapter_name` active and the model in eval mode (no adapter dropout); restore everything after.
+
+    `PeftModel.set_adapter` also flips `requires_grad` (the active adapter trainable, the others frozen), so the exact
+    flags are recorded and put back: the student stays trainable and the teacher frozen whatever PEFT does.
+    """
+    previous = peft_model.active_adapter
+    was_training = peft_model.training
+    flags = [(p, p.requires_grad) for p in peft_model.parameters()]
+    peft_model.set_adapter(adapter_name)
+    peft_model.eval()
+    try:
+        yield
+    finally:
+        peft_model.set_adapter(previous)
+        peft_model.train(was_training)
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def _add_student_adapter(model, teacher_adapter_name: str, peft_config):
+    """For one base with two adapters: check the model, add the student's adapter from `peft_config` when given."""
+    from peft import PeftModel
+
+    if not isinstance(model, PeftModel) or teacher_adapter_name not in model.peft_config:
+        raise ValueError(
+            f"`teacher_adapter_name={teacher_adapter_name!r}` names an adapter of the student `PeftModel`: load it "
+            f"first, e.g. `PeftModel.from_pretrained(base, teacher_adapter, adapter_name={teacher_adapter_name!r})`."
+        )
+    if peft_config is not None:
+        name = "default" if "default" not in model.peft_config else "student"
+        model.add_adapter(name, peft_config)
+        model.set_adapter(name)
+    if model.active_adapter == teacher_adapter_name:
+        raise ValueError(
+            f"The teacher's adapter {teacher_adapter_name!r} is the active one: pass `peft_config` for a new student "
+            "adapter, or add the student's adapter and `set_adapter` it before building the trainer."
+        )
+    return model, None
+
+
+def _freeze_adapter(model, adapter_name: str) -> None:
+    marker = f".{adapter_name}."
+    for name, p in _unwrapped_peft(model).named_parameters():
+        if marker in name or name.endswith(f".{adapter_name}"):
+            p.requires_grad_(False)
+
+
+def _save_only_student_adapters(model, teacher_adapter_name: str) -> None:
+    """`save_pretrained` on the shared model writes the student's adapter only, unless `selected_adapters` is given.
+
+    PEFT saves every adapter by default, so the teacher's would end up in a subfolder of every checkpoint and of the
+    transferred adapter. The instance's method is wrapped (as TRL patches `forward`), so that `trainer.save_model()`,
+    checkpoints and a caller's own `model.save_pretrained(path)` all behave the same.
+    """
+    peft_model = _unwrapped_peft(model)
+    original = peft_model.save_pretrained
+    students = [name for name in peft_model.peft_config if name != teacher_adapter_name]
+
+    @functools.wraps(original)
+    def save_pretrained(save_directory, *args, selected_adapters=None, **kwargs):
+        return original(save_directory, *args, selected_adapters=selected_adapters or students, **kwargs)
+
+    peft_model.save_pretrained = save_pretrained
+
+
+def _refuse_shared_parameters(student, teacher) -> None:
+    student_params = {id(p) for p in student.parameters()}
+    if any(id(p) in student_params for p in teacher.parameters()):
+        raise ValueError(
+            "The teacher shares parameters with the student (the same base model object): freezing the teacher would "
+            "freeze the student, and the student's adapter would change the teacher. Load the base twice, or load the "
+            "teacher's adapter onto the student `PeftModel` and pass `teacher_adapter_name`."
+        )
+
+
+def _refuse_adapter_on_lm_head(model, who: str) -> None:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    if isinstance(model.get_output_embeddings(), BaseTunerLayer):
+        raise ValueError(
+            f"The {who}'s adapter targets lm_head: token-level KD reads lm_head.weight directly and would ignore it. "
+            f"Merge the {who}'s adapter (`merge_and_unload()`) or use kd_loss='sequence'."
+        )
+
+
+def _logit_softcap(model) -> float | None:
+    config = _unwrap(model).config
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for name in _LOGIT_SCALES:
+        if getattr(config, name, None) not in (None, 1, 1.0):
+            raise NotImplementedError(
+                f"{type(config).__name__} rescales its logits ({name}={getattr(config, name)}), which token-level KD "
+                "does not reproduce yet: use kd_loss='sequence'."
+            )
+    return getattr(config, "final_logit_softcapping", None)
+
+
+def _card_value(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (dict, list)):
+        return f"`{json.dumps(value)}`"
+    return f"`{value}`" if isinstance(value, str) and ("/" in value or "@" in value) else str(value)
