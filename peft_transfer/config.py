@@ -98,6 +98,11 @@ class TransferConfig:
         default=0.0, metadata={"help": "Accept when log p(yes) - log p(no) > margin (0 reproduces the paper)."}
     )
     filter_batch_size: int = field(default=64, metadata={"help": "Candidates per discriminator forward pass."})
+    leak_threshold: float | None = field(
+        default=0.8,
+        metadata={"help": "Drop candidates whose character 4-gram overlap with a seed or held-out real input is at "
+                          "least this (privacy guard; None: off)."},
+    )
 
     # Labelling with the teacher
     label_max_new_tokens: int = field(default=64, metadata={"help": "New tokens per teacher answer."})
@@ -125,6 +130,39 @@ class TransferConfig:
     discriminator_epochs: float = field(default=5, metadata={"help": "When training the discriminator."})
     discriminator_negatives: int | None = field(
         default=None, metadata={"help": "Synthetic negatives for the discriminator; defaults to the number of real inputs."}
+    )
+
+    # Diagnostics
+    compute_mmd: bool = field(
+        default=True, metadata={"help": "Report MMD of accepted and of unfiltered candidates to real inputs."}
+    )
+    embedding_model: str | None = field(
+        default=None,
+        metadata={"help": "sentence-transformers model for MMD; default: mean-pooled hidden states of the target base."},
+    )
+    plot_projection: bool = field(default=False, metadata={"help": "Write a 2-D PCA plot of real/accepted/rejected."})
+
+    # Hub
+    push_to_hub: bool = field(default=False, metadata={"help": "Push the transferred adapter with its model card."})
+    hub_model_id: str | None = field(default=None, metadata={"help": "Repo id of the transferred adapter."})
+    hub_private_repo: bool | None = field(
+        default=None, metadata={"help": "Make the adapter's repo private (None: the Hub's default)."}
+    )
+    hub_discriminator_id: str | None = field(
+        default=None, metadata={"help": "Also push the discriminator trained here to this repo (private by default)."}
+    )
+    hub_discriminator_private: bool = field(
+        default=True, metadata={"help": "Discriminators derive from private data: keep their repos private."}
+    )
+    hub_dataset_id: str | None = field(
+        default=None, metadata={"help": "Also push the labelled synthetic set to this dataset repo (private)."}
+    )
+
+    # Chained transfers (A -> B -> C, reusing the first hop's discriminator; paper Table 7)
+    chain_targets: list[str] | None = field(
+        default=None,
+        metadata={"help": "Further targets after `target_model`: each hop's adapter is the next hop's source; hop k "
+                          "runs in output_dir/hop-k and only the last hop is pushed."},
     )
 
     # Run
@@ -181,6 +219,15 @@ class TransferConfig:
                 )
             if not self.seed_file and not self.train_file:
                 problems.append("Give `seed_file` (JSONL with an 'input' per line) or `train_file` to take seeds from.")
+        if self.push_to_hub and not self.hub_model_id:
+            problems.append("push_to_hub needs `hub_model_id` (e.g. 'my-org/gemma-7b-task-translora').")
+        if self.hub_discriminator_id and self.discriminator_adapter:
+            problems.append(
+                "hub_discriminator_id pushes a discriminator trained in this run, but `discriminator_adapter` is "
+                "given: push that one from where it was trained, or leave hub_discriminator_id empty."
+            )
+        if self.leak_threshold is not None and not 0.0 < self.leak_threshold <= 1.0:
+            problems.append(f"leak_threshold must lie in (0, 1] or be None (got {self.leak_threshold}).")
         if problems:
             raise ValueError("Invalid TransferConfig:\n- " + "\n- ".join(problems))
 

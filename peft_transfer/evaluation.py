@@ -57,10 +57,17 @@ def format_report(report: dict) -> str:
         lines.append(f"  candidates spent {syn.get('candidates', 0)}, scored {syn.get('scored', 0)}, accepted "
                      f"{syn.get('accepted', 0)} (acceptance rate {syn.get('acceptance_rate', 0):.1%}), unparsable "
                      f"{syn.get('unparsable', 0)}, duplicates {syn.get('duplicates', 0)}, seed copies "
-                     f"{syn.get('seed_copies', 0)}")
+                     f"{syn.get('seed_copies', 0)}, near-copies of real inputs dropped {syn.get('leaks', 0)}")
+    diag = report.get("diagnostics") or {}
+    if diag.get("mmd_unfiltered") is not None:
+        accepted = diag.get("mmd_accepted")
+        lines.append(f"  MMD² to {diag['num_real']} real inputs: accepted "
+                     f"{'n/a' if accepted is None else f'{accepted:.4f}'}, unfiltered {diag['mmd_unfiltered']:.4f}"
+                     " (lower is closer)")
     disc = report.get("discriminator") or {}
     if "accuracy" in disc:
-        lines.append(f"Discriminator held-out accuracy {disc['accuracy']:.1%}, ROC-AUC {disc.get('roc_auc', float('nan')):.3f}")
+        lines.append(f"Discriminator held-out accuracy {disc['accuracy']:.1%}, ROC-AUC "
+                     f"{disc.get('roc_auc', float('nan')):.3f}" + (" (near chance!)" if disc.get("near_chance") else ""))
     stages = report.get("stages") or {}
     if stages:
         lines.append("Time per stage")

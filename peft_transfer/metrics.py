@@ -20,6 +20,7 @@ import inspect
 import math
 import re
 import unicodedata
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -532,6 +533,7 @@ def near_duplicates(
     n: int = LEAK_NGRAM_SIZE,
     threshold: float = LEAK_THRESHOLD,
     chunk_size: int = 512,
+    ignore_template: bool = True,
 ) -> list[NearDuplicate]:
     """
     For each candidate, how nearly it reproduces one of the references (the real task inputs or the seeds).
@@ -549,9 +551,11 @@ def near_duplicates(
     near-copies stay above the threshold unless the text is very short; texts of at most `n` characters match
     only verbatim.
 
-    Inputs of one task often share a fixed template ("Sort the following words: ..."): genuinely new candidates
-    of a template-heavy task overlap real inputs by the template's share, so raise `threshold` when the
-    template is most of the text.
+    Inputs of one task often share a fixed template ("Sort the following words: ..."), and every new input of
+    such a task shares it with every real one. With `ignore_template` (and at least 3 references), n-grams that
+    occur in at least half of the references are the template's and are left out of both sides, so the overlap
+    measures the part that makes an input *this* input. A candidate made of template n-grams only then matches
+    nothing unless it equals a reference after normalization.
 
     Cost: one inverted index from n-gram to references, then one `bincount` per chunk of candidates; about
     linear in the total number of n-grams plus the postings hit. Measured on one CPU core: 10k candidates x 300
@@ -569,6 +573,8 @@ def near_duplicates(
             Overlap at or above which a candidate is a near-duplicate.
         chunk_size (`int`, *optional*, defaults to `512`):
             Candidates per vectorized step (memory `chunk_size * len(references)` integers).
+        ignore_template (`bool`, *optional*, defaults to `True`):
+            Leave out n-grams shared by at least half of the references (the task's template).
 
     Returns:
         `list[NearDuplicate]`, one per candidate, in order.
@@ -582,11 +588,18 @@ def near_duplicates(
     if n_refs == 0:
         return [NearDuplicate(0.0, None, False) for _ in candidates]
 
+    reference_grams = [_char_ngrams(reference, n) for reference in references]
+    template: set[str] = set()
+    if ignore_template and n_refs >= 3:
+        frequency = Counter(gram for grams in reference_grams for gram in grams)
+        template = {gram for gram, count in frequency.items() if 2 * count >= n_refs}
+    exact = {_normalize(reference): index for index, reference in enumerate(references)}
+
     # Inverted index: n-gram -> indices of the references containing it.
     postings_lists: dict[str, list[int]] = {}
     reference_sizes = np.zeros(n_refs, dtype=np.float64)
-    for index, reference in enumerate(references):
-        grams = _char_ngrams(reference, n)
+    for index, grams in enumerate(reference_grams):
+        grams = grams - template
         reference_sizes[index] = len(grams)
         for gram in grams:
             postings_lists.setdefault(gram, []).append(index)
@@ -600,7 +613,7 @@ def near_duplicates(
         hit_rows: list[np.ndarray] = []
         candidate_sizes = np.zeros(len(chunk), dtype=np.float64)
         for row, candidate in enumerate(chunk):
-            grams = _char_ngrams(candidate, n)
+            grams = _char_ngrams(candidate, n) - template
             candidate_sizes[row] = len(grams)
             hits = [postings.get(gram, empty) for gram in grams]
             refs = np.concatenate(hits) if hits else empty
@@ -612,9 +625,12 @@ def near_duplicates(
         denominators = np.minimum(candidate_sizes[:, None], reference_sizes[None, :])
         overlaps = np.divide(shared, denominators, out=np.zeros(shared.shape), where=denominators > 0)
         best = overlaps.argmax(1)
-        for row in range(len(chunk)):
+        for row, candidate in enumerate(chunk):
             overlap = float(overlaps[row, best[row]])
             reference_index = int(best[row]) if shared[row, best[row]] > 0 else None
+            same = exact.get(_normalize(candidate))
+            if same is not None:  # a verbatim copy, whatever the template
+                overlap, reference_index = 1.0, same
             results.append(NearDuplicate(overlap, reference_index, overlap >= threshold))
     return results
 

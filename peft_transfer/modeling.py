@@ -1,26 +1,24 @@
 """Loading bases and adapters the ordinary way, and building the new adapter's `PeftConfig`.
 
 Every model or adapter setting is a local path or a Hub repo id with an optional revision (`user/repo@rev`); both
-go through `from_pretrained`. Safe defaults: `trust_remote_code` off and safetensors only.
+go through `hub.resolve_pretrained` (`snapshot_download`, with clear errors for a missing repo or revision) and
+then `from_pretrained`. Safe defaults: `trust_remote_code` off and safetensors only.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
 
+from .hub import resolve_pretrained, split_revision
+
+logger = logging.getLogger(__name__)
+
 
 class AdapterMismatchError(ValueError):
     """An adapter trained on another base than the one it is applied to."""
-
-
-def split_revision(ref: str) -> tuple[str, str | None]:
-    """`"user/repo@rev"` → `("user/repo", "rev")`; an existing local path is returned as it is."""
-    if ref is None or os.path.exists(ref) or "@" not in ref:
-        return ref, None
-    name, rev = ref.rsplit("@", 1)
-    return name, rev or None
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -38,8 +36,7 @@ def default_device() -> torch.device:
 def load_tokenizer(ref: str, *, trust_remote_code: bool = False, token: str | None = None):
     from transformers import AutoTokenizer
 
-    name, revision = split_revision(ref)
-    tokenizer = AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code, token=token)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained(ref, token=token), trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         # Batched, left-padded generation needs a pad token; EOS is the usual stand-in and is masked by attention.
         if tokenizer.eos_token is None:
@@ -56,12 +53,10 @@ def load_base(ref: str, *, dtype: str = "auto", trust_remote_code: bool = False,
     """A causal LM from a path or Hub id (safetensors only), on `device`, in eval mode."""
     from transformers import AutoModelForCausalLM
 
-    name, revision = split_revision(ref)
-    kwargs = dict(revision=revision, trust_remote_code=trust_remote_code, token=token, use_safetensors=True,
-                  dtype=torch_dtype(dtype))
+    kwargs = dict(trust_remote_code=trust_remote_code, use_safetensors=True, dtype=torch_dtype(dtype))
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(resolve_pretrained(ref, token=token), **kwargs)
     model.to(device or default_device())
     model.eval()
     return model
@@ -76,34 +71,35 @@ def _same_model(a: str | None, b: str | None) -> bool:
     return a.rstrip("/").split("/")[-2:] == b.rstrip("/").split("/")[-2:]
 
 
-def check_adapter_base(adapter_ref: str, model, base_ref: str, *, token: str | None = None) -> None:
+def check_adapter_base(adapter_ref: str, model, base_ref: str, *, token: str | None = None):
     """Refuse an adapter whose recorded base does not fit the model it is applied to.
 
-    The recorded `base_model_name_or_path` is compared with the base's name, and the adapter's target modules and
-    shapes are checked against the model when loading; a name that differs only by a local copy's path is accepted
-    when the architecture matches.
+    The recorded `base_model_name_or_path` is compared with the base's name. A name that differs (a local copy of
+    the base, a mirror) is accepted when the recorded base's config agrees on the architecture; when the recorded
+    base cannot be read (offline), a warning is logged and the shapes are left to the load, which refuses a
+    mismatch with `AdapterMismatchError` too.
     """
     from peft import PeftConfig
+    from transformers import AutoConfig
 
-    name, revision = split_revision(adapter_ref)
-    peft_config = PeftConfig.from_pretrained(name, revision=revision, token=token)
+    peft_config = PeftConfig.from_pretrained(resolve_pretrained(adapter_ref, token=token))
     recorded = peft_config.base_model_name_or_path
-    if recorded and not _same_model(recorded, base_ref):
-        # A local copy of the same base has another path; accept it when the configs agree on the architecture.
-        try:
-            from transformers import AutoConfig
-
-            rec_cfg = AutoConfig.from_pretrained(recorded).to_dict()
-        except Exception:
-            rec_cfg = None
-        cur_cfg = model.config.to_dict()
-        keys = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")
-        if rec_cfg is None or any(rec_cfg.get(k) != cur_cfg.get(k) for k in keys):
-            raise AdapterMismatchError(
-                f"The adapter {adapter_ref!r} was trained on {recorded!r}, not on {base_ref!r}: set `source_model` to the "
-                "adapter's base (see base_model_name_or_path in its adapter_config.json), or use an adapter trained "
-                "on this base."
-            )
+    if not recorded or _same_model(recorded, base_ref):
+        return peft_config
+    try:
+        recorded_config = AutoConfig.from_pretrained(resolve_pretrained(recorded, token=token)).to_dict()
+    except (OSError, ValueError) as e:
+        logger.warning("The adapter %r records the base %r, which cannot be read (%s); its shapes are checked "
+                       "against %r when it is loaded.", adapter_ref, recorded, str(e).splitlines()[0], base_ref)
+        return peft_config
+    current = model.config.to_dict()
+    keys = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")
+    if any(recorded_config.get(k) != current.get(k) for k in keys):
+        raise AdapterMismatchError(
+            f"The adapter {adapter_ref!r} was trained on {recorded!r}, not on {base_ref!r}: set `source_model` to the "
+            "adapter's base (see base_model_name_or_path in its adapter_config.json), or use an adapter trained "
+            "on this base."
+        )
     return peft_config
 
 
@@ -113,13 +109,13 @@ def load_adapter(model, adapter_ref: str, base_ref: str, *, adapter_name: str = 
     from peft import PeftModel
 
     check_adapter_base(adapter_ref, model, base_ref, token=token)
-    name, revision = split_revision(adapter_ref)
+    local = resolve_pretrained(adapter_ref, token=token)
     try:
         if isinstance(model, PeftModel):
-            model.load_adapter(name, adapter_name=adapter_name, revision=revision, token=token, is_trainable=is_trainable)
+            model.load_adapter(local, adapter_name=adapter_name, is_trainable=is_trainable)
             return model
-        return PeftModel.from_pretrained(model, name, adapter_name=adapter_name, revision=revision, token=token,
-                                         is_trainable=is_trainable, autocast_adapter_dtype=False)
+        return PeftModel.from_pretrained(model, local, adapter_name=adapter_name, is_trainable=is_trainable,
+                                         autocast_adapter_dtype=False)
     except (RuntimeError, ValueError, KeyError) as e:
         if "size mismatch" in str(e) or "Target modules" in str(e):
             raise AdapterMismatchError(

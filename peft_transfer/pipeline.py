@@ -15,6 +15,7 @@ the synthesis stage also keeps a progress file, so even that stage resumes mid-w
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import logging
@@ -23,6 +24,7 @@ import random
 import shutil
 import time
 
+import numpy as np
 import torch
 
 from .config import TransferConfig
@@ -59,6 +61,8 @@ class Transfer:
             if not self._needed(name):
                 continue
             self._stage(name, getattr(self, f"_{name}"))
+        if stages is None and (cfg.push_to_hub or cfg.hub_discriminator_id or cfg.hub_dataset_id):
+            self.push()
         report = self.report()
         write_json(cfg.path("report.json"), report)
         return report
@@ -240,12 +244,54 @@ class Transfer:
         if cfg.filter_mode == "discriminator":
             disc, disc_tok = self._with_adapter(cfg.discriminator_base, self.discriminator_adapter)
         rows, stats = synthesize(cfg, generator, gen_tok, self.seeds, discriminator=disc,
-                                 discriminator_tokenizer=disc_tok, progress_path=cfg.path("synthesis_progress.jsonl"),
-                                 show_progress=self.show_progress)
+                                 discriminator_tokenizer=disc_tok, references=self._real_inputs(),
+                                 progress_path=cfg.path("synthesis_progress.jsonl"), show_progress=self.show_progress)
         Dataset.from_list(rows).save_to_disk(os.path.join(out, "candidates"))
         Dataset.from_list([r for r in rows if r["accepted"]]).save_to_disk(os.path.join(out, "accepted"))
         write_json(os.path.join(out, "stats.json"), stats.to_dict())
+        if cfg.compute_mmd:
+            del disc
+            _free_memory()
+            write_json(os.path.join(out, "diagnostics.json"), self._diagnostics(rows, generator, gen_tok, out))
         os.remove(cfg.path("synthesis_progress.jsonl"))
+
+    def _real_inputs(self) -> list[str]:
+        """The real inputs known at transfer time: the seeds and the held-out inputs of `eval_file`."""
+        cfg = self.config
+        held_out = [e["input"] for e in load_examples(cfg.eval_file, what="eval_file")] if cfg.eval_file else []
+        return list(dict.fromkeys(self.seeds + held_out))
+
+    def _diagnostics(self, rows: list[dict], model, tokenizer, out: str) -> dict:
+        """Paper Table 9: MMD to real inputs of the accepted and of the unfiltered candidates (same bandwidth)."""
+        from .metrics import distinct_n, embed_texts, median_heuristic_bandwidth, mmd2, plot_projection
+
+        cfg = self.config
+        rng = random.Random(cfg.seed)
+        real = self._real_inputs()
+        real = rng.sample(real, min(len(real), 500))
+        accepted = [r["input"] for r in rows if r["accepted"]]
+        unfiltered = [r["input"] for r in rows]
+        unfiltered = rng.sample(unfiltered, min(len(unfiltered), max(len(accepted), 500)))
+        rejected = [r["input"] for r in rows if not r["passed"]][:500]
+        embed = dict(sentence_model=cfg.embedding_model, model=None if cfg.embedding_model else model,
+                     tokenizer=None if cfg.embedding_model else tokenizer, batch_size=cfg.filter_batch_size)
+        real_e, acc_e, unf_e = (embed_texts(t, **embed) for t in (real, accepted, unfiltered))
+        bandwidth = median_heuristic_bandwidth(np.concatenate([real_e, unf_e]))
+        result = {
+            "num_real": len(real),
+            "embedding": cfg.embedding_model or f"mean-pooled hidden states of {cfg.generator}",
+            "bandwidth": bandwidth,
+            "mmd_accepted": mmd2(acc_e, real_e, bandwidth=bandwidth) if len(real) > 1 and len(accepted) > 1 else None,
+            "mmd_unfiltered": mmd2(unf_e, real_e, bandwidth=bandwidth) if len(real) > 1 else None,
+            "distinct_2_accepted": distinct_n(accepted, 2),
+            "distinct_2_unfiltered": distinct_n(unfiltered, 2),
+        }
+        if len(real) < 20:
+            result["note"] = "few real inputs (give eval_file): the MMD estimates are noisy"
+        if cfg.plot_projection and rejected:
+            plot_projection(real_e, acc_e, embed_texts(rejected, **embed), os.path.join(out, "projection.png"),
+                            title=f"{cfg.task_name}: real vs accepted vs rejected")
+        return result
 
     def _labels(self, out: str):
         from datasets import Dataset, load_from_disk
@@ -309,6 +355,43 @@ class Transfer:
         write_json(os.path.join(out, "predictions.json"),
                    {k: v["predictions"] for k, v in results.items()})
 
+    # -- Hub -------------------------------------------------------------------------------------------------------
+
+    def push(self) -> dict:
+        """Push what the settings ask for: the adapter, the discriminator (private), the labelled synthetic set.
+
+        Seeds, task files and the run directory's other files are never uploaded. Pushed commits are recorded in
+        `push.json`; a repo already pushed from this run is not pushed again unless `overwrite` is set.
+        """
+        from .hub import DISCRIMINATOR_KEYS, push_adapter, push_discriminator, push_synthetic_dataset
+
+        cfg = self.config
+        record = {} if cfg.overwrite else _read_json(cfg.path("push.json"))
+        if cfg.push_to_hub and cfg.hub_model_id not in record:
+            evaluation = _read_json(cfg.path("evaluation", "evaluation.json")) or None
+            commit = push_adapter(cfg.path("target_adapter"), cfg.hub_model_id, lineage=self.lineage(),
+                                  evaluation=evaluation, private=cfg.hub_private_repo, token=cfg.hub_token)
+            record[cfg.hub_model_id] = {"what": "adapter", "commit": str(commit)}
+        if cfg.hub_discriminator_id and cfg.hub_discriminator_id not in record:
+            metrics = _read_json(cfg.path("discriminator", "metrics.json"))
+            info = {k: v for k, v in metrics.items() if k in DISCRIMINATOR_KEYS}
+            info.update(peft_type="lora", num_eval_samples=metrics.get("n_positive", 0) + metrics.get("n_negative", 0))
+            commit = push_discriminator(cfg.path("discriminator"), cfg.hub_discriminator_id, info=info,
+                                        private=cfg.hub_discriminator_private, token=cfg.hub_token)
+            record[cfg.hub_discriminator_id] = {"what": "discriminator", "commit": str(commit)}
+        if cfg.hub_dataset_id and cfg.hub_dataset_id not in record:
+            from datasets import load_from_disk
+
+            labels = load_from_disk(cfg.path("labels")).select_columns(["input", "completion"])
+            lineage = self.lineage()
+            info = {k: lineage[k] for k in ("task_name", "generator", "discriminator", "num_seeds", "num_accepted",
+                                            "num_candidates", "acceptance_rate", "target_model")}
+            info["teacher"] = f"{lineage['source_model']} + {lineage['source_adapter']}"
+            commit = push_synthetic_dataset(labels, cfg.hub_dataset_id, info=info, token=cfg.hub_token)
+            record[cfg.hub_dataset_id] = {"what": "synthetic dataset", "commit": str(commit)}
+        write_json(cfg.path("push.json"), record)
+        return record
+
     # -- report ----------------------------------------------------------------------------------------------------
 
     def lineage(self) -> dict:
@@ -339,6 +422,8 @@ class Transfer:
             "discriminator": _read_json(os.path.join(self.discriminator_adapter, "metrics.json"))
             if os.path.isdir(self.discriminator_adapter) else {},
             "synthesis": _read_json(cfg.path("synthesis", "stats.json")),
+            "diagnostics": _read_json(cfg.path("synthesis", "diagnostics.json")),
+            "pushed": _read_json(cfg.path("push.json")),
             "evaluation": _read_json(cfg.path("evaluation", "evaluation.json")),
             "stages": self.timings,
             "target_adapter": cfg.path("target_adapter"),
@@ -346,11 +431,45 @@ class Transfer:
 
 
 def run_transfer(config: TransferConfig, *, show_progress: bool = True, print_report: bool = True) -> dict:
-    """Run (or resume) a whole transfer; returns the report and prints its table."""
-    report = Transfer(config, show_progress=show_progress).run()
-    if print_report:
-        print(format_report(report))
+    """Run (or resume) a whole transfer, or a chain of them; returns the (last hop's) report and prints its table."""
+    hops = chain_configs(config)
+    for hop in hops:
+        transfer = Transfer(hop, show_progress=show_progress)
+        report = transfer.run()
+        if print_report:
+            if len(hops) > 1:
+                print(f"== hop {hops.index(hop) + 1} of {len(hops)}: {hop.source_model} -> {hop.target_model}")
+            print(format_report(report))
     return report
+
+
+def chain_configs(config: TransferConfig) -> list[TransferConfig]:
+    """The hops of `config`: itself, then one per `chain_targets` entry.
+
+    Hop k + 1 starts from hop k's target base and transferred adapter and reuses the first hop's discriminator, so
+    no real data is needed after the first hop. Only the last hop pushes the adapter and the synthetic set.
+    """
+    if not config.chain_targets:
+        return [config]
+    if config.demo:
+        Transfer(config, show_progress=False)  # fills the demo's models and files into `config`
+    first = dataclasses.replace(config, chain_targets=None, demo=False, push_to_hub=False, hub_dataset_id=None)
+    hops = [first]
+    for k, target in enumerate(config.chain_targets, start=2):
+        previous = hops[-1]
+        hops.append(dataclasses.replace(
+            previous,
+            source_model=previous.target_model,
+            source_adapter=previous.path("target_adapter"),
+            target_model=target,
+            generator_model=None,
+            discriminator_adapter=previous.discriminator_adapter or previous.path("discriminator"),
+            discriminator_model=previous.discriminator_base,
+            hub_discriminator_id=None,
+            output_dir=os.path.join(config.output_dir, f"hop-{k}"),
+        ))
+    hops[-1] = dataclasses.replace(hops[-1], push_to_hub=config.push_to_hub, hub_dataset_id=config.hub_dataset_id)
+    return hops
 
 
 def _read_json(path: str) -> dict:

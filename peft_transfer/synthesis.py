@@ -19,6 +19,7 @@ import torch
 from .data import Deduplicator, generator_prompt, parse_candidate, task_prompt
 from .discriminator import score
 from .generation import cut_answer, generate
+from .metrics import filter_leaks
 
 
 class SynthesisError(RuntimeError):
@@ -31,6 +32,7 @@ class SynthesisStats:
     unparsable: int = 0  # continuations without a usable item (empty, cut by the token limit, too long)
     duplicates: int = 0
     seed_copies: int = 0
+    leaks: int = 0  # near-copies of a seed or held-out real input, dropped by the privacy guard
     scored: int = 0  # candidates that reached the filter
     accepted: int = 0
     rounds: int = 0
@@ -46,7 +48,7 @@ class SynthesisStats:
 
 def _round_size(cfg, need: int, stats: SynthesisStats, budget: int) -> int:
     rate = stats.acceptance_rate if stats.scored else 0.5
-    usable = 1 - (stats.unparsable + stats.duplicates + stats.seed_copies) / max(stats.candidates, 1)
+    usable = 1 - (stats.unparsable + stats.duplicates + stats.seed_copies + stats.leaks) / max(stats.candidates, 1)
     want = math.ceil(need / max(rate * max(usable, 0.05), 0.02))
     size = min(max(want, cfg.generation_batch_size), 8 * cfg.generation_batch_size)
     return min(size, budget - stats.candidates)
@@ -54,7 +56,7 @@ def _round_size(cfg, need: int, stats: SynthesisStats, budget: int) -> int:
 
 def synthesize(cfg, generator, generator_tokenizer, seeds: list[str], *, discriminator=None,
                discriminator_tokenizer=None, num_samples: int | None = None, candidate_budget: int | None = None,
-               progress_path: str | None = None, show_progress: bool = True):
+               references: list[str] | None = None, progress_path: str | None = None, show_progress: bool = True):
     """Collect `num_samples` accepted synthetic inputs.
 
     Args:
@@ -64,6 +66,8 @@ def synthesize(cfg, generator, generator_tokenizer, seeds: list[str], *, discrim
         discriminator, discriminator_tokenizer: the filter; without one every parsed candidate is accepted
             (the unfiltered ablation, and how the discriminator's negatives are made).
         num_samples, candidate_budget (`int`, *optional*): override the config's.
+        references (`list[str]`, *optional*): real inputs (seeds, held-out data) that no candidate may reproduce
+            nearly (`cfg.leak_threshold`); near-copies are dropped before scoring and counted as `leaks`.
         progress_path (`str`, *optional*): JSONL file of every scored candidate so far; read back on resume.
 
     Returns:
@@ -116,6 +120,9 @@ def synthesize(cfg, generator, generator_tokenizer, seeds: list[str], *, discrim
                 fresh.append(item)
         stats.duplicates += dedup.dropped["duplicate"] - before["duplicate"]
         stats.seed_copies += dedup.dropped["seed_copy"] - before["seed_copy"]
+        if references and cfg.leak_threshold is not None and fresh:
+            fresh, leaked = filter_leaks(fresh, references, threshold=cfg.leak_threshold)
+            stats.leaks += len(leaked)
         if use_filter:
             scores = score(discriminator, discriminator_tokenizer, fresh, cfg.task_name,
                            batch_size=cfg.filter_batch_size, desc="filter", show_progress=show_progress)
@@ -149,7 +156,8 @@ def synthesize(cfg, generator, generator_tokenizer, seeds: list[str], *, discrim
         raise SynthesisError(
             f"Only {stats.accepted} of num_samples={num_samples} candidates were accepted after spending the "
             f"candidate_budget of {budget} ({stats.scored} scored, acceptance rate "
-            f"{stats.acceptance_rate:.1%}, {stats.unparsable} unparsable, {stats.duplicates} duplicates). Raise "
+            f"{stats.acceptance_rate:.1%}, {stats.unparsable} unparsable, {stats.duplicates} duplicates, "
+            f"{stats.leaks} near-copies of real inputs). Raise "
             "`candidate_budget`, lower `filter_margin` or `num_samples`, or check the discriminator (its held-out "
             "accuracy is in the run's discriminator/metrics.json). What was generated is kept"
             + (f" in {progress_path}, and a new start continues from it." if progress_path else ".")

@@ -486,3 +486,15 @@ def test_plot_projection_without_matplotlib(tmp_path, monkeypatch):
     with pytest.raises(ImportError, match="pip install matplotlib"):
         plot_projection(np.zeros((2, 3)), np.ones((2, 3)), np.ones((2, 3)), tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
+
+
+def test_near_duplicates_ignore_a_shared_template_but_not_copies():
+    from peft_transfer.metrics import near_duplicates
+
+    refs = [f"Sort these letters: {x}" for x in ("q d m a x", "b k z f", "r v t l p e", "c h j u", "w o n s g")]
+    new = ["Sort these letters: e y i k", "Sort these letters: q d m a y", "sort these  LETTERS: b k z f"]
+    with_template = near_duplicates(new, refs)
+    assert [m.is_duplicate for m in with_template] == [False, True, True]
+    assert with_template[2].overlap == 1.0 and with_template[2].reference_index == 1
+    # Counting the template, a genuinely new input looks like a near-copy of a real one.
+    assert near_duplicates(new[:1], refs, ignore_template=False, threshold=0.6)[0].is_duplicate
