@@ -272,7 +272,7 @@ class DistillationTrainer(SFTTrainer):
             temperature=self.args.kd_temperature,
             chunk_size=self.args.kd_chunk_size,
             sequence_weight=self.args.sequence_weight,
-            logit_softcap=None,
+            logit_softcap=self._softcaps,
             num_items_in_batch=num_items_in_batch,
             return_components=True,
         )
