@@ -257,10 +257,9 @@ class DistillationTrainer(SFTTrainer):
         if self._uses_teacher:
             with torch.no_grad():
                 teacher_hidden, teacher_head = self._teacher_forward(model, model_inputs)
-            teacher_hidden = teacher_hidden[:, -length:].to(student_hidden.device)
-            if teacher_head.weight.device != student_hidden.device:
-                teacher_head = (teacher_head.weight.to(student_hidden.device),
-                                None if teacher_head.bias is None else teacher_head.bias.to(student_hidden.device))
+            device = student_hidden.device
+            teacher_hidden = teacher_hidden[:, -length:].to(device)
+            teacher_head = tuple(None if t is None else t.to(device) for t in teacher_head)
         loss, divergence, cross_entropy = chunked_token_divergence(
             student_hidden,
             student_head,
@@ -287,15 +286,19 @@ class DistillationTrainer(SFTTrainer):
         return loss
 
     def _teacher_forward(self, model, model_inputs):
-        """Final hidden states `(B, L[+P], H_t)` and `lm_head` of the teacher, without gradients."""
+        """Final hidden states `(B, L[+P], H_t)` and `(weight, bias)` of the teacher's `lm_head`, without gradients.
+
+        The head's tensors are read while the teacher's adapter is active: with `modules_to_save=["lm_head"]`, PEFT's
+        wrapper answers `.weight` with the *active* adapter's copy.
+        """
         if self.teacher_adapter_name is None:
             head = _unwrap(self.teacher_model).get_output_embeddings()
-            return _final_hidden(self.teacher_model, head, model_inputs), head
+            return _final_hidden(self.teacher_model, head, model_inputs), (head.weight, getattr(head, "bias", None))
         # One base, two adapters: run the unwrapped model (not DDP's forward) with the teacher's adapter.
         peft_model = self.accelerator.unwrap_model(model)
         head = _unwrap(peft_model).get_output_embeddings()
         with _adapter_active(peft_model, self.teacher_adapter_name):
-            return _final_hidden(peft_model, head, model_inputs), head
+            return _final_hidden(peft_model, head, model_inputs), (head.weight, getattr(head, "bias", None))
 
     def _log_kd_metrics(self, mode, inputs, divergence, cross_entropy):
         gather = self.accelerator.gather_for_metrics

@@ -175,6 +175,35 @@ def test_each_loss_matches_full_logits_and_trains_only_the_student_adapter(kd_wo
         assert "kd/divergence" in history and "kd/cross_entropy" in history
 
 
+def test_gradient_accumulation_matches_one_big_batch(kd_world, tmp_path):
+    """2 micro-batches of 2 with accumulation = 1 batch of 4: the loss is normalised by `num_items_in_batch`."""
+    params = []
+    for i, (batch_size, steps) in enumerate([(4, 1), (2, 2)]):
+        trainer = _trainer(kd_world, tmp_path / str(i), kd_loss="jsd", sequence_weight=0.3, optim="sgd",
+                           learning_rate=10.0, per_device_train_batch_size=batch_size,
+                           gradient_accumulation_steps=steps, peft_config=_lora(init_lora_weights=False))
+        trainer.train()
+        params.append({n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad})
+    for name, value in params[0].items():
+        torch.testing.assert_close(params[1][name], value, rtol=1e-4, atol=1e-6)
+
+
+def test_student_lm_head_in_modules_to_save(kd_world, tmp_path):
+    """A trained copy of lm_head (`modules_to_save`) is the one the chunked loss reads and trains."""
+    teacher = _teacher(kd_world)
+    trainer = _trainer(kd_world, tmp_path, teacher=teacher, kd_loss="forward_kl",
+                       peft_config=_lora(modules_to_save=["lm_head"]))
+    with torch.no_grad():
+        trainer.model.get_output_embeddings().weight.mul_(3.0)  # the copy now differs from the frozen original
+    batch = _batch(trainer)
+    trainer.model.eval()
+    loss = trainer.compute_loss(trainer.model, dict(batch))
+    torch.testing.assert_close(loss, _reference(trainer.model, teacher, batch, trainer.args), rtol=1e-5, atol=1e-6)
+    loss.backward()
+    grads = {n for n, p in trainer.model.named_parameters() if p.grad is not None}
+    assert any("lm_head.modules_to_save" in n for n in grads), grads
+
+
 def test_gemma2_style_logit_softcapping_is_applied(kd_world, tmp_path):
     """With hidden states the model's own final-logit soft-capping is bypassed: the trainer must pass it on."""
     from transformers import Gemma2Config, Gemma2ForCausalLM
