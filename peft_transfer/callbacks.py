@@ -6,7 +6,7 @@ epochs (or every k optimizer steps) with freshly accepted samples. What it did (
 duplicates and seed leaks dropped, diversity) goes through `Trainer.log`, hence into `state.log_history` and every
 `report_to` integration.
 
-How the data reaches the trainer, and why this way (checked against transformers 5.17 and 5.23):
+How the data reaches the trainer, and why this way (read in and tested against transformers 5.23):
 - `Trainer._inner_training_loop` builds the train dataloader ONCE, before `on_train_begin`, and only calls
   `iter(train_dataloader)` at the start of each epoch. Assigning a new `trainer.train_dataset` between epochs does
   nothing, and a `datasets.Dataset` is copied by `_remove_unused_columns` before the dataloader sees it. What does
@@ -190,9 +190,10 @@ class SyntheticFilterCallback(TrainerCallback):
         references (`list[str]`, *optional*): more real inputs (e.g. held-out data) that no sample may reproduce.
         **settings: any `TransferConfig` field, overriding `config` (e.g. `num_samples=64, filter_margin=0.5`).
 
-    Generation runs on the main process only; the rows are broadcast to the other processes (each holds the same
-    set, and the distributed sampler gives each a different part of it). Those processes wait in the broadcast
-    while the main one generates, so a refresh must finish within the process group's timeout.
+    Under several processes every process runs each refresh and then takes the main process's rows (broadcast), so
+    that all hold the same set and the distributed sampler gives each a different part of it. Where synthesis and
+    labelling split their work across processes the refresh is shared; otherwise each process repeats it (no
+    slower, only redundant). A refresh must finish within the process group's timeout. Not yet run on >1 process.
     """
 
     def __init__(self, *, seeds: list[str], generator, generator_tokenizer, teacher, teacher_tokenizer,
@@ -301,9 +302,9 @@ class SyntheticFilterCallback(TrainerCallback):
         trainer = self._trainer
         accelerator = getattr(trainer, "accelerator", None)
         distributed = accelerator is not None and accelerator.num_processes > 1
-        payload = None
-        if not distributed or accelerator.is_main_process:
-            payload = self._make(step, need)
+        # Every process runs the refresh (synthesis and labelling may be collective: each process then does its share
+        # of the candidates), then all take the main process's rows, so that every rank holds the same set.
+        payload = self._make(step, need)
         if distributed:
             from accelerate.utils import broadcast_object_list
 
@@ -365,7 +366,7 @@ class SyntheticFilterCallback(TrainerCallback):
         return metrics
 
     def _make(self, step: int, need: int) -> dict:
-        """Main process: candidates → accepted → leak guard → teacher labels, with the counts to log."""
+        """Candidates → leak guard → filter → accepted → teacher labels, with the counts to log."""
         seed = int(np.random.SeedSequence([self.settings.seed, step]).generate_state(1)[0])
         cfg = SimpleNamespace(**{**vars(self.settings), "seed": seed})
         with _preserved_rng(), tempfile.TemporaryDirectory() as tmp:
