@@ -112,11 +112,15 @@ class TransferConfig:
     # Distillation (stage 6) and the other trainings
     loss_type: str = field(default="sequence", metadata={"help": f"One of {LOSS_TYPES}; token-level ones need a shared vocabulary."})
     sequence_weight: float = field(
-        default=1.0, metadata={"help": "For token-level losses: weight of sequence CE in the mix (1 - weight on the divergence)."}
+        default=0.0,
+        metadata={"help": "For token-level losses: weight of the sequence CE in the mix (1 - weight on the divergence)."},
     )
     beta: float = field(default=0.5, metadata={"help": "JSD interpolation (0: forward KL, 1: reverse KL)."})
     kd_temperature: float = field(default=1.0, metadata={"help": "Softmax temperature of token-level KD."})
-    learning_rate: float = field(default=2e-5, metadata={"help": "Learning rate of the new adapter (prompt tuning: 2e-3)."})
+    learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "Learning rate of the new adapter; default the paper's: 2e-5, or 2e-3 for prompt and prefix tuning."},
+    )
     num_train_epochs: float = field(default=20, metadata={"help": "Epochs over the synthetic set."})
     per_device_train_batch_size: int = field(default=8, metadata={"help": "Batch size per device."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Gradient accumulation."})
@@ -176,6 +180,8 @@ class TransferConfig:
     demo_pretrain_steps: int = field(default=1500, metadata={"help": "Pretraining steps of each tiny demo base."})
 
     def __post_init__(self):
+        if self.learning_rate is None:
+            self.learning_rate = 2e-3 if self.peft_type in ("prompt_tuning", "prefix_tuning") else 2e-5
         problems = []
         for name in ("peft_type", "source_peft_type"):
             if getattr(self, name) not in PEFT_TYPES:

@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable
 
 from .data import task_prompt
+from .distributed import is_main_process, map_across_processes
 from .generation import cut_answer, generate
 
 
@@ -29,8 +30,10 @@ def evaluate(model, tokenizer, examples: list[dict], *, prompt_template: str = "
         `dict` with `accuracy` (mean of the metric), `num_samples` and `predictions`.
     """
     prompts = [task_prompt(tokenizer, e["input"], prompt_template) for e in examples]
-    outputs = generate(model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                       stop_strings=[answer_stop] if answer_stop else None, desc=desc, show_progress=show_progress)
+    outputs = map_across_processes(lambda shard: generate(
+        model, tokenizer, shard, batch_size=batch_size, max_new_tokens=max_new_tokens,
+        stop_strings=[answer_stop] if answer_stop else None, desc=desc, show_progress=show_progress and is_main_process(),
+    ), prompts)
     predictions = [cut_answer(text, answer_stop) for text, _ in outputs]
     scores = [metric(p, e["target"]) for p, e in zip(predictions, examples)]
     return {

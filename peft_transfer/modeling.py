@@ -28,9 +28,9 @@ def torch_dtype(name: str) -> torch.dtype:
 
 
 def default_device() -> torch.device:
-    from accelerate import PartialState
+    from .distributed import state
 
-    return PartialState().device
+    return state().device
 
 
 def load_tokenizer(ref: str, *, trust_remote_code: bool = False, token: str | None = None):

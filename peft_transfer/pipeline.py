@@ -29,6 +29,7 @@ import torch
 
 from .config import TransferConfig
 from .data import load_examples, load_seeds, task_prompt
+from .distributed import is_main_process, state, wait_for_everyone
 from .evaluation import evaluate, format_report, write_json
 from .modeling import load_adapter, load_base, load_tokenizer, peft_config_from, split_revision
 
@@ -53,18 +54,25 @@ class Transfer:
 
     def run(self, stages: tuple[str, ...] | None = None) -> dict:
         cfg = self.config
+        st = state()
+        if st.is_main_process:
+            logger.info("transfer over %d process%s (%s)", st.num_processes, "es" if st.num_processes > 1 else "",
+                        st.distributed_type.value if hasattr(st.distributed_type, "value") else st.distributed_type)
         self._check_inputs()
-        write_json(cfg.path("config.json"), cfg.to_dict())
+        if is_main_process():
+            write_json(cfg.path("config.json"), cfg.to_dict())
         for name in stages or STAGES:
             if name not in STAGES:
                 raise ValueError(f"Unknown stage {name!r}: use one of {STAGES}.")
             if not self._needed(name):
                 continue
             self._stage(name, getattr(self, f"_{name}"))
-        if stages is None and (cfg.push_to_hub or cfg.hub_discriminator_id or cfg.hub_dataset_id):
+        if stages is None and (cfg.push_to_hub or cfg.hub_discriminator_id or cfg.hub_dataset_id) and is_main_process():
             self.push()
+        wait_for_everyone()
         report = self.report()
-        write_json(cfg.path("report.json"), report)
+        if is_main_process():
+            write_json(cfg.path("report.json"), report)
         return report
 
     def _needed(self, name: str) -> bool:
@@ -78,22 +86,29 @@ class Transfer:
         return True
 
     def _stage(self, name: str, fn) -> None:
+        """Run one stage into `<name>.incomplete/` and rename it to `<name>/` when complete (main process only
+        touches the folders; every process runs `fn`, which writes through `self._main`)."""
         final, tmp = self.config.path(name), self.config.path(f"{name}.incomplete")
+        wait_for_everyone()  # every process sees the same folders before deciding
         if os.path.isdir(final) and not self.config.overwrite:
             logger.info("stage %s: done earlier, skipped (overwrite=True redoes it)", name)
             self.timings[name] = {**self._read_stage_info(final), "skipped": True}
             return
-        if os.path.isdir(final):
-            shutil.rmtree(final)
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp)
-        os.makedirs(tmp)
+        if is_main_process():
+            for path in (final, tmp):
+                if os.path.isdir(path):
+                    shutil.rmtree(path)
+            os.makedirs(tmp)
+        wait_for_everyone()
         logger.info("stage %s: running", name)
         start = time.perf_counter()
         fn(tmp)
         seconds = time.perf_counter() - start
-        write_json(os.path.join(tmp, "stage.json"), {"stage": name, "seconds": seconds})
-        os.replace(tmp, final)
+        wait_for_everyone()
+        if is_main_process():
+            write_json(os.path.join(tmp, "stage.json"), {"stage": name, "seconds": seconds})
+            os.replace(tmp, final)
+        wait_for_everyone()
         self.timings[name] = {"seconds": seconds}
         _free_memory()
 
@@ -168,6 +183,7 @@ class Transfer:
             save_strategy="no",
             seed=cfg.seed,
             bf16=use_bf16,
+            use_cpu=not torch.cuda.is_available(),  # also what makes CPU-only processes form a gloo group
             disable_tqdm=not self.show_progress,
         )
         kwargs.update(overrides)
@@ -190,8 +206,9 @@ class Transfer:
         trainer = DistillationTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
                                       processing_class=tokenizer, peft_config=peft_config)
         trainer.train()
-        trainer.model.save_pretrained(out)
-        shutil.rmtree(os.path.join(out, "trainer"), ignore_errors=True)
+        if is_main_process():
+            trainer.model.save_pretrained(out)
+            shutil.rmtree(os.path.join(out, "trainer"), ignore_errors=True)
 
     def _discriminator(self, out: str):
         from .discriminator import score, train_discriminator
@@ -229,9 +246,10 @@ class Transfer:
         if metrics.get("near_chance"):
             logger.warning("The discriminator is near chance on held-out data (ROC-AUC %.3f): the filter will "
                            "barely help. Train it longer or on more data.", metrics["roc_auc"])
-        model.save_pretrained(out)
-        shutil.rmtree(os.path.join(out, "trainer"), ignore_errors=True)
-        write_json(os.path.join(out, "metrics.json"), metrics)
+        if is_main_process():
+            model.save_pretrained(out)
+            shutil.rmtree(os.path.join(out, "trainer"), ignore_errors=True)
+            write_json(os.path.join(out, "metrics.json"), metrics)
 
     def _synthesis(self, out: str):
         from datasets import Dataset
@@ -246,14 +264,19 @@ class Transfer:
         rows, stats = synthesize(cfg, generator, gen_tok, self.seeds, discriminator=disc,
                                  discriminator_tokenizer=disc_tok, references=self._real_inputs(),
                                  progress_path=cfg.path("synthesis_progress.jsonl"), show_progress=self.show_progress)
-        Dataset.from_list(rows).save_to_disk(os.path.join(out, "candidates"))
-        Dataset.from_list([r for r in rows if r["accepted"]]).save_to_disk(os.path.join(out, "accepted"))
-        write_json(os.path.join(out, "stats.json"), stats.to_dict())
+        if is_main_process():
+            Dataset.from_list(rows).save_to_disk(os.path.join(out, "candidates"))
+            Dataset.from_list([r for r in rows if r["accepted"]]).save_to_disk(os.path.join(out, "accepted"))
+            write_json(os.path.join(out, "stats.json"), stats.to_dict())
         if cfg.compute_mmd:
             del disc
             _free_memory()
-            write_json(os.path.join(out, "diagnostics.json"), self._diagnostics(rows, generator, gen_tok, out))
-        os.remove(cfg.path("synthesis_progress.jsonl"))
+            diagnostics = self._diagnostics(rows, generator, gen_tok, out)
+            if is_main_process():
+                write_json(os.path.join(out, "diagnostics.json"), diagnostics)
+        wait_for_everyone()
+        if is_main_process():
+            os.remove(cfg.path("synthesis_progress.jsonl"))
 
     def _real_inputs(self) -> list[str]:
         """The real inputs known at transfer time: the seeds and the held-out inputs of `eval_file`."""
@@ -305,7 +328,8 @@ class Transfer:
         empty = sum(1 for r in rows if not r["answer"])
         if empty:
             logger.warning("%d of %d teacher answers are empty; they are kept as the teacher's behaviour.", empty, len(rows))
-        Dataset.from_list(rows).save_to_disk(out)
+        if is_main_process():
+            Dataset.from_list(rows).save_to_disk(out)
 
     def _target_adapter(self, out: str):
         from datasets import Dataset, load_from_disk
@@ -322,16 +346,18 @@ class Transfer:
             sequence_weight=cfg.sequence_weight if cfg.loss_type != "sequence" else 0.0,
             beta=cfg.beta, kd_temperature=cfg.kd_temperature,
         )
-        teacher = None
+        teacher = teacher_tokenizer = None
         if cfg.loss_type != "sequence":
-            teacher, _ = self._with_adapter(cfg.source_model, self.source_adapter)
+            teacher, teacher_tokenizer = self._with_adapter(cfg.source_model, self.source_adapter)
         trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args,
                                       train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                                      peft_config=peft_config_from(cfg, cfg.target_model))
+                                      peft_config=peft_config_from(cfg, cfg.target_model),
+                                      teacher_processing_class=teacher_tokenizer, lineage=self.lineage())
         trainer.train()
-        trainer.model.save_pretrained(out)
-        shutil.rmtree(os.path.join(out, "trainer"), ignore_errors=True)
-        write_json(os.path.join(out, LINEAGE_FILE), self.lineage())
+        if is_main_process():
+            trainer.model.save_pretrained(out)
+            shutil.rmtree(os.path.join(out, "trainer"), ignore_errors=True)
+            write_json(os.path.join(out, LINEAGE_FILE), self.lineage())
 
     def _evaluation(self, out: str):
         cfg = self.config
@@ -351,6 +377,8 @@ class Transfer:
             _free_memory()
         summary = {k: v["accuracy"] for k, v in results.items()}
         summary["num_samples"] = len(examples)
+        if not is_main_process():
+            return
         write_json(os.path.join(out, "evaluation.json"), summary)
         write_json(os.path.join(out, "predictions.json"),
                    {k: v["predictions"] for k, v in results.items()})

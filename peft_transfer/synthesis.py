@@ -3,6 +3,8 @@
 Generate-and-filter repeats in rounds until `num_samples` candidates are accepted or `candidate_budget` prompts are
 spent, then stops with an error that gives the acceptance rate — never an endless loop. Each round's results are
 appended to a progress file, so an interrupted run continues where it stopped and a failed one keeps what it made.
+Under `accelerate launch` every process generates and scores a shard of each round, and all of them hold the
+gathered results; only the main process writes.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 
 from .data import Deduplicator, generator_prompt, parse_candidate, task_prompt
 from .discriminator import score
+from .distributed import is_main_process, map_across_processes, state
 from .generation import cut_answer, generate
 from .metrics import filter_leaks
 
@@ -83,8 +86,8 @@ def synthesize(cfg, generator, generator_tokenizer, seeds: list[str], *, discrim
     dedup = Deduplicator(seeds)
     if progress_path and os.path.exists(progress_path):
         with open(progress_path) as f:
-            state = [json.loads(line) for line in f if line.strip()]
-        for rec in state:
+            saved = [json.loads(line) for line in f if line.strip()]
+        for rec in saved:
             if "stats" in rec:
                 stats = SynthesisStats(**rec["stats"])
             else:
@@ -100,15 +103,16 @@ def synthesize(cfg, generator, generator_tokenizer, seeds: list[str], *, discrim
     stop = [f"\n{min(len(seeds), cfg.num_seeds) + 2}."]
     while stats.accepted < num_samples and stats.candidates < budget:
         round_rng = random.Random(cfg.seed * 100_003 + stats.rounds)
-        torch.manual_seed(cfg.seed * 100_003 + stats.rounds)
+        # Every process builds the same prompts; each samples its shard with its own stream.
+        torch.manual_seed(cfg.seed * 100_003 + stats.rounds + 7_919 * state().process_index)
         n = _round_size(cfg, num_samples - stats.accepted, stats, budget)
         prompts = [generator_prompt(seeds, round_rng, cfg.num_seeds) for _ in range(n)]
-        outputs = generate(
-            generator, generator_tokenizer, prompts, batch_size=cfg.generation_batch_size,
+        outputs = map_across_processes(lambda shard: generate(
+            generator, generator_tokenizer, shard, batch_size=cfg.generation_batch_size,
             max_new_tokens=cfg.max_candidate_tokens, do_sample=cfg.do_sample, temperature=cfg.temperature,
             top_p=cfg.top_p, top_k=cfg.top_k, stop_strings=stop,
-            desc=f"generate (round {stats.rounds + 1})", show_progress=show_progress,
-        )
+            desc=f"generate (round {stats.rounds + 1})", show_progress=show_progress and is_main_process(),
+        ), prompts)
         stats.candidates += n
         fresh = []
         before = dict(dedup.dropped)
@@ -124,8 +128,9 @@ def synthesize(cfg, generator, generator_tokenizer, seeds: list[str], *, discrim
             fresh, leaked = filter_leaks(fresh, references, threshold=cfg.leak_threshold)
             stats.leaks += len(leaked)
         if use_filter:
-            scores = score(discriminator, discriminator_tokenizer, fresh, cfg.task_name,
-                           batch_size=cfg.filter_batch_size, desc="filter", show_progress=show_progress)
+            scores = np.asarray(map_across_processes(lambda shard: score(
+                discriminator, discriminator_tokenizer, shard, cfg.task_name, batch_size=cfg.filter_batch_size,
+                desc="filter", show_progress=show_progress and is_main_process()).tolist(), fresh), dtype=np.float32)
         else:
             scores = np.full(len(fresh), np.inf, dtype=np.float32)
         new_rows = []
@@ -138,7 +143,7 @@ def synthesize(cfg, generator, generator_tokenizer, seeds: list[str], *, discrim
         stats.scored += len(fresh)
         stats.rounds += 1
         rows.extend(new_rows)
-        if progress_path:
+        if progress_path and is_main_process():
             with open(progress_path, "a") as f:
                 for r in new_rows:
                     f.write(json.dumps(r) + "\n")
@@ -172,11 +177,11 @@ def label(cfg, teacher, tokenizer, inputs: list[str], *, show_progress: bool = T
     string, as the teacher wrote it, so that any student tokenizer can learn it (sequence-level KD).
     """
     prompts = [task_prompt(tokenizer, x, cfg.prompt_template) for x in inputs]
-    outputs = generate(
-        teacher, tokenizer, prompts, batch_size=cfg.generation_batch_size, max_new_tokens=cfg.label_max_new_tokens,
+    outputs = map_across_processes(lambda shard: generate(
+        teacher, tokenizer, shard, batch_size=cfg.generation_batch_size, max_new_tokens=cfg.label_max_new_tokens,
         do_sample=cfg.label_do_sample, stop_strings=[cfg.answer_stop] if cfg.answer_stop else None,
-        desc="label", show_progress=show_progress,
-    )
+        desc="label", show_progress=show_progress and is_main_process(),
+    ), prompts)
     rows = []
     for x, (text, _) in zip(inputs, outputs):
         completion = text.split(cfg.answer_stop, 1)[0].rstrip() if cfg.answer_stop else text.rstrip()
