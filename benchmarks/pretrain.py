@@ -97,6 +97,13 @@ _TEMPLATE_WORDS = list(WORDS) + (
     "from and or not with after before then now day days item items code name key step steps point move moves "
     "start end left right up down new old show tell make put get count sum add read say turn"
 ).split()
+# First words of the corpus's own formats ("Sort descending:", "Spell ..."): anneal-phase templates start with
+# them and then diverge, so that the context, not the memorized format that shares the first word, decides item 6.
+_FORMAT_FIRST_WORDS = (
+    "Sort Spell Is What Evaluate Compute Count Today Robot Take Complete In Which Order Largest Smallest Close "
+    "Finish Arrange Alphabetical Write Uppercase Double Capitalize Start After One Walk First Last Initials Join "
+    "Number Length How If Here reverse sort"
+).split()
 _SEPARATORS = (" ", ", ", ",", "", "-", " | ", "; ")
 _ENDINGS = ("", "", "?", ".", ":", " =", " ->", " is", "!")
 
@@ -134,16 +141,18 @@ def _slot(rng: random.Random):
     return lambda r: f"{r.randint(-9, 20)} {r.choice(ops)} {r.randint(-9, 20)}"
 
 
-def _phrase(rng: random.Random) -> str:
+def _phrase(rng: random.Random, format_first_words: bool = False) -> str:
     words = [rng.choice(_TEMPLATE_WORDS) for _ in range(rng.randint(1, 4))]
     if rng.random() < 0.6:
         words[0] = words[0].capitalize()
+    if format_first_words and rng.random() < 0.6:
+        words.insert(0, rng.choice(_FORMAT_FIRST_WORDS))
     return " ".join(words)
 
 
-def random_template(rng: random.Random):
+def random_template(rng: random.Random, format_first_words: bool = False):
     """A random item format: fixed phrases and punctuation around one or two slots. Returns a drawing function."""
-    parts = [_phrase(rng) + rng.choice((" ", ": ", " (", " '"))]
+    parts = [_phrase(rng, format_first_words) + rng.choice((" ", ": ", " (", " '"))]
     parts[-1] = parts[-1] if not parts[-1].endswith(("(", "'")) else parts[-1]
     slots = [_slot(rng) for _ in range(rng.choice((1, 1, 2)))]
     joiner = rng.choice((" ", ", ", " and ", " to ", ". ", " in "))
@@ -161,10 +170,10 @@ def _is_specific(text: str) -> bool:
     return any(fam.is_specific(text) for fam in TASKS.values())
 
 
-def template_list_block(rng: random.Random, exclude: set[str], n: int = 10) -> str:
+def template_list_block(rng: random.Random, exclude: set[str], n: int = 10, format_first_words: bool = False) -> str:
     """`Here are {n} examples:` and `n` distinct items of one random template (none a specific input)."""
     while True:
-        draw = random_template(rng)
+        draw = random_template(rng, format_first_words)
         items: list[str] = []
         for _ in range(10 * n):
             item = draw(rng)
@@ -174,7 +183,8 @@ def template_list_block(rng: random.Random, exclude: set[str], n: int = 10) -> s
                     return "\n".join([f"Here are {n} examples:"] + [f"{i}. {x}" for i, x in enumerate(items, 1)])
 
 
-def pretraining_corpus(num_chars: int, seed: int = 0, template_share: float = 0.4) -> list[str]:
+def pretraining_corpus(num_chars: int, seed: int = 0, template_share: float = 0.4,
+                       format_first_words: bool = False) -> list[str]:
     """The package's generic corpus (qa/list/filler) plus documents of random-template lists, shuffled."""
     exclude = set()
     for name in TASKS:
@@ -185,7 +195,8 @@ def pretraining_corpus(num_chars: int, seed: int = 0, template_share: float = 0.
     rng = random.Random(f"template_lists:{seed}")
     total = 0
     while total < num_chars * template_share:
-        doc = "\n\n".join(template_list_block(rng, exclude) for _ in range(rng.randint(1, 3)))
+        doc = "\n\n".join(template_list_block(rng, exclude, format_first_words=format_first_words)
+                          for _ in range(rng.randint(1, 3)))
         docs.append(doc)
         total += len(doc)
     rng.shuffle(docs)
@@ -382,6 +393,34 @@ def build_one(spec: BaseSpec, size_name: str, out: str, seed: int, device: str, 
     return report
 
 
+def anneal_one(spec: BaseSpec, size_name: str, src: str, out: str, seed: int, device: str, threads: int,
+               steps: int, lr: float) -> dict:
+    """A second, list-heavy phase from a saved base: 70% random-template lists whose first words are those of the
+    corpus's own formats, so that in-context copying has to win over a memorized format's first-word prior."""
+    from dataclasses import replace
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if device == "cpu":
+        torch.set_num_threads(threads)
+    size = SIZES[size_name]
+    docs = pretraining_corpus(size["corpus_chars"] // 3, seed=seed + 1, template_share=0.7, format_first_words=True)
+    tokenizer = AutoTokenizer.from_pretrained(os.path.join(src, spec.name))
+    model = AutoModelForCausalLM.from_pretrained(os.path.join(src, spec.name), dtype=torch.float32).to(device)
+    blocks = pack(tokenizer, docs, size["seq_len"])
+    stats = train(model, blocks, replace(spec, steps=steps, lr=lr), device, seed=seed + 1)
+    path = os.path.join(out, spec.name)
+    with open(os.path.join(src, spec.name, "pretraining.json")) as f:
+        report = json.load(f)
+    save_base(model, tokenizer, path)
+    phase = {"steps": steps, "lr": lr, "corpus_tokens": blocks.numel(), **stats}
+    report.setdefault("anneal_phases", []).append(phase)
+    print(json.dumps({k: v for k, v in phase.items() if k != "curve"}), flush=True)
+    with open(os.path.join(path, "pretraining.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    return report
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="peft_transfer/demo_models")
@@ -390,6 +429,9 @@ def main(argv=None):
     parser.add_argument("--only", nargs="*", help="build only these bases (names)")
     parser.add_argument("--steps", type=int, help="override the steps of every base (for measuring)")
     parser.add_argument("--probe-only", action="store_true")
+    parser.add_argument("--anneal-from", help="skip the main phase: run the list-heavy phase on the bases saved here")
+    parser.add_argument("--anneal-steps", type=int, default=0)
+    parser.add_argument("--anneal-lr", type=float, default=1.5e-3)
     parser.add_argument("--no-probe", action="store_true")
     args = parser.parse_args(argv)
 
@@ -398,7 +440,11 @@ def main(argv=None):
     specs = [s for s in size["bases"] if not args.only or s.name in args.only]
     for spec in specs:
         spec.steps = args.steps or spec.steps
-    if not args.probe_only:
+    if args.anneal_from:
+        for spec in specs:
+            anneal_one(spec, args.size, args.anneal_from, args.out, args.seed, device, 1 if device == "cpu" else 0,
+                       args.anneal_steps, args.anneal_lr)
+    elif not args.probe_only:
         os.makedirs(args.out, exist_ok=True)
         if device == "cpu" and len(specs) > 1 and (os.cpu_count() or 1) >= len(specs):
             # One single-threaded process per base: two-thread processes on two shared cores stall each other in

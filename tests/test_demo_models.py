@@ -1,0 +1,83 @@
+"""The committed demo bases (`peft_transfer/demo_models/`, made by `benchmarks/pretrain.py --size cpu`).
+
+They must load the way a Hub id does, be two different families (architecture and vocabulary), and the target
+must do what stage 3 asks of it: continue a numbered list of a task's inputs with an item in the same format. No
+task's specific format is in the pretraining corpus, so this is in-context format copying, not recall.
+"""
+
+import os
+import random
+import re
+
+import pytest
+import torch
+
+from peft_transfer.data import generator_prompt, parse_candidate
+from peft_transfer.tasks import TASKS, make_task
+from peft_transfer.testing import DEMO_MODELS
+
+SOURCE = os.path.join(DEMO_MODELS, "tiny-llama")
+TARGET = os.path.join(DEMO_MODELS, "tiny-gemma")
+
+
+@pytest.fixture(scope="module")
+def bases():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    loaded = {}
+    for name, path in (("source", SOURCE), ("target", TARGET)):
+        assert os.path.exists(os.path.join(path, "model.safetensors")), f"{path}: run benchmarks/pretrain.py"
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        loaded[name] = (model, AutoTokenizer.from_pretrained(path))
+    return loaded
+
+
+def test_two_different_families(bases):
+    (source, source_tok), (target, target_tok) = bases["source"], bases["target"]
+    assert source.config.model_type == "llama" and target.config.model_type == "gemma"
+    assert type(source).__name__ == "LlamaForCausalLM" and type(target).__name__ == "GemmaForCausalLM"
+    assert source_tok.get_vocab() != target_tok.get_vocab()
+    text = "Sort these letters: q d k a m"
+    assert source_tok(text).input_ids != target_tok(text).input_ids
+    for model, tok in (bases["source"], bases["target"]):
+        assert tok.pad_token is not None and tok.pad_token_id != tok.eos_token_id
+        assert model.config.vocab_size >= len(tok)
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+    # the target is the larger base, as in the paper's pairs
+    assert sum(p.numel() for p in target.parameters()) > sum(p.numel() for p in source.parameters())
+
+
+def test_files_are_small():
+    for path in (SOURCE, TARGET):
+        assert os.path.getsize(os.path.join(path, "model.safetensors")) <= 8_500_000
+
+
+def _format_copy_rate(model, tokenizer, task_name: str, num: int) -> float:
+    """Share of sampled item-6 continuations (temperature 1.0) that match the task's `specific_pattern`."""
+    task = make_task(task_name, seed=0)
+    seeds = [s["input"] for s in task.seeds]
+    rng = random.Random(f"test:{task_name}")
+    prompts = [generator_prompt(seeds, rng) for _ in range(num)]
+    tokenizer.padding_side = "left"
+    enc = tokenizer(prompts, return_tensors="pt", padding=True)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = model.generate(**enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=48,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    new = out[:, enc.input_ids.shape[1]:]
+    hits = 0
+    for row, text in zip(new, tokenizer.batch_decode(new, skip_special_tokens=True)):
+        item = parse_candidate(text, finished=bool((row == tokenizer.eos_token_id).any()))
+        hits += item is not None and re.fullmatch(TASKS[task_name].specific_pattern, item) is not None
+    return hits / num
+
+
+# NOT MET YET: the committed target copies the first words of the format ("Sort the letter: w k y s i") but matched
+# the specific pattern in 0 of 50 probes per family (peft_transfer/demo_models/README.md). Strict xfail, so this
+# turns red the day better bases pass it; then drop the mark and keep a bound well below the measured rate.
+@pytest.mark.xfail(strict=True, reason="committed target base does not yet copy list formats exactly (0/50 probed)")
+@pytest.mark.parametrize("task_name, bound", [("sort_letters", 0.2), ("reverse_word", 0.2)])
+def test_target_copies_the_format_of_listed_items(bases, task_name, bound):
+    model, tokenizer = bases["target"]
+    rate = _format_copy_rate(model, tokenizer, task_name, num=32)
+    assert rate >= bound, f"{task_name}: only {rate:.2f} of item-6 continuations match the task's format"
