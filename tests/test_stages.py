@@ -186,3 +186,13 @@ def test_demo_recipe_matches_the_embedded_demo():
     from peft_transfer.testing import DEMO_SETTINGS
 
     assert TransferConfig.from_yaml("recipes/demo.yaml") == TransferConfig(**DEMO_SETTINGS)
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob("recipes/accelerate/*.yaml")))
+def test_every_accelerate_config_parses(path):
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    text = open(path).read()
+    assert text.startswith("#") and "accelerate launch" in text.split("\n\n")[0]
+    config = ClusterConfig.from_yaml_file(path)
+    assert config.num_processes >= 1 and config.mixed_precision == "bf16"
