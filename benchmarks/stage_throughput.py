@@ -312,6 +312,7 @@ def generator_prompts(cfg, tokenizer, words: Words, target: int, count: int, see
     """Numbered-list prompts as `synthesize` builds them: fixed seeds, shuffled per prompt, about `target` tokens."""
     from peft_transfer.data import generator_prompt
 
+    words = Words(seed + 1)  # the same seeds for every generate stage, so that their rows compare like for like
     seeds = [words.word() for _ in range(cfg.num_seeds)]
 
     def measure(_text=None):
