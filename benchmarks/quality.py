@@ -1,0 +1,653 @@
+"""The paper's quality tables, measured on base models trained here (DESIGN.md §4 and §6).
+
+    python benchmarks/quality.py --size micro --out runs/quality-micro          # CPU smoke run: 1 task, a few minutes
+    python benchmarks/quality.py --size full --bases runs/bases --out runs/quality-full --jobs 5
+    python benchmarks/quality.py --task-file train.jsonl --test-file test.jsonl --size full --bases runs/bases
+    python benchmarks/quality.py --aggregate runs/q-a runs/q-b --out benchmarks/results/quality-full
+
+Every row is one `Transfer` run (`peft_transfer.pipeline`) with its own `TransferConfig` and run directory
+`<out>/<task>/<row>/`. Per task:
+
+    pool-same           tiny-llama -> tiny-llama-b: trains the source adapter and the discriminator (shared by every
+                        row of the task), synthesizes max(scaling) accepted inputs and labels them with the teacher
+    translora-same      Trans-LoRA, same family (same tokenizer): the first `num_samples` of the pool     (Table 1)
+    translora-cross     Trans-LoRA, cross family: tiny-llama -> tiny-gemma (other tokenizer)            (Table 1)
+    unfiltered-same     `filter_mode: none`, its own synthesis                                             (Table 5)
+    seeds-only-same     distilled on the 5 seeds' inputs only (labels from the teacher)                  (Table 5)
+    random-text-same    distilled on random generic text (filler sentences of `peft_transfer.corpus`)     (Table 5)
+    dora-same           LoRA -> DoRA on translora-same's synthetic set and labels                        (Table 6)
+    prompt-tuning-same  LoRA -> prompt tuning on the same set                                            (Table 6)
+    chain-hop2          tiny-llama-b + translora-same's adapter -> tiny-gemma, same discriminator        (Table 7)
+    scaling-same-N<n>   the first n accepted of the pool, n in the size's `scaling` list                 (Fig. 5)
+
+Rows that only change the training data are made without touching the pipeline: the benchmark writes the
+artifacts a finished stage would have written (`synthesis/accepted`, `synthesis/stats.json`, and `labels/` when the
+teacher's answers are already known) and `Transfer(config).run()` skips those stages, since a stage whose folder
+exists is done. MMD of accepted vs unfiltered candidates (Table 9) comes from the synthesis stage's diagnostics
+of the pool and the cross-family row.
+
+Outputs in `--out`: `results.json` (every number, the sizes' settings, seeds, versions, command line, the bases'
+pretraining records), `results.md` (the tables and the claims), `fig3_scatter.png`, `table5_ablations.png`,
+`fig5_scaling.png`, and `<task>/rows.json` per task (what `--aggregate` merges).
+
+Claims, each reported as holds/fails with its numbers: (a) Trans-LoRA >= max(source+LoRA, target base) on the task
+average; (b) Trans-LoRA >= source+LoRA - 2 points on every task; (c) filtered above every Table-5 ablation, and
+the paper's order filtered > seeds only > random text > unfiltered; (d) MMD accepted < unfiltered on every task.
+
+The full run on the GPU machine, in three device commands (the bases, then the ten tasks in two halves; each
+half runs its five tasks as five processes sharing the GPU, because tiny models leave it mostly idle):
+
+    1. (python benchmarks/pretrain.py --size gpu --out runs/bases --no-probe --only tiny-llama &&
+        python benchmarks/quality.py --size full --bases runs/bases --build-bases-only) &
+       python benchmarks/pretrain.py --size gpu --out runs/bases --no-probe --only tiny-gemma & wait;
+       cp -r runs/bases $OUT/bases
+    2. python benchmarks/quality.py --size full --bases runs/bases --out $OUT/q-a --jobs 5 \\
+           --tasks boolean_expressions multistep_arithmetic sort_letters sort_numbers count_letters
+    3. python benchmarks/quality.py --size full --bases runs/bases --out $OUT/q-b --jobs 5 \\
+           --tasks dyck_languages weekday_arithmetic reverse_word grid_walk last_letters
+
+then, here: `python benchmarks/quality.py --aggregate <q-a> <q-b> --out benchmarks/results/quality-full`. A machine
+that went cold between commands has lost `runs/bases`: carry the `bases` folder that command 1 returned.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+
+SOURCE, SAME, CROSS = "tiny-llama", "tiny-llama-b", "tiny-gemma"
+
+# Transfer settings shared by every row of a size (TransferConfig field names). The paper's lr 2e-5 / 20 epochs
+# are for 7B models; these tiny from-scratch bases need the demo's larger steps (peft_transfer.testing.DEMO_SETTINGS).
+_ALL_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+SIZES = {
+    "micro": dict(
+        tasks=["sort_letters"], n_train=48, n_test=24, scaling=[6, 12], prompt_tuning_learning_rate=2e-2,
+        # The same-family target: a Llama with the source's tokenizer; at micro size only differently seeded.
+        same_family=dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                         intermediate_size=384, head_dim=32, steps=40, batch_size=8, lr=2e-3, seq_len=128,
+                         corpus_chars=300_000),
+        fallback_pretrain_steps=60,  # for a family missing from --bases and from peft_transfer/demo_models
+        # The micro run checks the harness, not the method: when its 1-epoch discriminator accepts too few
+        # candidates, the synthesis is re-scored with this margin instead of failing (recorded in the row).
+        margin_fallback=-1e9,
+        transfer=dict(
+            num_samples=12, candidate_budget=300, generation_batch_size=32, filter_batch_size=32,
+            max_candidate_tokens=40, label_max_new_tokens=12, learning_rate=2e-3, num_train_epochs=2,
+            source_learning_rate=2e-3, source_epochs=8, discriminator_learning_rate=1e-3, discriminator_epochs=1,
+            discriminator_negatives=24, per_device_train_batch_size=8, max_eval_samples=16, logging_steps=1000,
+            lora_target_modules=_ALL_MODULES, lora_r=16, lora_alpha=32,
+        ),
+    ),
+    "full": dict(
+        tasks=None,  # every family of peft_transfer.tasks
+        n_train=250, n_test=500, scaling=[62, 125, 250, 500, 1000], prompt_tuning_learning_rate=2e-2,
+        same_family=dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=8, num_key_value_heads=4,
+                         intermediate_size=1024, head_dim=48, steps=4000, batch_size=64, lr=1.5e-3, seq_len=512,
+                         corpus_chars=30_000_000),
+        fallback_pretrain_steps=1500,
+        margin_fallback=None,
+        transfer=dict(
+            num_samples=250, candidate_budget=12000, generation_batch_size=256, filter_batch_size=256,
+            max_candidate_tokens=48, label_max_new_tokens=24, learning_rate=2e-3, num_train_epochs=6,
+            source_learning_rate=2e-3, source_epochs=8, discriminator_learning_rate=1e-3, discriminator_epochs=3,
+            per_device_train_batch_size=8, max_eval_samples=500, logging_steps=100,
+            lora_target_modules=_ALL_MODULES, lora_r=16, lora_alpha=32,
+        ),
+    ),
+}
+ABLATIONS = ("translora-same", "seeds-only-same", "random-text-same", "unfiltered-same")  # paper Table 5 order
+PAIRS = {"same": "translora-same", "cross": "translora-cross"}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bases
+
+
+def build_same_family_target(source: str, path: str, spec: dict, seed: int = 1) -> str:
+    """A Llama-style base that shares the source's tokenizer (same family, like Llama-2-7b -> 13b), pretrained with
+    `benchmarks/pretrain.py`'s corpus and loop at another seed. Returns `path` (reused when it exists)."""
+    if os.path.exists(os.path.join(path, "config.json")):
+        return path
+    import torch
+    from transformers import AutoTokenizer
+
+    from benchmarks.pretrain import BaseSpec, build_base, pack, pretraining_corpus, save_base, train
+
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    base = BaseSpec(SAME, "llama", "byte_bpe", len(tokenizer), spec["hidden_size"], spec["num_hidden_layers"],
+                    spec["num_attention_heads"], spec["num_key_value_heads"], spec["intermediate_size"],
+                    spec["head_dim"], steps=spec["steps"], batch_size=spec["batch_size"], lr=spec["lr"])
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    docs = pretraining_corpus(spec["corpus_chars"], seed=seed)
+    blocks = pack(tokenizer, docs, spec["seq_len"])
+    model = build_base(base, tokenizer, max_positions=max(512, spec["seq_len"]), seed=seed).to(device)
+    stats = train(model, blocks, base, device, seed=seed, log_every=max(10, spec["steps"] // 20))
+    save_base(model, tokenizer, path)
+    with open(os.path.join(path, "pretraining.json"), "w") as f:
+        json.dump({"parameters": sum(p.numel() for p in model.parameters()), "tokenizer_of": source, "seed": seed,
+                   **spec, **stats}, f, indent=1)
+    return path
+
+
+def resolve_bases(size: dict, bases: str | None, out: str, seed: int) -> dict:
+    """Paths of the three bases: `--bases` first, then the committed demo models, else built under `out/bases`."""
+    from peft_transfer.testing import DEMO_MODELS, build_family
+
+    paths = {}
+    for name in (SOURCE, CROSS):
+        for folder in (bases, DEMO_MODELS):
+            if folder and os.path.exists(os.path.join(folder, name, "config.json")):
+                paths[name] = os.path.join(folder, name)
+                break
+        else:
+            paths[name] = os.path.join(out, "bases", name)
+            if not os.path.exists(os.path.join(paths[name], "config.json")):
+                build_family(name, paths[name], pretrain_steps=size["fallback_pretrain_steps"], seed=seed)
+    same = os.path.join(bases, SAME) if bases else os.path.join(out, "bases", SAME)
+    if bases and not os.path.exists(os.path.join(same, "config.json")) and not os.access(bases, os.W_OK):
+        same = os.path.join(out, "bases", SAME)
+    paths[SAME] = build_same_family_target(paths[SOURCE], same, size["same_family"], seed=seed + 1)
+    return paths
+
+
+def _pretraining_record(path: str) -> dict:
+    record = os.path.join(path, "pretraining.json")
+    if not os.path.exists(record):
+        return {}
+    with open(record) as f:
+        return {k: v for k, v in json.load(f).items() if k not in ("curve", "anneal_phases")}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One task's rows
+
+
+def _write_jsonl(path: str, rows: list[dict]) -> None:
+    with open(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+
+
+def _prepare(row_dir: str, inputs: list[str], stats: dict, labels=None) -> None:
+    """Write the artifacts of finished synthesis (and labels) stages, so that `Transfer.run()` skips them."""
+    from datasets import Dataset
+
+    os.makedirs(os.path.join(row_dir, "synthesis"), exist_ok=True)
+    Dataset.from_dict({"input": list(inputs)}).save_to_disk(os.path.join(row_dir, "synthesis", "accepted"))
+    with open(os.path.join(row_dir, "synthesis", "stats.json"), "w") as f:
+        json.dump(stats, f, indent=1)
+    if labels is not None:
+        labels.save_to_disk(os.path.join(row_dir, "labels"))
+
+
+def random_text(n: int, seed: int, max_chars: int = 80) -> list[str]:
+    """`n` distinct random generic sentences (the paper's 'random Wikipedia text' ablation), cut to task length."""
+    from peft_transfer.corpus import filler_block
+
+    rng, out = random.Random(f"random-text:{seed}"), []
+    while len(out) < n:
+        for sentence in filler_block(rng).split(". "):
+            text = sentence.strip().rstrip(".")[:max_chars].rsplit(" ", 1)[0] if len(sentence) > max_chars else sentence
+            text = text.strip().rstrip(".") + "."
+            if len(text) > 3 and text not in out:
+                out.append(text)
+    return out[:n]
+
+
+def run_task(task_dir: str, task_name: str, description: str, size_name: str, bases: dict, seed: int) -> list[dict]:
+    """Every row of one task (the task's files are in `task_dir/data`); writes and returns `task_dir/rows.json`."""
+    import torch
+
+    from datasets import load_from_disk
+
+    from peft_transfer import Transfer, TransferConfig
+    from peft_transfer.synthesis import SynthesisError
+
+    if not torch.cuda.is_available():
+        # One thread: tiny models gain little from a second, and two-thread processes on shared cores stall in
+        # OpenMP barriers whenever another job holds a core (benchmarks/pretrain.py measured 15x per step).
+        torch.set_num_threads(1)
+    size = SIZES[size_name]
+    data = os.path.join(task_dir, "data")
+    n = size["transfer"]["num_samples"]
+    common = dict(size["transfer"], task_name=description, train_file=os.path.join(data, "train.jsonl"),
+                  eval_file=os.path.join(data, "test.jsonl"), seed_file=os.path.join(data, "seeds.jsonl"), seed=seed,
+                  source_model=bases[SOURCE])
+    rows: list[dict] = []
+    shared: dict = {}
+
+    def config(row: str, **overrides) -> TransferConfig:
+        settings = dict(common, target_model=bases[SAME], output_dir=os.path.join(task_dir, row))
+        if shared:
+            settings.update(source_adapter=shared["source_adapter"], discriminator_adapter=shared["discriminator"])
+        settings.update(overrides)
+        return TransferConfig(**settings)
+
+    def run(row: str, cfg: TransferConfig, *, pair: str, setting: str, stages=None, **info) -> dict:
+        start = time.perf_counter()
+        record = dict(task=task_name, row=row, pair=pair, setting=setting, source_model=cfg.source_model,
+                      target_model=cfg.target_model, peft_type=cfg.peft_type, filter_mode=cfg.filter_mode, **info)
+        try:
+            transfer = Transfer(cfg, show_progress=False)
+            try:
+                report = transfer.run(stages=stages)
+            except SynthesisError as e:
+                if size["margin_fallback"] is None or cfg.filter_mode != "discriminator":
+                    raise
+                # The progress file keeps the scored candidates: a re-run with the new margin re-takes the verdicts.
+                record["margin_fallback"] = {"from": cfg.filter_margin, "to": size["margin_fallback"], "why": str(e)}
+                cfg.filter_margin = size["margin_fallback"]
+                report = Transfer(cfg, show_progress=False).run(stages=stages)
+        except Exception as e:  # one failing row must not lose the other rows of a device command
+            record.update(error=f"{type(e).__name__}: {e}", seconds=round(time.perf_counter() - start, 1))
+            rows.append(record)
+            print(f"[{task_name}] {row}: FAILED {record['error']}", flush=True)
+            return {}
+        ev, syn, diag = report.get("evaluation") or {}, report.get("synthesis") or {}, report.get("diagnostics") or {}
+        record.update(
+            transferred=ev.get("transferred"), source_adapter=ev.get("source_adapter"),
+            target_base=ev.get("target_base"), num_eval=ev.get("num_samples"),
+            num_accepted=syn.get("accepted"), num_candidates=syn.get("candidates"),
+            acceptance_rate=syn.get("acceptance_rate"), mmd_accepted=diag.get("mmd_accepted"),
+            mmd_unfiltered=diag.get("mmd_unfiltered"), seconds=round(time.perf_counter() - start, 1),
+        )
+        if report.get("discriminator"):
+            record["discriminator_roc_auc"] = report["discriminator"].get("roc_auc")
+        rows.append(record)
+        print(f"[{task_name}] {row}: transferred {record['transferred']} source {record['source_adapter']} "
+              f"target {record['target_base']} ({record['seconds']} s)", flush=True)
+        return record
+
+    def subset_row(row: str, pool_dir: str, k: int, **overrides) -> str:
+        """A row trained on the pool's first `k` accepted inputs and their labels."""
+        out = os.path.join(task_dir, row)
+        if not os.path.isdir(os.path.join(out, "labels")):
+            labels = load_from_disk(os.path.join(pool_dir, "labels"))
+            with open(os.path.join(pool_dir, "synthesis", "stats.json")) as f:
+                stats = json.load(f)
+            k = min(k, len(labels))
+            stats["extra"] = {**stats.get("extra", {}), "subset_of": pool_dir, "pool_accepted": stats["accepted"]}
+            stats["accepted"] = k
+            _prepare(out, labels["input"][:k], stats, labels.select(range(k)))
+        return out
+
+    # 1. The pool: source adapter, discriminator, max(scaling) accepted and labelled (same-family generator).
+    pool_n = max(size["scaling"] + [n])
+    pool = config("pool-same", num_samples=pool_n, candidate_budget=max(common["candidate_budget"], 8 * pool_n))
+    run("pool-same", pool, pair="same", setting="pool", stages=("source_adapter", "discriminator", "synthesis", "labels"))
+    shared.update(source_adapter=pool.path("source_adapter"), discriminator=pool.path("discriminator"))
+    if not os.path.isdir(pool.path("labels")):
+        return _save_rows(task_dir, rows)  # nothing below can run without the shared adapters and the pool
+
+    # 2. Table 1: same family (a subset of the pool) and cross family (its own synthesis with the target generator).
+    subset_row("translora-same", pool.output_dir, n)
+    run("translora-same", config("translora-same", num_samples=n), pair="same", setting="filtered")
+    run("translora-cross", config("translora-cross", target_model=bases[CROSS], num_samples=n), pair="cross",
+        setting="filtered")
+
+    # 3. Table 5: ablations on the same-family pair.
+    run("unfiltered-same", config("unfiltered-same", filter_mode="none", discriminator_adapter=None, compute_mmd=False),
+        pair="same", setting="unfiltered")
+    seeds = [json.loads(line)["input"] for line in open(common["seed_file"]) if line.strip()]
+    seeds_dir = os.path.join(task_dir, "seeds-only-same")
+    if not os.path.isdir(os.path.join(seeds_dir, "synthesis")):
+        _prepare(seeds_dir, seeds, {"accepted": len(seeds), "candidates": 0, "extra": {"made_by": "seeds only"}})
+    run("seeds-only-same", config("seeds-only-same", num_samples=len(seeds)), pair="same", setting="seeds only")
+    text_dir = os.path.join(task_dir, "random-text-same")
+    if not os.path.isdir(os.path.join(text_dir, "synthesis")):
+        _prepare(text_dir, random_text(n, seed), {"accepted": n, "candidates": 0, "extra": {"made_by": "random text"}})
+    run("random-text-same", config("random-text-same"), pair="same", setting="random text")
+
+    # 4. Table 6: other PEFT types for the new adapter, on translora-same's synthetic set and labels.
+    for peft_type, row, lr in (("dora", "dora-same", common["learning_rate"]),
+                               ("prompt_tuning", "prompt-tuning-same", size["prompt_tuning_learning_rate"])):
+        out = os.path.join(task_dir, row)
+        if not os.path.isdir(os.path.join(out, "labels")):
+            os.makedirs(out, exist_ok=True)
+            for stage in ("synthesis", "labels"):
+                shutil.copytree(os.path.join(task_dir, "translora-same", stage), os.path.join(out, stage))
+        run(row, config(row, peft_type=peft_type, learning_rate=lr), pair="same", setting=peft_type)
+
+    # 5. Table 7: a second hop from translora-same's adapter to the other family, with the first discriminator.
+    same_adapter = os.path.join(task_dir, "translora-same", "target_adapter")
+    if os.path.isdir(same_adapter):
+        run("chain-hop2", config("chain-hop2", source_model=bases[SAME], source_adapter=same_adapter,
+                                 target_model=bases[CROSS], discriminator_model=bases[SOURCE]),
+            pair="chain", setting="hop 2")
+
+    # 6. Fig. 5: accuracy against the number of accepted samples (first k of the pool; k = n is translora-same).
+    for k in size["scaling"]:
+        if k == n:
+            continue
+        row = f"scaling-same-N{k}"
+        subset_row(row, pool.output_dir, k)
+        run(row, config(row, num_samples=k), pair="same", setting=f"N={k}", num_samples=k)
+    return _save_rows(task_dir, rows)
+
+
+def _save_rows(task_dir: str, rows: list[dict]) -> list[dict]:
+    with open(os.path.join(task_dir, "rows.json"), "w") as f:
+        json.dump(rows, f, indent=1)
+    return rows
+
+
+def _run_task_args(args: tuple) -> list[dict]:
+    return run_task(*args)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tables, claims, plots
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def tables(rows: list[dict], size: dict) -> dict:
+    """Every table of the benchmark from the rows (accuracies in [0, 1])."""
+    by = {(r["task"], r["row"]): r for r in rows if "error" not in r}
+    tasks = sorted({r["task"] for r in rows})
+    n = size["transfer"]["num_samples"]
+
+    def acc(task, row, key="transferred"):
+        return by.get((task, row), {}).get(key)
+
+    table1 = {}
+    for pair, row in PAIRS.items():
+        per_task = {t: {"source_lora": acc(t, row, "source_adapter"), "target_base": acc(t, row, "target_base"),
+                        "translora": acc(t, row)} for t in tasks}
+        table1[pair] = {"per_task": per_task,
+                        "average": {k: _mean(v[k] for v in per_task.values())
+                                    for k in ("source_lora", "target_base", "translora")}}
+    table5 = {row: {"per_task": {t: acc(t, row) for t in tasks}, "average": _mean(acc(t, row) for t in tasks)}
+              for row in ABLATIONS}
+    table6 = {peft: {"per_task": {t: acc(t, row) for t in tasks}, "average": _mean(acc(t, row) for t in tasks)}
+              for peft, row in (("lora", "translora-same"), ("dora", "dora-same"), ("prompt_tuning", "prompt-tuning-same"))}
+    table7 = {name: {"per_task": {t: acc(t, row) for t in tasks}, "average": _mean(acc(t, row) for t in tasks)}
+              for name, row in (("hop1 A->B", "translora-same"), ("hop2 B->C", "chain-hop2"),
+                                ("direct A->C", "translora-cross"))}
+    table9 = {}
+    for pair, row in (("same", "pool-same"), ("cross", "translora-cross")):
+        table9[pair] = {t: {"accepted": acc(t, row, "mmd_accepted"), "unfiltered": acc(t, row, "mmd_unfiltered"),
+                            "acceptance_rate": acc(t, row, "acceptance_rate")} for t in tasks}
+    fig5 = {}
+    for k in size["scaling"]:
+        row = "translora-same" if k == n else f"scaling-same-N{k}"
+        fig5[str(k)] = {"per_task": {t: acc(t, row) for t in tasks}, "average": _mean(acc(t, row) for t in tasks)}
+    return {"tasks": tasks, "table1": table1, "table5": table5, "table6": table6, "table7": table7,
+            "table9": table9, "fig5": fig5}
+
+
+def claims(t: dict) -> dict:
+    """The four claims as holds/fails with the numbers they rest on (None: a number is missing)."""
+    out = {}
+    a = {}
+    for pair, table in t["table1"].items():
+        avg = table["average"]
+        ok = None if None in avg.values() else avg["translora"] >= max(avg["source_lora"], avg["target_base"])
+        a[pair] = {"holds": ok, **avg}
+    out["a_translora_ge_max_source_target_on_average"] = a
+    b = {}
+    for pair, table in t["table1"].items():
+        gaps = {task: (v["translora"] - v["source_lora"]) if None not in (v["translora"], v["source_lora"]) else None
+                for task, v in table["per_task"].items()}
+        known = [g for g in gaps.values() if g is not None]
+        b[pair] = {"holds": (all(g >= -0.02 for g in known) if len(known) == len(gaps) and gaps else None),
+                   "worst_gap": min(known) if known else None, "gap_per_task": gaps}
+    out["b_translora_ge_source_minus_2_points_every_task"] = b
+    avg5 = {row: v["average"] for row, v in t["table5"].items()}
+    known5 = None not in avg5.values()
+    order = sorted(avg5, key=lambda r: -avg5[r]) if known5 else None  # ties keep the paper's order: see below
+    out["c_filtered_above_ablations"] = {
+        "holds": all(avg5["translora-same"] > avg5[r] for r in ABLATIONS[1:]) if known5 else None,
+        "paper_order_holds": all(avg5[a] > avg5[b] for a, b in zip(ABLATIONS, ABLATIONS[1:])) if known5 else None,
+        "paper_order": list(ABLATIONS), "measured_order": order, "averages": avg5,
+    }
+    d = {}
+    for pair, per_task in t["table9"].items():
+        pairs = {task: v for task, v in per_task.items() if None not in (v["accepted"], v["unfiltered"])}
+        d[pair] = {"holds": all(v["accepted"] < v["unfiltered"] for v in pairs.values())
+                   if pairs and len(pairs) == len(per_task) else None,
+                   "tasks_lower": sum(v["accepted"] < v["unfiltered"] for v in pairs.values()),
+                   "tasks": len(per_task)}
+    out["d_mmd_accepted_below_unfiltered_every_task"] = d
+    return out
+
+
+def _pct(x) -> str:
+    return "—" if x is None else f"{100 * x:.1f}"
+
+
+def _verdict(h) -> str:
+    return {True: "**holds**", False: "**fails**", None: "n/a"}[h]
+
+
+def markdown(result: dict) -> str:
+    t, c, meta = result["tables"], result["claims"], result["meta"]
+    lines = [f"# Trans-LoRA quality benchmark — size `{meta['size']}`", "",
+             f"Bases: source `{SOURCE}`, same-family target `{SAME}` (source tokenizer), cross-family target "
+             f"`{CROSS}` (own tokenizer). Exact match on held-out real inputs, in %. Seed {meta['seed']}; "
+             f"N = {meta['settings']['transfer']['num_samples']} accepted samples per transfer.", ""]
+    lines += ["## Table 1: source+LoRA / target base / Trans-LoRA", "",
+              "| task | pair | source+LoRA | target base | Trans-LoRA |", "|---|---|---|---|---|"]
+    for pair, table in t["table1"].items():
+        for task, v in table["per_task"].items():
+            lines.append(f"| {task} | {pair} | {_pct(v['source_lora'])} | {_pct(v['target_base'])} | "
+                         f"{_pct(v['translora'])} |")
+        avg = table["average"]
+        lines.append(f"| **average** | {pair} | {_pct(avg['source_lora'])} | {_pct(avg['target_base'])} | "
+                     f"{_pct(avg['translora'])} |")
+    for title, key, first in (("Table 5: ablations (same-family pair)", "table5", "setting"),
+                              ("Table 6: PEFT type of the new adapter (same-family pair)", "table6", "PEFT"),
+                              ("Table 7: two-hop chain (tiny-llama -> tiny-llama-b -> tiny-gemma)", "table7", "hop"),
+                              ("Fig. 5: accuracy vs accepted samples (same-family pair)", "fig5", "N")):
+        lines += ["", f"## {title}", "", f"| {first} | " + " | ".join(t["tasks"]) + " | average |",
+                  "|---|" + "---|" * (len(t["tasks"]) + 1)]
+        for name, v in t[key].items():
+            lines.append(f"| {name} | " + " | ".join(_pct(v["per_task"][task]) for task in t["tasks"]) +
+                         f" | {_pct(v['average'])} |")
+    lines += ["", "## Table 9: MMD² to real inputs, accepted vs unfiltered candidates", "",
+              "| task | pair | accepted | unfiltered | acceptance rate |", "|---|---|---|---|---|"]
+    for pair, per_task in t["table9"].items():
+        for task, v in per_task.items():
+            fmt = lambda x: "—" if x is None else f"{x:.4f}"  # noqa: E731
+            lines.append(f"| {task} | {pair} | {fmt(v['accepted'])} | {fmt(v['unfiltered'])} | "
+                         f"{_pct(v['acceptance_rate'])} |")
+    lines += ["", "## Claims", ""]
+    for pair, v in c["a_translora_ge_max_source_target_on_average"].items():
+        lines.append(f"- (a) {pair}: Trans-LoRA {_pct(v['translora'])} >= max(source+LoRA {_pct(v['source_lora'])}, "
+                     f"target base {_pct(v['target_base'])}) on average: {_verdict(v['holds'])}")
+    for pair, v in c["b_translora_ge_source_minus_2_points_every_task"].items():
+        worst = None if v["worst_gap"] is None else f"{100 * v['worst_gap']:+.1f}"
+        lines.append(f"- (b) {pair}: Trans-LoRA >= source+LoRA - 2 points on every task (worst gap {worst} points): "
+                     f"{_verdict(v['holds'])}")
+    v = c["c_filtered_above_ablations"]
+    lines.append(f"- (c) filtered above unfiltered, seeds only and random text on average: {_verdict(v['holds'])}; "
+                 f"the paper's order {' > '.join(v['paper_order'])}: {_verdict(v['paper_order_holds'])} "
+                 f"(measured: {' > '.join(v['measured_order'] or [])}; averages "
+                 + ", ".join(f"{k} {_pct(x)}" for k, x in v["averages"].items()) + ")")
+    for pair, v in c["d_mmd_accepted_below_unfiltered_every_task"].items():
+        lines.append(f"- (d) {pair}: MMD accepted < unfiltered on {v['tasks_lower']} of {v['tasks']} tasks: "
+                     f"{_verdict(v['holds'])}")
+    failed = [r for r in result["rows"] if "error" in r]
+    if failed:
+        lines += ["", "## Failed rows", ""] + [f"- {r['task']} / {r['row']}: {r['error']}" for r in failed]
+    fallbacks = [r for r in result["rows"] if "margin_fallback" in r]
+    if fallbacks:
+        lines += ["", "Rows whose filter margin fell back (too few accepted at margin 0; micro size only): "
+                  + ", ".join(f"{r['task']}/{r['row']}" for r in fallbacks) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def plots(result: dict, out: str) -> list[str]:
+    """fig3_scatter.png, table5_ablations.png, fig5_scaling.png (matplotlib, Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t, written = result["tables"], []
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for (pair, table), marker in zip(t["table1"].items(), ("o", "s")):
+        pts = [(v["source_lora"], v["translora"], task) for task, v in table["per_task"].items()
+               if None not in (v["source_lora"], v["translora"])]
+        ax.scatter([100 * p[0] for p in pts], [100 * p[1] for p in pts], marker=marker, label=f"{pair} family")
+        for x, y, task in pts:
+            ax.annotate(task, (100 * x, 100 * y), fontsize=6)
+    ax.plot([0, 100], [0, 100], "k--", lw=0.8)
+    ax.set(xlim=(0, 100), ylim=(0, 100), xlabel="source + LoRA accuracy (%)", ylabel="Trans-LoRA accuracy (%)",
+           title="Transferred vs source, per task (Fig. 3)")
+    ax.legend()
+    written.append(os.path.join(out, "fig3_scatter.png"))
+    fig.savefig(written[-1], dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    names = list(t["table5"])
+    values = [100 * (t["table5"][k]["average"] or 0) for k in names]
+    ax.bar(range(len(names)), values, color=["C2", "C0", "C1", "C3"])
+    ax.set_xticks(range(len(names)), [k.replace("-same", "") for k in names], rotation=15)
+    ax.set(ylabel="average accuracy (%)", title="Ablations, same-family pair (Table 5)")
+    written.append(os.path.join(out, "table5_ablations.png"))
+    fig.savefig(written[-1], dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ks = sorted(t["fig5"], key=int)
+    ax.plot([int(k) for k in ks], [100 * (t["fig5"][k]["average"] or 0) for k in ks], "o-", label="average")
+    for task in t["tasks"]:
+        ax.plot([int(k) for k in ks], [100 * (t["fig5"][k]["per_task"][task] or 0) for k in ks], alpha=0.3, lw=0.8)
+    ax.set_xscale("log", base=2)
+    ax.set(xlabel="accepted synthetic samples N", ylabel="Trans-LoRA accuracy (%)",
+           title="Accuracy vs accepted samples (Fig. 5)")
+    ax.legend()
+    written.append(os.path.join(out, "fig5_scaling.png"))
+    fig.savefig(written[-1], dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return written
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    versions = {"python": platform.python_version()}
+    for pkg in ("torch", "transformers", "peft", "trl", "datasets", "accelerate"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    try:
+        versions["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    except OSError:
+        pass
+    return versions
+
+
+def write_outputs(out: str, rows: list[dict], meta: dict) -> dict:
+    size = meta["settings"]
+    result = {"meta": meta, "rows": rows}
+    result["tables"] = tables(rows, size)
+    result["claims"] = claims(result["tables"])
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(markdown(result))
+    result["plots"] = plots(result, out)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="micro")
+    parser.add_argument("--out", default=None, help="output folder (default runs/quality-<size>)")
+    parser.add_argument("--bases", help="folder with tiny-llama, tiny-gemma (benchmarks/pretrain.py --out) and "
+                                        "tiny-llama-b (built here when missing)")
+    parser.add_argument("--tasks", nargs="*", help="task families (default: the size's)")
+    parser.add_argument("--task-file", help="an external task: JSONL of {'input', 'target'} (train split)")
+    parser.add_argument("--test-file", help="the external task's held-out split")
+    parser.add_argument("--task-name", help="the external task's name (default: the train file's folder)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--jobs", type=int, default=1, help="tasks run in parallel processes")
+    parser.add_argument("--build-bases-only", action="store_true", help="build the missing bases and stop")
+    parser.add_argument("--aggregate", nargs="+", help="merge the <task>/rows.json of these output folders")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    size = SIZES[args.size]
+    out = os.path.abspath(args.out or f"runs/quality-{args.size}")
+    os.makedirs(out, exist_ok=True)
+    start = time.time()
+
+    if args.aggregate:
+        rows, metas = [], []
+        for folder in args.aggregate:
+            with open(os.path.join(folder, "results.json")) as f:
+                part = json.load(f)
+            rows += part["rows"]
+            metas.append(part["meta"])
+        meta = dict(metas[0], parts=metas, aggregated_from=args.aggregate, argv=sys.argv)
+        result = write_outputs(out, rows, meta)
+        print(markdown(result))
+        return 0
+
+    bases = resolve_bases(size, args.bases, out, args.seed)
+    if args.build_bases_only:
+        print(json.dumps(bases, indent=1))
+        return 0
+
+    from peft_transfer.tasks import load_task_files, make_task, write_task
+
+    if args.task_file:
+        if not args.test_file:
+            parser.error("--task-file needs --test-file")
+        tasks = [load_task_files(args.task_file, args.test_file, name=args.task_name, seed=args.seed)]
+    else:
+        from peft_transfer.tasks import list_tasks
+
+        names = args.tasks or size["tasks"] or list_tasks()
+        tasks = [make_task(name, n_train=size["n_train"], n_test=size["n_test"], seed=args.seed) for name in names]
+    jobs = []
+    for task in tasks:
+        task_dir = os.path.join(out, task.name)
+        if not os.path.exists(os.path.join(task_dir, "data", "seeds.jsonl")):
+            write_task(task, os.path.join(task_dir, "data"))
+        jobs.append((task_dir, task.name, task.description, args.size, bases, args.seed))
+    if args.jobs > 1 and len(jobs) > 1:
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(min(args.jobs, len(jobs))) as pool:
+            per_task = pool.map(_run_task_args, jobs)
+    else:
+        per_task = [run_task(*job) for job in jobs]
+    rows = [row for task_rows in per_task for row in task_rows]
+    meta = {"size": args.size, "seed": args.seed, "settings": size, "argv": sys.argv, "bases": bases,
+            "bases_pretraining": {k: _pretraining_record(v) for k, v in bases.items()},
+            "tasks": [t.name for t in tasks], "task_sizes": {t.name: {"train": len(t.train), "test": len(t.test),
+                                                                     "seeds": len(t.seeds)} for t in tasks},
+            "versions": _versions(), "wall_s": round(time.time() - start, 1),
+            "device": "cuda" if __import__("torch").cuda.is_available() else "cpu"}
+    result = write_outputs(out, rows, meta)
+    print(markdown(result))
+    print(f"wrote {out}/results.json, results.md and {len(result['plots'])} plots in {time.time() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
