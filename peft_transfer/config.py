@@ -97,6 +97,11 @@ class TransferConfig:
     filter_margin: float = field(
         default=0.0, metadata={"help": "Accept when log p(yes) - log p(no) > margin (0 reproduces the paper)."}
     )
+    target_false_accept_rate: float | None = field(
+        default=None,
+        metadata={"help": "Calibrate the margin instead: at most this fraction of the discriminator's held-out "
+                          "negatives pass (needs the held-out scores of a discriminator trained in this run)."},
+    )
     filter_batch_size: int = field(default=64, metadata={"help": "Candidates per discriminator forward pass."})
     leak_threshold: float | None = field(
         default=0.8,
@@ -232,6 +237,15 @@ class TransferConfig:
                 "hub_discriminator_id pushes a discriminator trained in this run, but `discriminator_adapter` is "
                 "given: push that one from where it was trained, or leave hub_discriminator_id empty."
             )
+        if self.target_false_accept_rate is not None:
+            if not 0.0 <= self.target_false_accept_rate <= 1.0:
+                problems.append(f"target_false_accept_rate must lie in [0, 1] (got {self.target_false_accept_rate}).")
+            if self.discriminator_adapter:
+                problems.append(
+                    "target_false_accept_rate calibrates on the held-out negatives of a discriminator trained in this "
+                    "run; with `discriminator_adapter` given, set `filter_margin` instead (see "
+                    "peft_transfer.metrics.calibrate_margin)."
+                )
         if self.leak_threshold is not None and not 0.0 < self.leak_threshold <= 1.0:
             problems.append(f"leak_threshold must lie in (0, 1] or be None (got {self.leak_threshold}).")
         if problems:

@@ -242,7 +242,8 @@ class Transfer:
         neg_scores = score(model, tokenizer, held_neg, cfg.task_name, batch_size=cfg.filter_batch_size)
         metrics = discriminator_report(pos_scores, neg_scores, margin=cfg.filter_margin)
         metrics.update(num_positives=len(train_pos), num_negatives=len(train_neg), task_name=cfg.task_name,
-                       base_model=cfg.discriminator_base)
+                       base_model=cfg.discriminator_base,
+                       held_out_negative_scores=[round(float(x), 4) for x in neg_scores])  # numbers only, no text
         if metrics.get("near_chance"):
             logger.warning("The discriminator is near chance on held-out data (ROC-AUC %.3f): the filter will "
                            "barely help. Train it longer or on more data.", metrics["roc_auc"])
@@ -256,7 +257,18 @@ class Transfer:
 
         from .synthesis import synthesize
 
+        from .metrics import calibrate_margin
+
         cfg = self.config
+        if cfg.target_false_accept_rate is not None:
+            negatives = _read_json(cfg.path("discriminator", "metrics.json")).get("held_out_negative_scores") or []
+            if not negatives:
+                raise ValueError("target_false_accept_rate needs the held-out negative scores in "
+                                 f"{cfg.path('discriminator', 'metrics.json')}: train the discriminator in this run.")
+            margin = calibrate_margin(negatives, cfg.target_false_accept_rate)
+            logger.info("filter margin %.4f lets at most %.1f%% of %d held-out negatives through", margin,
+                        100 * cfg.target_false_accept_rate, len(negatives))
+            cfg = dataclasses.replace(cfg, filter_margin=margin)
         generator, gen_tok = self._base(cfg.generator)
         disc = disc_tok = None
         if cfg.filter_mode == "discriminator":
@@ -267,7 +279,7 @@ class Transfer:
         if is_main_process():
             Dataset.from_list(rows).save_to_disk(os.path.join(out, "candidates"))
             Dataset.from_list([r for r in rows if r["accepted"]]).save_to_disk(os.path.join(out, "accepted"))
-            write_json(os.path.join(out, "stats.json"), stats.to_dict())
+            write_json(os.path.join(out, "stats.json"), {**stats.to_dict(), "filter_margin": cfg.filter_margin})
         if cfg.compute_mmd:
             del disc
             _free_memory()

@@ -186,3 +186,16 @@ def test_discriminator_that_accepts_nothing_keeps_progress_and_resumes(make_conf
     assert report["synthesis"]["accepted"] == 12
     assert report["synthesis"]["candidates"] >= 64
     assert not progress.exists()
+
+
+def test_margin_calibrated_on_held_out_negatives(make_config, run_dir):
+    from peft_transfer.metrics import calibrate_margin
+
+    negatives = json.load(open(run_dir / "discriminator" / "metrics.json"))["held_out_negative_scores"]
+    assert negatives and all(isinstance(x, float) for x in negatives)
+    config = make_config(output_dir=str(run_dir), target_false_accept_rate=0.5, candidate_budget=2000, eval_file=None,
+                         num_samples=4)
+    _run(config, stages=("synthesis",))
+    stats = json.load(open(run_dir / "synthesis" / "stats.json"))
+    assert stats["filter_margin"] == calibrate_margin(negatives, 0.5)
+    assert stats["filter_margin"] > -1e9  # the config's margin was replaced
