@@ -73,10 +73,10 @@ SOURCE, SAME, CROSS = "tiny-llama", "tiny-llama-b", "tiny-gemma"
 _ALL_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 SIZES = {
     "micro": dict(
-        tasks=["sort_letters"], n_train=48, n_test=24, scaling=[6, 12], prompt_tuning_learning_rate=2e-2,
+        tasks=["count_letters"], n_train=100, n_test=24, scaling=[6, 12], prompt_tuning_learning_rate=2e-2,
         # The same-family target: a Llama with the source's tokenizer; at micro size only differently seeded.
         same_family=dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-                         intermediate_size=384, head_dim=32, steps=40, batch_size=8, lr=2e-3, seq_len=128,
+                         intermediate_size=384, head_dim=32, steps=300, batch_size=8, lr=2e-3, seq_len=128,
                          corpus_chars=300_000),
         fallback_pretrain_steps=60,  # for a family missing from --bases and from peft_transfer/demo_models
         # The micro run checks the harness, not the method: when its 1-epoch discriminator accepts too few
@@ -85,7 +85,7 @@ SIZES = {
         transfer=dict(
             num_samples=12, candidate_budget=300, generation_batch_size=32, filter_batch_size=32,
             max_candidate_tokens=40, label_max_new_tokens=12, learning_rate=2e-3, num_train_epochs=2,
-            source_learning_rate=2e-3, source_epochs=8, discriminator_learning_rate=1e-3, discriminator_epochs=1,
+            source_learning_rate=2e-3, source_epochs=10, discriminator_learning_rate=1e-3, discriminator_epochs=1,
             discriminator_negatives=24, per_device_train_batch_size=8, max_eval_samples=16, logging_steps=1000,
             lora_target_modules=_ALL_MODULES, lora_r=16, lora_alpha=32,
         ),
@@ -94,8 +94,8 @@ SIZES = {
         tasks=None,  # every family of peft_transfer.tasks
         n_train=250, n_test=500, scaling=[62, 125, 250, 500, 1000], prompt_tuning_learning_rate=2e-2,
         same_family=dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=8, num_key_value_heads=4,
-                         intermediate_size=1024, head_dim=48, steps=4000, batch_size=64, lr=1.5e-3, seq_len=512,
-                         corpus_chars=30_000_000),
+                         intermediate_size=1024, head_dim=48, steps=3000, batch_size=64, lr=1.5e-3, seq_len=512,
+                         corpus_chars=30_000_000, wait_for_source_s=900),
         fallback_pretrain_steps=1500,
         margin_fallback=None,
         transfer=dict(
@@ -125,12 +125,17 @@ def build_same_family_target(source: str, path: str, spec: dict, seed: int = 1) 
 
     from benchmarks.pretrain import BaseSpec, build_base, pack, pretraining_corpus, save_base, train
 
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    docs = pretraining_corpus(spec["corpus_chars"], seed=seed)
+    # In the GPU plan this runs beside `benchmarks/pretrain.py`: the corpus is made while the source trains, and
+    # the source's tokenizer is read once its pretraining record (written last) is there.
+    deadline = time.time() + spec.get("wait_for_source_s", 0)
+    while not os.path.exists(os.path.join(source, "pretraining.json")) and time.time() < deadline:
+        time.sleep(10)
     tokenizer = AutoTokenizer.from_pretrained(source)
     base = BaseSpec(SAME, "llama", "byte_bpe", len(tokenizer), spec["hidden_size"], spec["num_hidden_layers"],
                     spec["num_attention_heads"], spec["num_key_value_heads"], spec["intermediate_size"],
                     spec["head_dim"], steps=spec["steps"], batch_size=spec["batch_size"], lr=spec["lr"])
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    docs = pretraining_corpus(spec["corpus_chars"], seed=seed)
     blocks = pack(tokenizer, docs, spec["seq_len"])
     model = build_base(base, tokenizer, max_positions=max(512, spec["seq_len"]), seed=seed).to(device)
     stats = train(model, blocks, base, device, seed=seed, log_every=max(10, spec["steps"] // 20))
@@ -141,23 +146,28 @@ def build_same_family_target(source: str, path: str, spec: dict, seed: int = 1) 
     return path
 
 
-def resolve_bases(size: dict, bases: str | None, out: str, seed: int) -> dict:
-    """Paths of the three bases: `--bases` first, then the committed demo models, else built under `out/bases`."""
+def resolve_bases(size: dict, bases: str | None, out: str, seed: int, *, build_only: bool = False) -> dict:
+    """Paths of the three bases.
+
+    With `bases` (the `--out` of `benchmarks/pretrain.py`), tiny-llama and tiny-gemma must be there (`build_only`:
+    they may still be training beside this process) and tiny-llama-b is built there when missing. Without it, the
+    committed demo models are used, and what is missing is built and pretrained briefly under `out/bases`.
+    """
     from peft_transfer.testing import DEMO_MODELS, build_family
 
     paths = {}
     for name in (SOURCE, CROSS):
-        for folder in (bases, DEMO_MODELS):
-            if folder and os.path.exists(os.path.join(folder, name, "config.json")):
-                paths[name] = os.path.join(folder, name)
-                break
+        if bases:
+            paths[name] = os.path.join(bases, name)
+            if not build_only and not os.path.exists(os.path.join(paths[name], "config.json")):
+                raise FileNotFoundError(f"{paths[name]} has no model: run benchmarks/pretrain.py --out {bases} first.")
+        elif os.path.exists(os.path.join(DEMO_MODELS, name, "config.json")):
+            paths[name] = os.path.join(DEMO_MODELS, name)
         else:
             paths[name] = os.path.join(out, "bases", name)
             if not os.path.exists(os.path.join(paths[name], "config.json")):
                 build_family(name, paths[name], pretrain_steps=size["fallback_pretrain_steps"], seed=seed)
-    same = os.path.join(bases, SAME) if bases else os.path.join(out, "bases", SAME)
-    if bases and not os.path.exists(os.path.join(same, "config.json")) and not os.access(bases, os.W_OK):
-        same = os.path.join(out, "bases", SAME)
+    same = os.path.join(bases or os.path.join(out, "bases"), SAME)
     paths[SAME] = build_same_family_target(paths[SOURCE], same, size["same_family"], seed=seed + 1)
     return paths
 
@@ -172,12 +182,6 @@ def _pretraining_record(path: str) -> dict:
 
 # ---------------------------------------------------------------------------------------------------------------
 # One task's rows
-
-
-def _write_jsonl(path: str, rows: list[dict]) -> None:
-    with open(path, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
 
 
 def _prepare(row_dir: str, inputs: list[str], stats: dict, labels=None) -> None:
@@ -607,7 +611,7 @@ def main(argv=None):
         print(markdown(result))
         return 0
 
-    bases = resolve_bases(size, args.bases, out, args.seed)
+    bases = resolve_bases(size, args.bases, out, args.seed, build_only=args.build_bases_only)
     if args.build_bases_only:
         print(json.dumps(bases, indent=1))
         return 0

@@ -255,9 +255,8 @@ class Transfer:
     def _synthesis(self, out: str):
         from datasets import Dataset
 
-        from .synthesis import synthesize
-
         from .metrics import calibrate_margin
+        from .synthesis import synthesize
 
         cfg = self.config
         if cfg.target_false_accept_rate is not None:
