@@ -76,8 +76,8 @@ SIZES = {
         tasks=["count_letters"], n_train=100, n_test=24, scaling=[6, 12], prompt_tuning_learning_rate=2e-2,
         # The same-family target: a Llama with the source's tokenizer; at micro size only differently seeded.
         same_family=dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-                         intermediate_size=384, head_dim=32, steps=300, batch_size=8, lr=2e-3, seq_len=128,
-                         corpus_chars=300_000),
+                         intermediate_size=384, head_dim=32, steps=150, batch_size=8, lr=3e-3, seq_len=128,
+                         corpus_chars=200_000),
         fallback_pretrain_steps=60,  # for a family missing from --bases and from peft_transfer/demo_models
         # The micro run checks the harness, not the method: when its 1-epoch discriminator accepts too few
         # candidates, the synthesis is re-scored with this margin instead of failing (recorded in the row).
@@ -126,6 +126,8 @@ def build_same_family_target(source: str, path: str, spec: dict, seed: int = 1) 
     from benchmarks.pretrain import BaseSpec, build_base, pack, pretraining_corpus, save_base, train
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        torch.set_num_threads(1)  # see run_task: a second thread on shared cores costs more than it gives
     docs = pretraining_corpus(spec["corpus_chars"], seed=seed)
     # In the GPU plan this runs beside `benchmarks/pretrain.py`: the corpus is made while the source trains, and
     # the source's tokenizer is read once its pretraining record (written last) is there.
