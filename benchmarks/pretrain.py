@@ -39,7 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from peft_transfer.corpus import generic_corpus
 from peft_transfer.data import generator_prompt, parse_candidate
 from peft_transfer.tasks import TASKS, WEEKDAYS, WORDS, _pseudo_word, make_task
-from peft_transfer.testing import build_tokenizer
+from peft_transfer.testing import build_tokenizer, save_family
 
 PROBE_TASKS = ("sort_letters", "reverse_word", "multistep_arithmetic", "boolean_expressions", "count_letters")
 
@@ -280,15 +280,7 @@ def save_base(model, tokenizer, path: str) -> None:
     n_bytes = sum(p.numel() for p in model.parameters()) * 4
     # float32 when it fits in 8 MB, else bfloat16 (loading with dtype=torch.float32 upcasts).
     model = model.to(torch.float32 if n_bytes <= 8_000_000 else torch.bfloat16)
-    model.save_pretrained(path, safe_serialization=True)
-    tokenizer.save_pretrained(path)
-    # Name the portable class so that every transformers 5.x release loads the locally trained tokenizer.
-    cfg_path = os.path.join(path, "tokenizer_config.json")
-    with open(cfg_path) as f:
-        cfg = json.load(f)
-    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
-    with open(cfg_path, "w") as f:
-        json.dump(cfg, f, indent=2)
+    save_family(model, tokenizer, path)
     model.to(torch.float32)
 
 

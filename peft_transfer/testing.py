@@ -159,10 +159,15 @@ def build_family(name: str, path: str, *, pretrain_steps: int = 0, seed: int = 0
     model = build_model(family, tokenizer, seed=seed)
     if pretrain_steps:
         pretrain(model, tokenizer, docs, steps=pretrain_steps, seed=seed)
+    return save_family(model, tokenizer, path)
+
+
+def save_family(model, tokenizer, path: str) -> str:
+    """`save_pretrained` of model (safetensors) and tokenizer, loadable by every transformers 5.x release."""
     os.makedirs(path, exist_ok=True)
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
-    # Name the portable class so that older transformers 5.x releases load the tokenizer too.
+    # Name the portable class: releases differ in the class name they write for a locally trained tokenizer.
     cfg_path = os.path.join(path, "tokenizer_config.json")
     with open(cfg_path) as f:
         cfg = json.load(f)
