@@ -44,6 +44,11 @@ class TransferConfig:
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom modelling code from the Hub."})
     dtype: str = field(default="auto", metadata={"help": "'auto' (bf16 on GPU, fp32 on CPU), 'bfloat16', 'float16' or 'float32'."})
     attn_implementation: str | None = field(default=None, metadata={"help": "e.g. 'sdpa', 'eager', 'flash_attention_2'."})
+    cache_implementation: str | None = field(
+        default=None,
+        metadata={"help": "KV cache for generation, e.g. 'static' (transformers compiles the decode step on GPU: "
+                          "faster after a one-time compile); None: the model's default."},
+    )
     hub_token: str | None = field(default=None, metadata={"help": "Hub token for private repos (never logged)."})
 
     # Task data

@@ -156,6 +156,8 @@ class Transfer:
         tokenizer = load_tokenizer(ref, trust_remote_code=cfg.trust_remote_code, token=cfg.hub_token)
         model = load_base(ref, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
                           attn_implementation=cfg.attn_implementation, token=cfg.hub_token)
+        if cfg.cache_implementation:
+            model.generation_config.cache_implementation = cfg.cache_implementation
         return model, tokenizer
 
     def _with_adapter(self, base_ref: str, adapter_ref: str):

@@ -103,6 +103,20 @@ def test_batched_greedy_generation_equals_one_at_a_time(llama):
     assert batched == single
 
 
+def test_static_cache_generation_equals_dynamic(llama):
+    from peft_transfer.generation import generate
+
+    model, tok = llama
+    prompts = ["Sort these letters: d c a\nAnswer:", "Here are 10 examples:\n1. What is 3 + 4?\n2."]
+    dynamic = generate(model, tok, prompts, max_new_tokens=10, show_progress=False)
+    model.generation_config.cache_implementation = "static"
+    try:
+        static = generate(model, tok, prompts, max_new_tokens=10, show_progress=False)
+    finally:
+        model.generation_config.cache_implementation = None
+    assert static == dynamic
+
+
 def test_stop_strings_end_rows(llama):
     from peft_transfer.generation import generate
 
