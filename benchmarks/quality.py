@@ -230,7 +230,9 @@ def run_task(task_dir: str, task_name: str, description: str, size_name: str, ba
     n = size["transfer"]["num_samples"]
     common = dict(size["transfer"], task_name=description, train_file=os.path.join(data, "train.jsonl"),
                   eval_file=os.path.join(data, "test.jsonl"), seed_file=os.path.join(data, "seeds.jsonl"), seed=seed,
-                  source_model=bases[SOURCE])
+                  source_model=bases[SOURCE],
+                  # Rows share the source adapter and the targets: evaluate those once per task.
+                  evaluation_cache_dir=os.path.join(task_dir, "evaluation_cache"))
     rows: list[dict] = []
     shared: dict = {}
 

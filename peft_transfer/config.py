@@ -66,6 +66,11 @@ class TransferConfig:
         default="{input}\nAnswer:", metadata={"help": "How a task input is shown to a model without a chat template."}
     )
     max_eval_samples: int | None = field(default=None, metadata={"help": "Cap on evaluated examples."})
+    evaluation_cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "Reuse the source-adapter and target-base evaluations across runs that share them "
+                          "(same models, adapter files, eval data and decoding), e.g. in a sweep."},
+    )
 
     # Adapters
     source_peft_type: str = field(

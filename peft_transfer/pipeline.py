@@ -384,8 +384,14 @@ class Transfer:
             "target_base": (cfg.target_model, None),
             "transferred": (cfg.target_model, cfg.path("target_adapter")),
         }.items():
+            cache = self._evaluation_cache_path(base, adapter, examples) if key != "transferred" else None
+            if cache and os.path.exists(cache):
+                results[key] = _read_json(cache)
+                continue
             model, tokenizer = self._with_adapter(base, adapter) if adapter else self._base(base)
             results[key] = evaluate(model, tokenizer, examples, desc=f"evaluate {key}", **kwargs)
+            if cache and is_main_process():
+                write_json(cache, results[key])
             del model
             _free_memory()
         summary = {k: v["accuracy"] for k, v in results.items()}
@@ -395,6 +401,26 @@ class Transfer:
         write_json(os.path.join(out, "evaluation.json"), summary)
         write_json(os.path.join(out, "predictions.json"),
                    {k: v["predictions"] for k, v in results.items()})
+
+    def _evaluation_cache_path(self, base: str, adapter: str | None, examples: list[dict]) -> str | None:
+        """Where an evaluation that does not depend on this run is kept, keyed by everything it depends on."""
+        import hashlib
+
+        cfg = self.config
+        if not cfg.evaluation_cache_dir:
+            return None
+        key = hashlib.sha256(json.dumps(
+            [base, cfg.dtype, examples, cfg.prompt_template, cfg.answer_stop, cfg.label_max_new_tokens],
+            sort_keys=True).encode())
+        if adapter:
+            # The adapter's files, not its path: a retrained adapter in the same folder is another model.
+            folder = adapter if os.path.isdir(adapter) else None
+            key.update(adapter.encode())
+            for name in sorted(os.listdir(folder)) if folder else ():
+                if name.endswith((".safetensors", ".json")) and name != "stage.json":
+                    with open(os.path.join(folder, name), "rb") as f:
+                        key.update(name.encode() + f.read())
+        return os.path.join(cfg.evaluation_cache_dir, key.hexdigest()[:32] + ".json")
 
     # -- Hub -------------------------------------------------------------------------------------------------------
 
