@@ -44,6 +44,11 @@ class TransferConfig:
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom modelling code from the Hub."})
     dtype: str = field(default="auto", metadata={"help": "'auto' (bf16 on GPU, fp32 on CPU), 'bfloat16', 'float16' or 'float32'."})
     attn_implementation: str | None = field(default=None, metadata={"help": "e.g. 'sdpa', 'eager', 'flash_attention_2'."})
+    keep_models_loaded: bool = field(
+        default=True,
+        metadata={"help": "Load each base once per run and share it between stages (adapters are stripped after "
+                          "use); off: load per stage. Always off under DeepSpeed."},
+    )
     cache_implementation: str | None = field(
         default=None,
         metadata={"help": "KV cache for generation, e.g. 'static' (transformers compiles the decode step on GPU: "

@@ -15,6 +15,7 @@ the synthesis stage also keeps a progress file, so even that stage resumes mid-w
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import json
@@ -23,6 +24,7 @@ import os
 import random
 import shutil
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -46,6 +48,10 @@ class Transfer:
         self.config = config
         self.show_progress = show_progress
         self.timings: dict[str, dict] = {}
+        # Under DeepSpeed, training partitions a model's weights in place: a base cannot be reused after it.
+        self._pool_enabled = config.keep_models_loaded and os.environ.get("ACCELERATE_USE_DEEPSPEED") != "true"
+        self._pool: dict[str, tuple] = {}
+        self._lent: set[str] = set()
         if config.demo:
             self._fill_demo_settings()
         os.makedirs(config.output_dir, exist_ok=True)
@@ -61,12 +67,16 @@ class Transfer:
         self._check_inputs()
         if is_main_process():
             write_json(cfg.path("config.json"), cfg.to_dict())
-        for name in stages or STAGES:
+        todo = list(stages or STAGES)
+        for name in todo:
             if name not in STAGES:
                 raise ValueError(f"Unknown stage {name!r}: use one of {STAGES}.")
-            if not self._needed(name):
-                continue
+        todo = [name for name in todo if self._needed(name)]
+        for i, name in enumerate(todo):
+            # Keep only the bases that this and the later stages use.
+            self._evict(set().union(*(self._bases_for(n) for n in todo[i:])))
             self._stage(name, getattr(self, f"_{name}"))
+        self._evict(set())
         if stages is None and (cfg.push_to_hub or cfg.hub_discriminator_id or cfg.hub_dataset_id) and is_main_process():
             self.push()
         wait_for_everyone()
@@ -151,7 +161,7 @@ class Transfer:
     def discriminator_adapter(self) -> str:
         return self.config.discriminator_adapter or self.config.path("discriminator")
 
-    def _base(self, ref: str):
+    def _load(self, ref: str):
         cfg = self.config
         tokenizer = load_tokenizer(ref, trust_remote_code=cfg.trust_remote_code, token=cfg.hub_token)
         model = load_base(ref, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
@@ -160,9 +170,49 @@ class Transfer:
             model.generation_config.cache_implementation = cfg.cache_implementation
         return model, tokenizer
 
-    def _with_adapter(self, base_ref: str, adapter_ref: str):
-        model, tokenizer = self._base(base_ref)
-        return load_adapter(model, adapter_ref, base_ref, token=self.config.hub_token), tokenizer
+    @contextlib.contextmanager
+    def _lease(self, ref: str, adapter: str | None = None):
+        """A base (with `adapter` loaded onto it) for the duration of a block.
+
+        With `keep_models_loaded`, each base is loaded once per run and handed back to the pool afterwards with its
+        adapters stripped (PEFT injects them in place), so the stages share it instead of reloading it. A block may
+        replace `lease.model` (a trainer's `PeftModel`); that is what gets stripped. A base already lent out (say
+        generator and discriminator on one base) is loaded afresh for the second block.
+        """
+        pooled = self._pool_enabled and ref not in self._lent
+        if pooled and ref in self._pool:
+            model, tokenizer = self._pool.pop(ref)
+        else:
+            model, tokenizer = self._load(ref)
+        if pooled:
+            self._lent.add(ref)
+        lease = SimpleNamespace(model=model, tokenizer=tokenizer)
+        try:
+            if adapter:
+                lease.model = load_adapter(model, adapter, ref, token=self.config.hub_token)
+            yield lease
+        finally:
+            if pooled:
+                self._lent.discard(ref)
+                self._pool[ref] = (_strip_adapters(lease.model), tokenizer)
+            del lease, model
+            _free_memory()
+
+    def _evict(self, keep: set[str]) -> None:
+        for ref in [r for r in self._pool if r not in keep]:
+            del self._pool[ref]
+        _free_memory()
+
+    def _bases_for(self, stage: str) -> set[str]:
+        cfg = self.config
+        return {
+            "source_adapter": {cfg.source_model},
+            "discriminator": {cfg.source_model, cfg.discriminator_base},
+            "synthesis": {cfg.generator, cfg.discriminator_base},
+            "labels": {cfg.source_model},
+            "target_adapter": {cfg.target_model} | ({cfg.source_model} if cfg.loss_type != "sequence" else set()),
+            "evaluation": {cfg.source_model, cfg.target_model},
+        }[stage]
 
     def _sft_args(self, output_dir: str, **overrides):
         from .trainer import DistillationConfig
@@ -199,18 +249,21 @@ class Transfer:
         from .trainer import DistillationTrainer
 
         cfg = self.config
-        model, tokenizer = self._base(cfg.source_model)
-        rows = [{"prompt": task_prompt(tokenizer, e["input"], cfg.prompt_template), "completion": " " + e["target"]}
-                for e in load_examples(cfg.train_file, require_target=True, what="train_file")]
         args = self._sft_args(os.path.join(out, "trainer"), learning_rate=cfg.source_learning_rate,
                               num_train_epochs=cfg.source_epochs)
         peft_config = peft_config_from(cfg, cfg.source_model, peft_type=cfg.source_peft_type)
-        trainer = DistillationTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
-                                      processing_class=tokenizer, peft_config=peft_config)
-        trainer.train()
-        if is_main_process():
-            trainer.model.save_pretrained(out)
-            shutil.rmtree(os.path.join(out, "trainer"), ignore_errors=True)
+        with self._lease(cfg.source_model) as lease:
+            rows = [{"prompt": task_prompt(lease.tokenizer, e["input"], cfg.prompt_template),
+                     "completion": " " + e["target"]}
+                    for e in load_examples(cfg.train_file, require_target=True, what="train_file")]
+            trainer = DistillationTrainer(model=lease.model, args=args, train_dataset=Dataset.from_list(rows),
+                                          processing_class=lease.tokenizer, peft_config=peft_config)
+            lease.model = trainer.model
+            trainer.train()
+            if is_main_process():
+                trainer.model.save_pretrained(out)
+                shutil.rmtree(os.path.join(out, "trainer"), ignore_errors=True)
+            del trainer
 
     def _discriminator(self, out: str):
         from .discriminator import score, train_discriminator
@@ -223,25 +276,27 @@ class Transfer:
         rng.shuffle(real)
         # Negatives: what the source base makes of the stage-3 prompt, seeded with random real inputs.
         n_neg = cfg.discriminator_negatives or len(real)
-        model, tokenizer = self._base(cfg.source_model)
-        rows, _ = synthesize(cfg, model, tokenizer, real, num_samples=n_neg,
-                             candidate_budget=max(cfg.candidate_budget, 4 * n_neg), show_progress=self.show_progress)
+        with self._lease(cfg.source_model) as lease:
+            rows, _ = synthesize(cfg, lease.model, lease.tokenizer, real, num_samples=n_neg,
+                                 candidate_budget=max(cfg.candidate_budget, 4 * n_neg),
+                                 show_progress=self.show_progress)
         real_set = set(real)
         negatives = [r["input"] for r in rows if r["accepted"] and r["input"] not in real_set]
-        del model
-        _free_memory()
         # Hold out a fifth of both sides to measure the discriminator on data it has not seen.
         n_pos_held, n_neg_held = max(1, len(real) // 5), max(1, len(negatives) // 5)
         held_pos, train_pos = real[:n_pos_held], real[n_pos_held:]
         held_neg, train_neg = negatives[:n_neg_held], negatives[n_neg_held:]
-        base, tokenizer = self._base(cfg.discriminator_base)
         peft_config = peft_config_from(cfg, cfg.discriminator_base, peft_type="lora")
         args = self._sft_args(os.path.join(out, "trainer"), learning_rate=cfg.discriminator_learning_rate,
                               num_train_epochs=cfg.discriminator_epochs, max_length=None)
-        model = train_discriminator(base, tokenizer, train_pos, train_neg, task_name=cfg.task_name, args=args,
-                                    peft_config=peft_config)
-        pos_scores = score(model, tokenizer, held_pos, cfg.task_name, batch_size=cfg.filter_batch_size)
-        neg_scores = score(model, tokenizer, held_neg, cfg.task_name, batch_size=cfg.filter_batch_size)
+        with self._lease(cfg.discriminator_base) as lease:
+            lease.model = model = train_discriminator(lease.model, lease.tokenizer, train_pos, train_neg,
+                                                      task_name=cfg.task_name, args=args, peft_config=peft_config)
+            pos_scores = score(model, lease.tokenizer, held_pos, cfg.task_name, batch_size=cfg.filter_batch_size)
+            neg_scores = score(model, lease.tokenizer, held_neg, cfg.task_name, batch_size=cfg.filter_batch_size)
+            if is_main_process():
+                model.save_pretrained(out)
+            del model
         metrics = discriminator_report(pos_scores, neg_scores, margin=cfg.filter_margin)
         metrics.update(num_positives=len(train_pos), num_negatives=len(train_neg), task_name=cfg.task_name,
                        base_model=cfg.discriminator_base,
@@ -250,7 +305,6 @@ class Transfer:
             logger.warning("The discriminator is near chance on held-out data (ROC-AUC %.3f): the filter will "
                            "barely help. Train it longer or on more data.", metrics["roc_auc"])
         if is_main_process():
-            model.save_pretrained(out)
             shutil.rmtree(os.path.join(out, "trainer"), ignore_errors=True)
             write_json(os.path.join(out, "metrics.json"), metrics)
 
@@ -270,23 +324,23 @@ class Transfer:
             logger.info("filter margin %.4f lets at most %.1f%% of %d held-out negatives through", margin,
                         100 * cfg.target_false_accept_rate, len(negatives))
             cfg = dataclasses.replace(cfg, filter_margin=margin)
-        generator, gen_tok = self._base(cfg.generator)
-        disc = disc_tok = None
-        if cfg.filter_mode == "discriminator":
-            disc, disc_tok = self._with_adapter(cfg.discriminator_base, self.discriminator_adapter)
-        rows, stats = synthesize(cfg, generator, gen_tok, self.seeds, discriminator=disc,
-                                 discriminator_tokenizer=disc_tok, references=self._real_inputs(),
-                                 progress_path=cfg.path("synthesis_progress.jsonl"), show_progress=self.show_progress)
-        if is_main_process():
-            Dataset.from_list(rows).save_to_disk(os.path.join(out, "candidates"))
-            Dataset.from_list([r for r in rows if r["accepted"]]).save_to_disk(os.path.join(out, "accepted"))
-            write_json(os.path.join(out, "stats.json"), {**stats.to_dict(), "filter_margin": cfg.filter_margin})
-        if cfg.compute_mmd:
-            del disc
-            _free_memory()
-            diagnostics = self._diagnostics(rows, generator, gen_tok, out)
+        use_filter = cfg.filter_mode == "discriminator"
+        with contextlib.ExitStack() as stack:
+            generator = stack.enter_context(self._lease(cfg.generator))
+            disc = stack.enter_context(self._lease(cfg.discriminator_base, self.discriminator_adapter)) if use_filter \
+                else SimpleNamespace(model=None, tokenizer=None)
+            rows, stats = synthesize(cfg, generator.model, generator.tokenizer, self.seeds, discriminator=disc.model,
+                                     discriminator_tokenizer=disc.tokenizer, references=self._real_inputs(),
+                                     progress_path=cfg.path("synthesis_progress.jsonl"),
+                                     show_progress=self.show_progress)
             if is_main_process():
-                write_json(os.path.join(out, "diagnostics.json"), diagnostics)
+                Dataset.from_list(rows).save_to_disk(os.path.join(out, "candidates"))
+                Dataset.from_list([r for r in rows if r["accepted"]]).save_to_disk(os.path.join(out, "accepted"))
+                write_json(os.path.join(out, "stats.json"), {**stats.to_dict(), "filter_margin": cfg.filter_margin})
+            if cfg.compute_mmd:
+                diagnostics = self._diagnostics(rows, generator.model, generator.tokenizer, out)
+                if is_main_process():
+                    write_json(os.path.join(out, "diagnostics.json"), diagnostics)
         wait_for_everyone()
         if is_main_process():
             os.remove(cfg.path("synthesis_progress.jsonl"))
@@ -336,8 +390,8 @@ class Transfer:
 
         cfg = self.config
         accepted = load_from_disk(cfg.path("synthesis", "accepted"))["input"]
-        teacher, tokenizer = self._with_adapter(cfg.source_model, self.source_adapter)
-        rows = label(cfg, teacher, tokenizer, list(accepted), show_progress=self.show_progress)
+        with self._lease(cfg.source_model, self.source_adapter) as teacher:
+            rows = label(cfg, teacher.model, teacher.tokenizer, list(accepted), show_progress=self.show_progress)
         empty = sum(1 for r in rows if not r["answer"])
         if empty:
             logger.warning("%d of %d teacher answers are empty; they are kept as the teacher's behaviour.", empty, len(rows))
@@ -351,26 +405,29 @@ class Transfer:
 
         cfg = self.config
         labels = load_from_disk(cfg.path("labels"))
-        student, tokenizer = self._base(cfg.target_model)
-        rows = [{"prompt": task_prompt(tokenizer, x, cfg.prompt_template), "completion": c}
-                for x, c in zip(labels["input"], labels["completion"])]
         args = self._sft_args(
             os.path.join(out, "trainer"), kd_loss=cfg.loss_type,
             sequence_weight=cfg.sequence_weight if cfg.loss_type != "sequence" else 0.0,
             beta=cfg.beta, kd_temperature=cfg.kd_temperature,
         )
-        teacher = teacher_tokenizer = None
-        if cfg.loss_type != "sequence":
-            teacher, teacher_tokenizer = self._with_adapter(cfg.source_model, self.source_adapter)
-        trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args,
-                                      train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                                      peft_config=peft_config_from(cfg, cfg.target_model),
-                                      teacher_processing_class=teacher_tokenizer, lineage=self.lineage())
-        trainer.train()
-        if is_main_process():
-            trainer.model.save_pretrained(out)
-            shutil.rmtree(os.path.join(out, "trainer"), ignore_errors=True)
-            write_json(os.path.join(out, LINEAGE_FILE), self.lineage())
+        with contextlib.ExitStack() as stack:
+            student = stack.enter_context(self._lease(cfg.target_model))
+            teacher = SimpleNamespace(model=None, tokenizer=None)
+            if cfg.loss_type != "sequence":  # token-level KD runs the teacher during training
+                teacher = stack.enter_context(self._lease(cfg.source_model, self.source_adapter))
+            rows = [{"prompt": task_prompt(student.tokenizer, x, cfg.prompt_template), "completion": c}
+                    for x, c in zip(labels["input"], labels["completion"])]
+            trainer = DistillationTrainer(model=student.model, teacher_model=teacher.model, args=args,
+                                          train_dataset=Dataset.from_list(rows), processing_class=student.tokenizer,
+                                          peft_config=peft_config_from(cfg, cfg.target_model),
+                                          teacher_processing_class=teacher.tokenizer, lineage=self.lineage())
+            student.model = trainer.model
+            trainer.train()
+            if is_main_process():
+                trainer.model.save_pretrained(out)
+                shutil.rmtree(os.path.join(out, "trainer"), ignore_errors=True)
+                write_json(os.path.join(out, LINEAGE_FILE), self.lineage())
+            del trainer
 
     def _evaluation(self, out: str):
         cfg = self.config
@@ -388,12 +445,10 @@ class Transfer:
             if cache and os.path.exists(cache):
                 results[key] = _read_json(cache)
                 continue
-            model, tokenizer = self._with_adapter(base, adapter) if adapter else self._base(base)
-            results[key] = evaluate(model, tokenizer, examples, desc=f"evaluate {key}", **kwargs)
+            with self._lease(base, adapter) as lease:
+                results[key] = evaluate(lease.model, lease.tokenizer, examples, desc=f"evaluate {key}", **kwargs)
             if cache and is_main_process():
                 write_json(cache, results[key])
-            del model
-            _free_memory()
         summary = {k: v["accuracy"] for k, v in results.items()}
         summary["num_samples"] = len(examples)
         if not is_main_process():
@@ -544,6 +599,24 @@ def _read_json(path: str) -> dict:
         return {}
     with open(path) as f:
         return json.load(f)
+
+
+def _strip_adapters(model):
+    """The plain base under a `PeftModel`, as it was before the adapters (injected layers removed), in eval mode."""
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        if model.peft_config[model.active_adapter].is_prompt_learning:
+            model = model.get_base_model()  # prompt learning wraps the base without changing it
+        else:
+            model = model.unload()  # LoRA, DoRA, IA3: the original modules back, weights untouched
+    if getattr(model, "is_gradient_checkpointing", False):
+        model.gradient_checkpointing_disable()
+    if hasattr(model, "_require_grads_hook"):  # set by PEFT training with gradient checkpointing
+        model.disable_input_require_grads()
+    model.config.use_cache = True
+    model.eval()
+    return model
 
 
 def _free_memory():

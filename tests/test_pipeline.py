@@ -217,3 +217,25 @@ def test_evaluation_cache_reuses_what_does_not_depend_on_the_run(make_config, ru
     second = _run(make_config(output_dir=str(run_dir), evaluation_cache_dir=str(tmp_path / "cache")))["evaluation"]
     assert calls == ["evaluate transferred"]
     assert second == first
+
+
+def test_bases_stay_loaded_between_stages_without_changing_results(make_config, base_run, tmp_path, monkeypatch):
+    import shutil
+
+    from datasets import load_from_disk
+
+    loads = {True: [], False: []}
+    real_load = Transfer._load
+    reports = {}
+    for keep in (True, False):
+        run = tmp_path / f"keep-{keep}"
+        shutil.copytree(base_run, run)
+        monkeypatch.setattr(Transfer, "_load", lambda self, ref, keep=keep: loads[keep].append(ref) or real_load(self, ref))
+        reports[keep] = _run(make_config(output_dir=str(run), keep_models_loaded=keep))
+        reports[keep]["labels"] = load_from_disk(str(run / "labels"))["completion"]
+    # synthesis (target + source), labels (source), distillation (target), evaluation (source, target x2)
+    assert sorted(set(loads[True])) == sorted(set(loads[False]))
+    assert len(loads[True]) == 2 < len(loads[False])
+    assert reports[True]["labels"] == reports[False]["labels"]
+    assert reports[True]["evaluation"] == reports[False]["evaluation"]
+    assert reports[True]["synthesis"] == reports[False]["synthesis"]
