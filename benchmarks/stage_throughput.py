@@ -445,23 +445,24 @@ def run_label(model, tokenizer, cfg, args, words, calls) -> dict:
 
 
 def run_train(model, tokenizer, cfg, args, words, preset, peak_tflops) -> dict:
-    """`DistillationTrainer` with the arguments `Transfer._sft_args` gives the target adapter (sequence-level KD)."""
+    """`DistillationTrainer` with the arguments the pipeline gives the target adapter (sequence-level KD)."""
     from datasets import Dataset
     from transformers import TrainerCallback
 
     from peft_transfer.data import task_prompt
-    from peft_transfer.trainer import DistillationConfig, DistillationTrainer
+    from peft_transfer.pipeline import training_args
+    from peft_transfer.trainer import DistillationTrainer
 
     cuda = torch.device(args.device).type == "cuda"
     steps = args.train_warmup + (args.train_steps if args.train_steps is not None else preset.train_steps)
     batch, seq = args.train_batch_size, args.train_seq_len
     out_dir = tempfile.mkdtemp(prefix="stage_throughput_")
-    train_args = DistillationConfig(
-        output_dir=out_dir, learning_rate=cfg.learning_rate, max_steps=steps, per_device_train_batch_size=batch,
-        gradient_accumulation_steps=1, lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0,
-        max_length=seq, gradient_checkpointing=args.gradient_checkpointing, logging_steps=10**6, report_to=[],
-        save_strategy="no", seed=args.seed, bf16=cuda and args.dtype in ("auto", "bfloat16"), use_cpu=not cuda,
-        disable_tqdm=True, kd_loss="sequence",
+    # The pipeline's own training arguments, with this benchmark's step count, batch and length.
+    train_args = training_args(
+        cfg, out_dir, show_progress=False, max_steps=steps, per_device_train_batch_size=batch,
+        gradient_accumulation_steps=1, max_length=seq, gradient_checkpointing=args.gradient_checkpointing,
+        logging_steps=10**6, report_to=[], seed=args.seed, bf16=cuda and args.dtype in ("auto", "bfloat16"),
+        use_cpu=not cuda, kd_loss="sequence",
     )
     if model is None:  # ZeRO-3: built after the DeepSpeed config exists, so that weights are partitioned at init
         model = build_base(preset, tokenizer, dtype=resolve_dtype(args), device=None,

@@ -96,8 +96,8 @@ def _eos_ids(model, tokenizer) -> list[int]:
     return ids
 
 
-def cut_answer(text: str, stop: str | None) -> str:
-    """The answer part of a completion: up to the stop string, stripped."""
+def cut_answer(text: str, stop: str | None, *, strip: bool = True) -> str:
+    """The answer part of a completion: up to the stop string, stripped (unless `strip=False`)."""
     if stop and stop in text:
         text = text.split(stop, 1)[0]
-    return text.strip()
+    return text.strip() if strip else text

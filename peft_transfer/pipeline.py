@@ -214,33 +214,6 @@ class Transfer:
             "evaluation": {cfg.source_model, cfg.target_model},
         }[stage]
 
-    def _sft_args(self, output_dir: str, **overrides):
-        from .trainer import DistillationConfig
-
-        cfg = self.config
-        use_bf16 = torch.cuda.is_available() and cfg.dtype in ("auto", "bfloat16")
-        kwargs = dict(
-            output_dir=output_dir,
-            learning_rate=cfg.learning_rate,
-            num_train_epochs=cfg.num_train_epochs,
-            per_device_train_batch_size=cfg.per_device_train_batch_size,
-            gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-            lr_scheduler_type="linear",
-            warmup_steps=0,
-            weight_decay=0.0,
-            max_length=cfg.max_length,
-            gradient_checkpointing=cfg.gradient_checkpointing,
-            logging_steps=cfg.logging_steps,
-            report_to=list(cfg.report_to),
-            save_strategy="no",
-            seed=cfg.seed,
-            bf16=use_bf16,
-            use_cpu=not torch.cuda.is_available(),  # also what makes CPU-only processes form a gloo group
-            disable_tqdm=not self.show_progress,
-        )
-        kwargs.update(overrides)
-        return DistillationConfig(**kwargs)
-
     # -- stages ----------------------------------------------------------------------------------------------------
 
     def _source_adapter(self, out: str):
@@ -249,7 +222,8 @@ class Transfer:
         from .trainer import DistillationTrainer
 
         cfg = self.config
-        args = self._sft_args(os.path.join(out, "trainer"), learning_rate=cfg.source_learning_rate,
+        args = training_args(cfg, os.path.join(out, "trainer"), show_progress=self.show_progress,
+                             learning_rate=cfg.source_learning_rate,
                               num_train_epochs=cfg.source_epochs)
         peft_config = peft_config_from(cfg, cfg.source_model, peft_type=cfg.source_peft_type)
         with self._lease(cfg.source_model) as lease:
@@ -287,7 +261,8 @@ class Transfer:
         held_pos, train_pos = real[:n_pos_held], real[n_pos_held:]
         held_neg, train_neg = negatives[:n_neg_held], negatives[n_neg_held:]
         peft_config = peft_config_from(cfg, cfg.discriminator_base, peft_type="lora")
-        args = self._sft_args(os.path.join(out, "trainer"), learning_rate=cfg.discriminator_learning_rate,
+        args = training_args(cfg, os.path.join(out, "trainer"), show_progress=self.show_progress,
+                             learning_rate=cfg.discriminator_learning_rate,
                               num_train_epochs=cfg.discriminator_epochs, max_length=None)
         with self._lease(cfg.discriminator_base) as lease:
             lease.model = model = train_discriminator(lease.model, lease.tokenizer, train_pos, train_neg,
@@ -405,8 +380,8 @@ class Transfer:
 
         cfg = self.config
         labels = load_from_disk(cfg.path("labels"))
-        args = self._sft_args(
-            os.path.join(out, "trainer"), kd_loss=cfg.loss_type,
+        args = training_args(
+            cfg, os.path.join(out, "trainer"), show_progress=self.show_progress, kd_loss=cfg.loss_type,
             sequence_weight=cfg.sequence_weight if cfg.loss_type != "sequence" else 0.0,
             beta=cfg.beta, kd_temperature=cfg.kd_temperature,
         )
@@ -550,6 +525,34 @@ class Transfer:
             "stages": self.timings,
             "target_adapter": cfg.path("target_adapter"),
         }
+
+
+def training_args(config: TransferConfig, output_dir: str, *, show_progress: bool = True, **overrides):
+    """The `DistillationConfig` every training stage starts from: the paper's optimiser settings (AdamW without
+    weight decay, linear schedule without warm-up) and the config's batch, length and logging; `overrides` win."""
+    from .trainer import DistillationConfig
+
+    kwargs = dict(
+        output_dir=output_dir,
+        learning_rate=config.learning_rate,
+        num_train_epochs=config.num_train_epochs,
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        weight_decay=0.0,
+        max_length=config.max_length,
+        gradient_checkpointing=config.gradient_checkpointing,
+        logging_steps=config.logging_steps,
+        report_to=list(config.report_to),
+        save_strategy="no",
+        seed=config.seed,
+        bf16=torch.cuda.is_available() and config.dtype in ("auto", "bfloat16"),
+        use_cpu=not torch.cuda.is_available(),  # also what makes CPU-only processes form a gloo group
+        disable_tqdm=not show_progress,
+    )
+    kwargs.update(overrides)
+    return DistillationConfig(**kwargs)
 
 
 def run_transfer(config: TransferConfig, *, show_progress: bool = True, print_report: bool = True) -> dict:

@@ -13,7 +13,7 @@ import json
 import math
 import os
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -39,7 +39,6 @@ class SynthesisStats:
     scored: int = 0  # candidates that reached the filter
     accepted: int = 0
     rounds: int = 0
-    extra: dict = field(default_factory=dict)
 
     @property
     def acceptance_rate(self) -> float:
@@ -184,6 +183,6 @@ def label(cfg, teacher, tokenizer, inputs: list[str], *, show_progress: bool = T
     ), prompts)
     rows = []
     for x, (text, _) in zip(inputs, outputs):
-        completion = text.split(cfg.answer_stop, 1)[0].rstrip() if cfg.answer_stop else text.rstrip()
-        rows.append({"input": x, "completion": completion, "answer": cut_answer(text, cfg.answer_stop)})
+        completion = cut_answer(text, cfg.answer_stop, strip=False).rstrip()  # as written, leading space kept
+        rows.append({"input": x, "completion": completion, "answer": completion.strip()})
     return rows
