@@ -31,7 +31,7 @@ import torch
 
 from .config import TransferConfig
 from .data import load_examples, load_seeds, task_prompt
-from .distributed import is_main_process, state, wait_for_everyone
+from .distributed import is_main_process, map_across_processes, state, wait_for_everyone
 from .evaluation import evaluate, format_report, write_json
 from .modeling import load_adapter, load_base, load_tokenizer, peft_config_from, split_revision
 
@@ -340,7 +340,11 @@ class Transfer:
         rejected = [r["input"] for r in rows if not r["passed"]][:500]
         embed = dict(sentence_model=cfg.embedding_model, model=None if cfg.embedding_model else model,
                      tokenizer=None if cfg.embedding_model else tokenizer, batch_size=cfg.filter_batch_size)
-        real_e, acc_e, unf_e = (embed_texts(t, **embed) for t in (real, accepted, unfiltered))
+
+        def embed_all(texts):  # each process embeds a shard (pooling is padding-invariant, so shards agree)
+            return np.asarray(map_across_processes(lambda shard: list(embed_texts(shard, **embed)), texts))
+
+        real_e, acc_e, unf_e = (embed_all(t) for t in (real, accepted, unfiltered))
         bandwidth = median_heuristic_bandwidth(np.concatenate([real_e, unf_e]))
         result = {
             "num_real": len(real),
@@ -354,7 +358,7 @@ class Transfer:
         if len(real) < 20:
             result["note"] = "few real inputs (give eval_file): the MMD estimates are noisy"
         if cfg.plot_projection and rejected:
-            plot_projection(real_e, acc_e, embed_texts(rejected, **embed), os.path.join(out, "projection.png"),
+            plot_projection(real_e, acc_e, embed_all(rejected), os.path.join(out, "projection.png"),
                             title=f"{cfg.task_name}: real vs accepted vs rejected")
         return result
 
