@@ -11,11 +11,12 @@ is in-context format copying, an induction-style skill. The corpus's own lists c
 a small model can simply memorize; this script therefore adds lists drawn from *random templates* (random fixed
 words and punctuation around random slots: letters, numbers, pseudo-words, brackets, ...), every list homogeneous in
 format, so the cheapest way to predict item k+1 is to copy the fixed parts of items 1..k. Items that happen to match a
-task's `specific_pattern` are dropped, so no specific format leaks in.
+task's `specific_pattern` are dropped, so no specific format leaks in. Template lists alone did not teach the tiny
+bases to copy; *copy lines* do: a line of random text written 2-4 times, which only the context predicts (`MIXTURE`).
 
 Training is a plain full-parameter causal-LM loop over documents packed into fixed-length token blocks (no padding
-is wasted). `probe` measures what a transfer needs of a base: the format-copy rate of item 6 and the zero-shot
-accuracy of each task family's specific variant.
+is wasted). `probe` measures what a transfer needs of a base: its loss on a random line and on the line's repeat (copying),
+the format-copy rate of item 6, and the zero-shot accuracy of each task family's specific variant.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from peft_transfer.data import generator_prompt, parse_candidate
 from peft_transfer.tasks import TASKS, WEEKDAYS, WORDS, _pseudo_word, make_task
 from peft_transfer.testing import build_tokenizer, save_family
 
-PROBE_TASKS = ("sort_letters", "reverse_word", "multistep_arithmetic", "boolean_expressions", "count_letters")
+PROBE_TASKS = tuple(TASKS)  # every family
 
 
 @dataclass
@@ -63,12 +64,18 @@ class BaseSpec:
     lr: float
 
 
+# Shares of the corpus's characters: random-template lists and copied random lines; the rest is the generic corpus.
+# Without the copy lines the bases never learned to copy (the committed bases of the first round: 0 of 50 probed
+# item-6 continuations in a task's format, and no lower loss on the repeat of a random token string).
+MIXTURE = dict(template_share=0.3, copy_share=0.4)
+
 # The source (tiny-llama) is the smaller family, the target (tiny-gemma) the larger; the target also gets the
 # larger training budget because its format copying is what the generator stage depends on.
 SIZES = {
     "cpu": dict(
         seq_len=256,
         corpus_chars=10_000_000,
+        mixture=MIXTURE,
         bases=[
             BaseSpec("tiny-llama", "llama", "byte_bpe", 768, 128, 4, 4, 2, 384, 32, steps=2000, batch_size=8, lr=2e-3),
             BaseSpec("tiny-gemma", "gemma", "metaspace_bpe", 1024, 192, 4, 6, 2, 512, 32, steps=1800, batch_size=8,
@@ -78,6 +85,7 @@ SIZES = {
     "gpu": dict(
         seq_len=512,
         corpus_chars=50_000_000,  # ~3 min to generate and tokenize per base on one core
+        mixture=MIXTURE,
         bases=[
             BaseSpec("tiny-llama", "llama", "byte_bpe", 1024, 256, 4, 8, 4, 768, 32, steps=4000, batch_size=64,
                      lr=2e-3),
@@ -183,20 +191,50 @@ def template_list_block(rng: random.Random, exclude: set[str], n: int = 10, form
                     return "\n".join([f"Here are {n} examples:"] + [f"{i}. {x}" for i, x in enumerate(items, 1)])
 
 
+_COPY_PUNCTUATION = list(".,:;?!()'\"-=+*/<>[]{}|#")
+
+
+def _copy_token(rng: random.Random) -> str:
+    kind = rng.random()
+    if kind < 0.35:
+        return rng.choice(_TEMPLATE_WORDS)
+    if kind < 0.55:
+        return _pseudo_word(rng, 1, 3)
+    if kind < 0.7:
+        return str(rng.randint(0, rng.choice((9, 99, 999))))
+    if kind < 0.85:
+        return rng.choice(string.ascii_letters)
+    return rng.choice(_COPY_PUNCTUATION)
+
+
+def copy_block(rng: random.Random) -> str:
+    """A line of random text (words, pseudo-words, numbers, letters, punctuation) written 2-4 times: nothing but
+    the context predicts its repeats, so a base learns to copy (induction), which stage 3's format copying needs."""
+    tokens = [_copy_token(rng) for _ in range(rng.randint(4, 24))]
+    line = "".join(t if i == 0 or rng.random() < 0.2 else " " + t for i, t in enumerate(tokens))
+    return "\n".join([line] * rng.randint(2, 4))
+
+
 def pretraining_corpus(num_chars: int, seed: int = 0, template_share: float = 0.4,
-                       format_first_words: bool = False) -> list[str]:
-    """The package's generic corpus (qa/list/filler) plus documents of random-template lists, shuffled."""
+                       format_first_words: bool = False, copy_share: float = 0.0) -> list[str]:
+    """The package's generic corpus (qa/list/filler) plus documents of random-template lists and of copied
+    random lines (`copy_share` of the characters), shuffled."""
     exclude = set()
     for name in TASKS:
         task = make_task(name, seed=seed)
         exclude.update(s["input"] for s in task.train + task.test)
-    docs = generic_corpus(num_chars=int(num_chars * (1 - template_share)), seed=seed, exclude=exclude,
-                          weights=(0.5, 0.3, 0.2))
+    docs = generic_corpus(num_chars=int(num_chars * (1 - template_share - copy_share)), seed=seed,
+                          exclude=exclude, weights=(0.5, 0.3, 0.2))
     rng = random.Random(f"template_lists:{seed}")
     total = 0
     while total < num_chars * template_share:
         doc = "\n\n".join(template_list_block(rng, exclude, format_first_words=format_first_words)
                           for _ in range(rng.randint(1, 3)))
+        docs.append(doc)
+        total += len(doc)
+    total = 0
+    while total < num_chars * copy_share:
+        doc = "\n\n".join(copy_block(rng) for _ in range(rng.randint(1, 4)))
         docs.append(doc)
         total += len(doc)
     rng.shuffle(docs)
@@ -314,6 +352,23 @@ def format_copy_rate(model, tokenizer, task_name: str, *, num: int = 50, seed: i
 
 
 @torch.no_grad()
+def copy_nll(model, tokenizer, *, num: int = 32, seed: int = 0, device: str = "cpu") -> dict:
+    """Mean next-token loss (nats) over a random text line and over its verbatim repeat on the next line: a base
+    that copies from its context (induction) predicts the repeat far better than the first occurrence."""
+    rng = random.Random(f"copy_probe:{seed}")
+    first, repeat = [], []
+    for _ in range(num):
+        line = copy_block(rng).split("\n")[0]
+        a = tokenizer(line, add_special_tokens=False).input_ids
+        b = tokenizer("\n" + line, add_special_tokens=False).input_ids
+        ids = torch.tensor([[tokenizer.bos_token_id] + a + b], device=device)
+        nll = -model(ids).logits[0, :-1].float().log_softmax(-1).gather(-1, ids[0, 1:, None])[:, 0]
+        first.append(nll[: len(a)].mean().item())
+        repeat.append(nll[len(a) + 1:].mean().item())  # from the repeat's second token on
+    return {"first": sum(first) / num, "repeat": sum(repeat) / num}
+
+
+@torch.no_grad()
 def zero_shot_accuracy(model, tokenizer, task_name: str, *, num: int = 100, seed: int = 0, device: str = "cpu",
                        batch_size: int = 50) -> float:
     """Exact match of the greedy answer (cut at the first newline) to `"{input}\\nAnswer:"` on specific test inputs."""
@@ -341,6 +396,8 @@ def probe(path: str, tasks=PROBE_TASKS, device: str = "cpu") -> dict:
         model = AutoModelForCausalLM.from_pretrained(os.path.join(path, name), dtype=torch.float32).to(device).eval()
         tokenizer = AutoTokenizer.from_pretrained(os.path.join(path, name))
         results[name] = {}
+        copy = copy_nll(model, tokenizer, device=device)
+        print(f"{name}: loss on a random line {copy['first']:.2f} nats/token, on its repeat {copy['repeat']:.2f}")
         for task in tasks:
             fc = format_copy_rate(model, tokenizer, task, device=device)
             acc = zero_shot_accuracy(model, tokenizer, task, device=device)
@@ -359,13 +416,15 @@ def probe(path: str, tasks=PROBE_TASKS, device: str = "cpu") -> dict:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def build_one(spec: BaseSpec, size_name: str, out: str, seed: int, device: str, threads: int) -> dict:
+def build_one(spec: BaseSpec, size_name: str, out: str, seed: int, device: str, threads: int,
+              mixture: dict | None = None) -> dict:
     """Corpus, tokenizer, model, training and saving of one base; returns (and writes) its training report."""
     if device == "cpu":
         torch.set_num_threads(threads)
     size = SIZES[size_name]
     t0 = time.time()
-    docs = pretraining_corpus(size["corpus_chars"], seed=seed)
+    mixture = mixture or size["mixture"]
+    docs = pretraining_corpus(size["corpus_chars"], seed=seed, **mixture)
     tokenizer = build_tokenizer(spec.tokenizer_kind, spec.vocab_size, docs[:4000])  # ~3 MB: every format
     blocks = pack(tokenizer, docs, size["seq_len"])
     model = build_base(spec, tokenizer, max_positions=max(512, size["seq_len"]), seed=seed).to(device)
@@ -377,7 +436,7 @@ def build_one(spec: BaseSpec, size_name: str, out: str, seed: int, device: str, 
     path = os.path.join(out, spec.name)
     save_base(model, tokenizer, path)
     report = {"parameters": n_params, "vocab": len(tokenizer), "steps": spec.steps,
-              "batch": f"{spec.batch_size} x {size['seq_len']} tokens", "lr": spec.lr, "threads": threads,
+              "batch": f"{spec.batch_size} x {size['seq_len']} tokens", "lr": spec.lr, "threads": threads, **mixture,
               "corpus_tokens": blocks.numel(), **stats}
     print(json.dumps({k: v for k, v in report.items() if k != "curve"}), flush=True)
     with open(os.path.join(path, "pretraining.json"), "w") as f:
@@ -386,7 +445,8 @@ def build_one(spec: BaseSpec, size_name: str, out: str, seed: int, device: str, 
 
 
 def anneal_one(spec: BaseSpec, size_name: str, src: str, out: str, seed: int, device: str, threads: int,
-               steps: int, lr: float) -> dict:
+               steps: int, lr: float, num_chars: int | None = None, template_share: float = 0.7,
+               copy_share: float = 0.0) -> dict:
     """A second, list-heavy phase from a saved base: 70% random-template lists whose first words are those of the
     corpus's own formats, so that in-context copying has to win over a memorized format's first-word prior."""
     from dataclasses import replace
@@ -396,7 +456,8 @@ def anneal_one(spec: BaseSpec, size_name: str, src: str, out: str, seed: int, de
     if device == "cpu":
         torch.set_num_threads(threads)
     size = SIZES[size_name]
-    docs = pretraining_corpus(size["corpus_chars"] // 3, seed=seed + 1, template_share=0.7, format_first_words=True)
+    docs = pretraining_corpus(num_chars or size["corpus_chars"] // 3, seed=seed + 1, template_share=template_share,
+                              format_first_words=True, copy_share=copy_share)
     tokenizer = AutoTokenizer.from_pretrained(os.path.join(src, spec.name))
     model = AutoModelForCausalLM.from_pretrained(os.path.join(src, spec.name), dtype=torch.float32).to(device)
     blocks = pack(tokenizer, docs, size["seq_len"])
@@ -405,7 +466,8 @@ def anneal_one(spec: BaseSpec, size_name: str, src: str, out: str, seed: int, de
     with open(os.path.join(src, spec.name, "pretraining.json")) as f:
         report = json.load(f)
     save_base(model, tokenizer, path)
-    phase = {"steps": steps, "lr": lr, "corpus_tokens": blocks.numel(), **stats}
+    phase = {"steps": steps, "lr": lr, "template_share": template_share, "copy_share": copy_share,
+             "corpus_tokens": blocks.numel(), **stats}
     report.setdefault("anneal_phases", []).append(phase)
     print(json.dumps({k: v for k, v in phase.items() if k != "curve"}), flush=True)
     with open(os.path.join(path, "pretraining.json"), "w") as f:
@@ -420,22 +482,31 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", nargs="*", help="build only these bases (names)")
     parser.add_argument("--steps", type=int, help="override the steps of every base (for measuring)")
+    parser.add_argument("--template-share", type=float, default=MIXTURE["template_share"],
+                        help="share of random-template lists in the main phase's corpus")
+    parser.add_argument("--copy-share", type=float, default=MIXTURE["copy_share"],
+                        help="share of copied random lines in the main phase's corpus")
     parser.add_argument("--probe-only", action="store_true")
     parser.add_argument("--anneal-from", help="skip the main phase: run the list-heavy phase on the bases saved here")
     parser.add_argument("--anneal-steps", type=int, default=0)
     parser.add_argument("--anneal-lr", type=float, default=1.5e-3)
+    parser.add_argument("--anneal-chars", type=int, help="corpus size of the list-heavy phase (default: a third of the main phase's)")
+    parser.add_argument("--anneal-template-share", type=float, default=0.7)
+    parser.add_argument("--anneal-copy-share", type=float, default=0.0)
     parser.add_argument("--no-probe", action="store_true")
     args = parser.parse_args(argv)
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     size = SIZES[args.size]
     specs = [s for s in size["bases"] if not args.only or s.name in args.only]
+    mixture = dict(template_share=args.template_share, copy_share=args.copy_share)
     for spec in specs:
         spec.steps = args.steps or spec.steps
     if args.anneal_from:
         for spec in specs:
             anneal_one(spec, args.size, args.anneal_from, args.out, args.seed, device, 1 if device == "cpu" else 0,
-                       args.anneal_steps, args.anneal_lr)
+                       args.anneal_steps, args.anneal_lr, args.anneal_chars, args.anneal_template_share,
+                       args.anneal_copy_share)
     elif not args.probe_only:
         os.makedirs(args.out, exist_ok=True)
         if device == "cpu" and len(specs) > 1 and (os.cpu_count() or 1) >= len(specs):
@@ -444,10 +515,10 @@ def main(argv=None):
             import multiprocessing
 
             with multiprocessing.get_context("spawn").Pool(len(specs)) as pool:
-                pool.starmap(build_one, [(spec, args.size, args.out, args.seed, device, 1) for spec in specs])
+                pool.starmap(build_one, [(spec, args.size, args.out, args.seed, device, 1, mixture) for spec in specs])
         else:
             for spec in specs:
-                build_one(spec, args.size, args.out, args.seed, device, min(2, os.cpu_count() or 1))
+                build_one(spec, args.size, args.out, args.seed, device, min(2, os.cpu_count() or 1), mixture)
     if device == "cpu":
         torch.set_num_threads(1)  # generation of tiny models gains little from a second thread, and may stall
     if not args.no_probe:
