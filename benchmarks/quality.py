@@ -1,6 +1,7 @@
 """The paper's quality tables, measured on base models trained here (DESIGN.md §4 and §6).
 
     python benchmarks/quality.py --size micro --out runs/quality-micro          # CPU smoke run: 1 task, a few minutes
+    python benchmarks/quality.py --size cpu --out runs/quality-cpu --jobs 2     # every task, paper sizes, 2 CPU cores
     python benchmarks/quality.py --size full --bases runs/bases --out runs/quality-full --jobs 5
     python benchmarks/quality.py --task-file train.jsonl --test-file test.jsonl --size full --bases runs/bases
     python benchmarks/quality.py --aggregate runs/q-a runs/q-b --out benchmarks/results/quality-full
@@ -10,6 +11,7 @@ Every row is one `Transfer` run (`peft_transfer.pipeline`) with its own `Transfe
 
     pool-same           tiny-llama -> tiny-llama-b: trains the source adapter and the discriminator (shared by every
                         row of the task), synthesizes max(scaling) accepted inputs and labels them with the teacher
+                        (when it cannot, only translora-cross runs after it)
     translora-same      Trans-LoRA, same family (same tokenizer): the first `num_samples` of the pool     (Table 1)
     translora-cross     Trans-LoRA, cross family: tiny-llama -> tiny-gemma (other tokenizer)            (Table 1)
     unfiltered-same     `filter_mode: none`, its own synthesis                                             (Table 5)
