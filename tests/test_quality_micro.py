@@ -54,6 +54,13 @@ def test_claims_hold_and_fail_on_hand_made_rows():
     assert quality.claims(quality.tables(missing, size))["a_translora_ge_max_source_target_on_average"]["cross"][
         "holds"] is None
 
+    # A transfer that failed keeps its baselines in Table 1; its Trans-LoRA number stays missing.
+    failed = [r if r["row"] != "translora-cross" else
+              {"task": "t", "row": "translora-cross", "error": "SynthesisError: ...", "source_adapter": 0.5,
+               "target_base": 0.1} for r in _rows(good)]
+    t1 = quality.tables(failed, size)["table1"]["cross"]["per_task"]["t"]
+    assert t1 == {"source_lora": 0.5, "target_base": 0.1, "translora": None}
+
 
 def test_random_text_is_distinct_and_task_sized():
     texts = quality.random_text(40, seed=0)
