@@ -58,8 +58,16 @@ def test_claims_hold_and_fail_on_hand_made_rows():
     failed = [r if r["row"] != "translora-cross" else
               {"task": "t", "row": "translora-cross", "error": "SynthesisError: ...", "source_adapter": 0.5,
                "target_base": 0.1} for r in _rows(good)]
-    t1 = quality.tables(failed, size)["table1"]["cross"]["per_task"]["t"]
-    assert t1 == {"source_lora": 0.5, "target_base": 0.1, "translora": None}
+    t1 = quality.tables(failed, size)["table1"]["cross"]
+    assert t1["per_task"]["t"] == {"source_lora": 0.5, "target_base": 0.1, "translora": None}
+    assert t1["tasks_averaged"] == 0 and t1["average"]["source_lora"] is None  # averages compare like with like
+
+    # "On every task": one measured task below the bound fails it even while another task is missing.
+    two = _rows(bad, mmd=(0.3, 0.1)) + [{"task": "u", "row": "translora-cross", "error": "SynthesisError: ..."}]
+    c = quality.claims(quality.tables(two, size))
+    assert c["b_translora_ge_source_minus_2_points_every_task"]["cross"]["holds"] is False
+    assert c["d_mmd_accepted_below_unfiltered_every_task"]["cross"]["holds"] is False
+    assert c["b_translora_ge_source_minus_2_points_every_task"]["same"]["holds"] is None  # u: not measured
 
 
 def test_random_text_is_distinct_and_task_sized():
