@@ -23,11 +23,8 @@ How the data reaches the trainer, and why this way (read in and tested against t
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import os
 import random
-import tempfile
 import time
 from dataclasses import MISSING, fields
 from types import SimpleNamespace
@@ -36,6 +33,8 @@ from typing import Callable
 import numpy as np
 import torch
 from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, default_data_collator
+from trl.data_utils import common_prefix_length
+from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from .config import TransferConfig
 from .data import task_prompt
@@ -79,23 +78,6 @@ class SyntheticDataset(torch.utils.data.Dataset):
         self.version += 1
 
 
-class PadCollator:
-    """Right-pads `input_ids` (pad id), `attention_mask` (0) and `labels` (-100): what `SFTTrainer`'s collator does
-    for prompt/completion rows, for a plain `Trainer` (whose default `DataCollatorWithPadding` cannot pad labels)."""
-
-    def __init__(self, pad_token_id: int):
-        self.pad_token_id = pad_token_id
-
-    def __call__(self, features: list[dict]) -> dict:
-        width = max(len(f["input_ids"]) for f in features)
-        batch = {}
-        for key, fill in (("input_ids", self.pad_token_id), ("attention_mask", 0), ("labels", -100)):
-            if key in features[0]:
-                batch[key] = torch.tensor([f[key] + [fill] * (width - len(f[key])) for f in features],
-                                          dtype=torch.long)
-        return batch
-
-
 def tokenize_completion(tokenizer, prompt: str, completion: str, max_length: int | None = None) -> dict:
     """One prompt/completion row as `SFTTrainer` trains on it (`completion_only_loss`): the completion gets the EOS
     token appended, the loss falls on the completion only (labels -100 on the prompt), right truncation.
@@ -107,9 +89,7 @@ def tokenize_completion(tokenizer, prompt: str, completion: str, max_length: int
         completion = completion + tokenizer.eos_token
     prompt_ids = tokenizer(prompt)["input_ids"]
     ids = tokenizer(prompt + completion)["input_ids"]
-    start = 0
-    while start < min(len(prompt_ids), len(ids)) and prompt_ids[start] == ids[start]:
-        start += 1
+    start = common_prefix_length(prompt_ids, ids)
     labels = [-100] * start + ids[start:]
     if max_length is not None:
         ids, labels = ids[:max_length], labels[:max_length]
@@ -225,7 +205,8 @@ class SyntheticFilterCallback(TrainerCallback):
         self.data_collator = None
         if formatting is None:
             pad = student_tokenizer.pad_token_id
-            self.data_collator = PadCollator(pad if pad is not None else student_tokenizer.eos_token_id)
+            # SFTTrainer's own collator: right-pads input_ids, labels (-100) and the attention mask.
+            self.data_collator = DataCollatorForLanguageModeling(pad if pad is not None else student_tokenizer.eos_token_id)
         self.history: list[dict] = []  # one entry per refresh: the logged metrics, the step and the accepted inputs
         self.candidates_total = 0
         self._trainer = None
@@ -369,20 +350,18 @@ class SyntheticFilterCallback(TrainerCallback):
         """Candidates → leak guard → filter → accepted → teacher labels, with the counts to log."""
         seed = int(np.random.SeedSequence([self.settings.seed, step]).generate_state(1)[0])
         cfg = SimpleNamespace(**{**vars(self.settings), "seed": seed})
-        with _preserved_rng(), tempfile.TemporaryDirectory() as tmp:
+        with _preserved_rng():
             torch.manual_seed(seed)
-            progress = os.path.join(tmp, "progress.jsonl")
             try:
                 rows, stats = synthesize(cfg, self.generator, self.generator_tokenizer, self.seeds,
                                          discriminator=self.discriminator,
                                          discriminator_tokenizer=self.discriminator_tokenizer, num_samples=need,
-                                         references=self.references, progress_path=progress, show_progress=False)
-                stats = stats.to_dict()
+                                         references=self.references, show_progress=False)
             except SynthesisError as error:
-                # Never stop training for a short refresh: keep what was accepted (synthesize writes every round to
-                # its progress file before deciding to give up) and let `refresh` top it up.
+                # Never stop training for a short refresh: keep what was accepted and let `refresh` top it up.
                 logger.warning("Refresh at step %d: %s", step, error)
-                rows, stats = _read_progress(progress)
+                rows, stats = error.rows, error.stats
+            stats = stats.to_dict()
             kept = [r["input"] for r in rows if r["accepted"]]
             torch.manual_seed(seed)  # for label_do_sample
             labelled = label(cfg, self.teacher, self.teacher_tokenizer, kept, show_progress=False) if kept else []
@@ -390,12 +369,12 @@ class SyntheticFilterCallback(TrainerCallback):
         for row in labelled:
             row["prompt"] = task_prompt(prompt_tokenizer, row["input"], self.settings.prompt_template)
         counts = {
-            "candidates": stats.get("candidates", 0),
-            "scored": stats.get("scored", 0),
-            "acceptance_rate": stats.get("acceptance_rate", 0.0),
-            "duplicates": stats.get("duplicates", 0) + stats.get("seed_copies", 0),
-            "unparsable": stats.get("unparsable", 0),
-            "leaks": stats.get("leaks", 0),
+            "candidates": stats["candidates"],
+            "scored": stats["scored"],
+            "acceptance_rate": stats["acceptance_rate"],
+            "duplicates": stats["duplicates"] + stats["seed_copies"],
+            "unparsable": stats["unparsable"],
+            "leaks": stats["leaks"],
         }
         return {"rows": labelled, "counts": counts}
 
@@ -405,20 +384,3 @@ class SyntheticFilterCallback(TrainerCallback):
         return tokenize_completion(self.student_tokenizer, example["prompt"], example["completion"],
                                    self.settings.max_length)
 
-
-def _read_progress(path: str) -> tuple[list[dict], dict]:
-    """Rows and the last stats line of a synthesis progress file (see `synthesis.synthesize`)."""
-    rows, stats = [], {}
-    if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                if not line.strip():
-                    continue
-                record = json.loads(line)
-                if "stats" in record:
-                    stats = record["stats"]
-                else:
-                    rows.append(record)
-    scored = stats.get("scored", 0)
-    stats["acceptance_rate"] = sum(r["accepted"] for r in rows) / scored if scored else 0.0
-    return rows, stats

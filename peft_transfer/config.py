@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 PEFT_TYPES = ("lora", "dora", "prompt_tuning", "prefix_tuning", "ia3")
 LOSS_TYPES = ("sequence", "forward_kl", "reverse_kl", "jsd")
 FILTER_MODES = ("discriminator", "none")
+LINEAGE_FILE = "transfer.json"  # the transfer's lineage, written next to a transferred adapter
 
 
 @dataclass
@@ -162,7 +163,8 @@ class TransferConfig:
     )
     embedding_model: str | None = field(
         default=None,
-        metadata={"help": "sentence-transformers model for MMD; default: mean-pooled hidden states of the target base."},
+        metadata={"help": "sentence-transformers model for MMD; default: mean-pooled hidden states of the generator (the target base "
+                 "unless `generator_model` is set)."},
     )
     plot_projection: bool = field(default=False, metadata={"help": "Write a 2-D PCA plot of real/accepted/rejected."})
 

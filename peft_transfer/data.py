@@ -100,6 +100,12 @@ def generator_prompt(seeds: list[str], rng: random.Random, k: int | None = None)
     return "\n".join(lines) + f"\n{len(order) + 1}."
 
 
+def generator_stop_strings(seeds: list[str], k: int | None = None) -> list[str]:
+    """Where the generator's item ends: at the number of the item after it (the prompt shows `k` of the seeds)."""
+    shown = len(seeds) if k is None else min(len(seeds), k)
+    return [f"\n{shown + 2}."]
+
+
 _NEXT_ITEM = re.compile(r"\n\s*\d+\s*[.)]")
 
 

@@ -71,23 +71,26 @@ def _same_model(a: str | None, b: str | None) -> bool:
     return a.rstrip("/").split("/")[-2:] == b.rstrip("/").split("/")[-2:]
 
 
-def check_adapter_base(adapter_ref: str, model, base_ref: str, *, token: str | None = None):
+def check_adapter_base(adapter_ref: str, model, base_ref: str, *, token: str | None = None,
+                       local: str | None = None):
     """Refuse an adapter whose recorded base does not fit the model it is applied to.
 
     The recorded `base_model_name_or_path` is compared with the base's name. A name that differs (a local copy of
     the base, a mirror) is accepted when the recorded base's config agrees on the architecture; when the recorded
     base cannot be read (offline), a warning is logged and the shapes are left to the load, which refuses a
-    mismatch with `AdapterMismatchError` too.
+    mismatch with `AdapterMismatchError` too. `local` is the adapter's folder when the caller has resolved it.
     """
     from peft import PeftConfig
     from transformers import AutoConfig
 
-    peft_config = PeftConfig.from_pretrained(resolve_pretrained(adapter_ref, token=token))
+    peft_config = PeftConfig.from_pretrained(local or resolve_pretrained(adapter_ref, token=token))
     recorded = peft_config.base_model_name_or_path
     if not recorded or _same_model(recorded, base_ref):
         return peft_config
     try:
-        recorded_config = AutoConfig.from_pretrained(resolve_pretrained(recorded, token=token)).to_dict()
+        # Only the config: the recorded base may be a multi-GB repo that is never loaded here.
+        recorded_config = AutoConfig.from_pretrained(
+            resolve_pretrained(recorded, token=token, allow_patterns=["config.json"])).to_dict()
     except (OSError, ValueError) as e:
         logger.warning("The adapter %r records the base %r, which cannot be read (%s); its shapes are checked "
                        "against %r when it is loaded.", adapter_ref, recorded, str(e).splitlines()[0], base_ref)
@@ -108,8 +111,8 @@ def load_adapter(model, adapter_ref: str, base_ref: str, *, adapter_name: str = 
     """Base + adapter as a `PeftModel` (or a new adapter added to an existing `PeftModel`)."""
     from peft import PeftModel
 
-    check_adapter_base(adapter_ref, model, base_ref, token=token)
     local = resolve_pretrained(adapter_ref, token=token)
+    check_adapter_base(adapter_ref, model, base_ref, token=token, local=local)
     try:
         if isinstance(model, PeftModel):
             model.load_adapter(local, adapter_name=adapter_name, is_trainable=is_trainable)

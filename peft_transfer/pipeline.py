@@ -29,7 +29,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from .config import TransferConfig
+from .config import LINEAGE_FILE, TransferConfig
 from .data import load_examples, load_seeds, task_prompt
 from .distributed import is_main_process, map_across_processes, state, wait_for_everyone
 from .evaluation import evaluate, format_report, write_json
@@ -38,7 +38,6 @@ from .modeling import load_adapter, load_base, load_tokenizer, peft_config_from,
 logger = logging.getLogger(__name__)
 
 STAGES = ("source_adapter", "discriminator", "synthesis", "labels", "target_adapter", "evaluation")
-LINEAGE_FILE = "transfer.json"
 
 
 class Transfer:
@@ -97,7 +96,7 @@ class Transfer:
 
     def _stage(self, name: str, fn) -> None:
         """Run one stage into `<name>.incomplete/` and rename it to `<name>/` when complete (main process only
-        touches the folders; every process runs `fn`, which writes through `self._main`)."""
+        touches the folders; every process runs `fn`, which writes only on the main process)."""
         final, tmp = self.config.path(name), self.config.path(f"{name}.incomplete")
         wait_for_everyone()  # every process sees the same folders before deciding
         if os.path.isdir(final) and not self.config.overwrite:
@@ -409,17 +408,32 @@ class Transfer:
             del trainer
 
     def _evaluation(self, out: str):
+        results = self.evaluate()
+        summary = {k: v["accuracy"] for k, v in results.items()}
+        summary["num_samples"] = next(iter(results.values()))["num_samples"]
+        if not is_main_process():
+            return
+        write_json(os.path.join(out, "evaluation.json"), summary)
+        write_json(os.path.join(out, "predictions.json"),
+                   {k: v["predictions"] for k, v in results.items()})
+
+    def evaluate(self, keys=("source_adapter", "target_base", "transferred")) -> dict:
+        """Exact match on the first `max_eval_samples` of `eval_file` for each of `keys`: `source_adapter` (the
+        teacher), `target_base`, `transferred` (needs the target_adapter stage). Returns `{key: evaluate(...)}`;
+        the first two are read from and written to `evaluation_cache_dir` when it is set."""
         cfg = self.config
         examples = load_examples(cfg.eval_file, require_target=True, what="eval_file")[: cfg.max_eval_samples]
         kwargs = dict(prompt_template=cfg.prompt_template, answer_stop=cfg.answer_stop,
                       max_new_tokens=cfg.label_max_new_tokens, batch_size=cfg.generation_batch_size,
                       show_progress=self.show_progress)
-        results = {}
-        for key, (base, adapter) in {
+        models = {
             "source_adapter": (cfg.source_model, self.source_adapter),
             "target_base": (cfg.target_model, None),
             "transferred": (cfg.target_model, cfg.path("target_adapter")),
-        }.items():
+        }
+        results = {}
+        for key in keys:
+            base, adapter = models[key]
             cache = self._evaluation_cache_path(base, adapter, examples) if key != "transferred" else None
             if cache and os.path.exists(cache):
                 results[key] = _read_json(cache)
@@ -428,13 +442,7 @@ class Transfer:
                 results[key] = evaluate(lease.model, lease.tokenizer, examples, desc=f"evaluate {key}", **kwargs)
             if cache and is_main_process():
                 write_json(cache, results[key])
-        summary = {k: v["accuracy"] for k, v in results.items()}
-        summary["num_samples"] = len(examples)
-        if not is_main_process():
-            return
-        write_json(os.path.join(out, "evaluation.json"), summary)
-        write_json(os.path.join(out, "predictions.json"),
-                   {k: v["predictions"] for k, v in results.items()})
+        return results
 
     def _evaluation_cache_path(self, base: str, adapter: str | None, examples: list[dict]) -> str | None:
         """Where an evaluation that does not depend on this run is kept, keyed by everything it depends on."""

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from .data import Deduplicator, generator_prompt, parse_candidate, task_prompt
+from .data import Deduplicator, generator_prompt, generator_stop_strings, parse_candidate, task_prompt
 from .discriminator import score
 from .distributed import is_main_process, map_across_processes, state
 from .generation import cut_answer, generate
@@ -26,7 +26,12 @@ from .metrics import filter_leaks
 
 
 class SynthesisError(RuntimeError):
-    """Generate-and-filter could not collect enough samples."""
+    """Generate-and-filter could not collect enough samples. `rows` and `stats` hold what was generated, scored and
+    accepted until then (the progress file has the same on disk)."""
+
+    def __init__(self, message: str, rows: list[dict] | None = None, stats: SynthesisStats | None = None):
+        super().__init__(message)
+        self.rows, self.stats = rows or [], stats
 
 
 @dataclass
@@ -99,7 +104,7 @@ def synthesize(cfg, generator, generator_tokenizer, seeds: list[str], *, discrim
             r["passed"] = r["score"] is None or r["score"] > cfg.filter_margin
             r["accepted"] = r["passed"] and stats.accepted < num_samples
             stats.accepted += r["accepted"]
-    stop = [f"\n{min(len(seeds), cfg.num_seeds) + 2}."]
+    stop = generator_stop_strings(seeds, cfg.num_seeds)
     while stats.accepted < num_samples and stats.candidates < budget:
         round_rng = random.Random(cfg.seed * 100_003 + stats.rounds)
         # Every process builds the same prompts; each samples its shard with its own stream.
@@ -154,7 +159,7 @@ def synthesize(cfg, generator, generator_tokenizer, seeds: list[str], *, discrim
                 f"continuations of the numbered-list prompt gave a usable item {min(len(seeds), cfg.num_seeds) + 1} "
                 f"(the others were empty, or cut at max_candidate_tokens={cfg.max_candidate_tokens} before the item "
                 "ended). Use a base (not chat-only) model that continues numbered lists as `generator_model`, or "
-                "raise `max_candidate_tokens`."
+                "raise `max_candidate_tokens`.", rows, stats
             )
     if stats.accepted < num_samples:
         raise SynthesisError(
@@ -164,7 +169,7 @@ def synthesize(cfg, generator, generator_tokenizer, seeds: list[str], *, discrim
             f"{stats.leaks} near-copies of real inputs). Raise "
             "`candidate_budget`, lower `filter_margin` or `num_samples`, or check the discriminator (its held-out "
             "accuracy is in the run's discriminator/metrics.json). What was generated is kept"
-            + (f" in {progress_path}, and a new start continues from it." if progress_path else ".")
+            + (f" in {progress_path}, and a new start continues from it." if progress_path else "."), rows, stats
         )
     return rows, stats
 

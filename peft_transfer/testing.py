@@ -1,13 +1,13 @@
-"""Tiny local model families and a built-in task, for tests and the demo.
+"""Tiny local model families and the demo's assets, for tests and the demo.
 
 No test or demo may download weights, so this module *builds* two small model families that differ the way real
 transfer pairs do: a Llama-style model with a byte-level BPE tokenizer and a Gemma-style model with a
 differently trained Metaspace BPE tokenizer (different vocabularies, different ids). Both are saved with
 `save_pretrained` and are meant to be loaded back through the ordinary `from_pretrained` path that a Hub id takes.
 
-`pretrain_steps` optionally trains a base on a generated generic corpus (filler text, numbered lists of inputs and
-question/answer demos of *generic* variants of the demo task) so that it can continue a numbered list and has some
-partial skill, the way a real pretrained base does.
+`pretrain_steps` optionally trains a base on the generic corpus of `peft_transfer.corpus` (filler text, numbered
+lists and question/answer demos of *generic* task variants) so that it can continue a numbered list and has some
+partial skill, the way a real pretrained base does. The tasks themselves live in `peft_transfer.tasks`.
 """
 
 from __future__ import annotations
@@ -62,7 +62,8 @@ class TinyFamily:
     vocab_size: int = 384
     tokenizer_kind: str = "byte_bpe"  # "byte_bpe" or "metaspace_bpe"
     max_position_embeddings: int = 512
-    extra: dict = field(default_factory=dict)
+    tie_word_embeddings: bool = False
+    extra: dict = field(default_factory=dict)  # more config fields (e.g. head_dim)
 
 
 FAMILIES = {
@@ -118,7 +119,7 @@ def build_model(family: TinyFamily, tokenizer, seed: int = 0):
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False,
+        tie_word_embeddings=family.tie_word_embeddings,
         **family.extra,
     )
     if family.architecture == "llama":
@@ -171,16 +172,10 @@ def save_family(model, tokenizer, path: str) -> str:
     with open(cfg_path) as f:
         cfg = json.load(f)
     cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    for key in ("is_local", "local_files_only"):  # how this copy was loaded (transformers 5.23), not a setting
+        cfg.pop(key, None)
     with open(cfg_path, "w") as f:
         json.dump(cfg, f, indent=2)
-    return path
-
-
-def write_jsonl(path: str, rows: list[dict]) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
     return path
 
 
@@ -195,21 +190,36 @@ def build_demo_assets(folder: str, *, pretrain_steps: int = 300, seed: int = 0, 
         `dict`: paths keyed `source_model`, `target_model`, `train_file`, `eval_file`, `seed_file`, and the task's
         `task_name`.
     """
-    from .tasks import make_task, write_task
+    from .tasks import TASKS, make_task
 
-    paths = {}
-    for key, name in (("source_model", "tiny-llama"), ("target_model", "tiny-gemma")):
-        committed = os.path.join(DEMO_MODELS, name)
-        if os.path.exists(os.path.join(committed, "config.json")):
-            paths[key] = committed
-            continue
-        paths[key] = os.path.join(folder, name)
-        if not os.path.exists(os.path.join(paths[key], "config.json")):
-            build_family(name, paths[key], pretrain_steps=pretrain_steps, seed=seed)
-    made = make_task(task, seed=seed)
+    paths = {key: demo_base(name, folder, pretrain_steps=pretrain_steps, seed=seed)
+             for key, name in (("source_model", "tiny-llama"), ("target_model", "tiny-gemma"))}
     task_dir = os.path.join(folder, "task")
-    if not os.path.exists(os.path.join(task_dir, "seeds.jsonl")):
-        write_task(made, task_dir)
-    paths.update(train_file=os.path.join(task_dir, "train.jsonl"), eval_file=os.path.join(task_dir, "test.jsonl"),
-                 seed_file=os.path.join(task_dir, "seeds.jsonl"), task_name=made.description)
-    return paths
+    if os.path.exists(os.path.join(task_dir, "seeds.jsonl")):
+        return {**paths, **task_paths(task_dir), "task_name": TASKS[task].description}
+    return {**paths, **task_files(make_task(task, seed=seed), task_dir)}
+
+
+def demo_base(name: str, folder: str, *, pretrain_steps: int, seed: int = 0) -> str:
+    """The committed pretrained base `name` when it is there, else one built and pretrained under `folder/name`."""
+    committed = os.path.join(DEMO_MODELS, name)
+    if os.path.exists(os.path.join(committed, "config.json")):
+        return committed
+    path = os.path.join(folder, name)
+    if not os.path.exists(os.path.join(path, "config.json")):
+        build_family(name, path, pretrain_steps=pretrain_steps, seed=seed)
+    return path
+
+
+def task_paths(folder: str) -> dict:
+    """The `train_file`, `eval_file` and `seed_file` settings of a task folder written by `tasks.write_task`."""
+    return {key: os.path.join(folder, f"{split}.jsonl")
+            for key, split in (("train_file", "train"), ("eval_file", "test"), ("seed_file", "seeds"))}
+
+
+def task_files(task, folder: str) -> dict:
+    """Write `task` (a `tasks.Task`) under `folder`; returns its file settings and `task_name`."""
+    from .tasks import write_task
+
+    write_task(task, folder)
+    return {**task_paths(str(folder)), "task_name": task.description}

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 import torch
 from trl import SFTConfig, SFTTrainer
 
-KD_LOSSES = ("sequence", "forward_kl", "reverse_kl", "jsd")
-LINEAGE_FILE = "transfer.json"  # what the pipeline writes next to a transferred adapter
+from .config import LINEAGE_FILE, LOSS_TYPES as KD_LOSSES
+
 # Config attributes that rescale logits after `lm_head` (Cohere, Granite, Falcon-H1, ...): the chunked loss reads
 # `lm_head` directly and would silently skip them.
 _LOGIT_SCALES = ("logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
@@ -150,7 +150,8 @@ class DistillationTrainer(SFTTrainer):
             if teacher_model is not None:
                 raise ValueError("Pass either `teacher_model` or `teacher_adapter_name` (the teacher's adapter on the "
                                  "student model), not both.")
-            model, kwargs["peft_config"] = _add_student_adapter(model, teacher_adapter_name, kwargs.get("peft_config"))
+            # The student's adapter is added here, so SFTTrainer gets no `peft_config` of its own.
+            _add_student_adapter(model, teacher_adapter_name, kwargs.pop("peft_config", None))
         elif isinstance(teacher_model, torch.nn.Module) and isinstance(model, torch.nn.Module):
             _refuse_shared_parameters(model, teacher_model)
         if self._uses_teacher and getattr(args, "deepspeed_plugin", None) is not None \
@@ -190,7 +191,7 @@ class DistillationTrainer(SFTTrainer):
                 self.teacher_model = self._prepare_teacher(self.teacher_model)
         if args.kd_loss != "sequence":
             teacher = self.teacher_model if self.teacher_model is not None else self.model
-            self._softcaps = (_logit_softcap(self.model), _logit_softcap(_unwrap(teacher)))
+            self._softcaps = (_logit_softcap(self.model), _logit_softcap(teacher))
             _refuse_adapter_on_lm_head(_unwrap(teacher), "teacher")
 
     # -- teacher ---------------------------------------------------------------------------------------------------
@@ -347,19 +348,17 @@ class DistillationTrainer(SFTTrainer):
 # -- helpers -------------------------------------------------------------------------------------------------------
 
 
+def _unwrapped_peft(model):
+    """The model under DDP/DeepSpeed wrappers (a `PeftModel` when it has adapters)."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model
+
+
 def _unwrap(model):
     """The `transformers` model under DDP/DeepSpeed wrappers and PEFT."""
-    while hasattr(model, "module"):
-        model = model.module
-    if hasattr(model, "get_base_model"):
-        model = model.get_base_model()
-    return model
-
-
-def _unwrapped_peft(model):
-    while hasattr(model, "module"):
-        model = model.module
-    return model
+    model = _unwrapped_peft(model)
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def _freeze(model):
@@ -430,7 +429,6 @@ def _add_student_adapter(model, teacher_adapter_name: str, peft_config):
             f"The teacher's adapter {teacher_adapter_name!r} is the active one: pass `peft_config` for a new student "
             "adapter, or add the student's adapter and `set_adapter` it before building the trainer."
         )
-    return model, None
 
 
 def _freeze_adapter(model, adapter_name: str) -> None:

@@ -37,18 +37,15 @@ FAST = dict(
 
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory):
-    from peft_transfer.tasks import make_task, write_task
-    from peft_transfer.testing import build_family
+    from peft_transfer.tasks import make_task
+    from peft_transfer.testing import build_family, task_files
 
     root = tmp_path_factory.mktemp("world")
     paths = {
         "source_model": build_family("tiny-llama", str(root / "tiny-llama"), pretrain_steps=150, seed=0),
         "target_model": build_family("tiny-gemma", str(root / "tiny-gemma"), pretrain_steps=150, seed=0),
     }
-    task = make_task("sort_letters", n_train=60, n_test=20, seed=0)
-    folder = write_task(task, root / "task")
-    paths.update(train_file=str(folder / "train.jsonl"), eval_file=str(folder / "test.jsonl"),
-                 seed_file=str(folder / "seeds.jsonl"), task_name=task.description)
+    paths.update(task_files(make_task("sort_letters", n_train=60, n_test=20, seed=0), str(root / "task")))
     return paths
 
 
