@@ -40,7 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from peft_transfer.corpus import generic_corpus
 from peft_transfer.data import generator_prompt, parse_candidate
 from peft_transfer.tasks import TASKS, WEEKDAYS, WORDS, _pseudo_word, make_task
-from peft_transfer.testing import build_tokenizer, save_family
+from peft_transfer.testing import TinyFamily, build_model, build_tokenizer, save_family
 
 PROBE_TASKS = tuple(TASKS)  # every family
 
@@ -75,7 +75,6 @@ SIZES = {
     "cpu": dict(
         seq_len=256,
         corpus_chars=10_000_000,
-        mixture=MIXTURE,
         bases=[
             BaseSpec("tiny-llama", "llama", "byte_bpe", 768, 128, 4, 4, 2, 384, 32, steps=2000, batch_size=8, lr=2e-3),
             BaseSpec("tiny-gemma", "gemma", "metaspace_bpe", 1024, 192, 4, 6, 2, 512, 32, steps=1800, batch_size=8,
@@ -85,7 +84,6 @@ SIZES = {
     "gpu": dict(
         seq_len=512,
         corpus_chars=50_000_000,  # ~3 min to generate and tokenize per base on one core
-        mixture=MIXTURE,
         bases=[
             BaseSpec("tiny-llama", "llama", "byte_bpe", 1024, 256, 4, 8, 4, 768, 32, steps=4000, batch_size=64,
                      lr=2e-3),
@@ -160,16 +158,15 @@ def _phrase(rng: random.Random, format_first_words: bool = False) -> str:
 
 def random_template(rng: random.Random, format_first_words: bool = False):
     """A random item format: fixed phrases and punctuation around one or two slots. Returns a drawing function."""
-    parts = [_phrase(rng, format_first_words) + rng.choice((" ", ": ", " (", " '"))]
-    parts[-1] = parts[-1] if not parts[-1].endswith(("(", "'")) else parts[-1]
+    head = _phrase(rng, format_first_words) + rng.choice((" ", ": ", " (", " '"))
     slots = [_slot(rng) for _ in range(rng.choice((1, 1, 2)))]
     joiner = rng.choice((" ", ", ", " and ", " to ", ". ", " in "))
-    close = {"(": ")", "'": "'"}.get(parts[0][-1], "")
+    close = {"(": ")", "'": "'"}.get(head[-1], "")
     ending = rng.choice(_ENDINGS)
     tail = (" " + _phrase(rng).lower()) if rng.random() < 0.3 else ""
 
     def draw(r: random.Random) -> str:
-        return parts[0] + joiner.join(s(r) for s in slots) + close + tail + ending
+        return head + joiner.join(s(r) for s in slots) + close + tail + ending
 
     return draw
 
@@ -246,20 +243,15 @@ def pretraining_corpus(num_chars: int, seed: int = 0, template_share: float = 0.
 
 
 def build_base(spec: BaseSpec, tokenizer, max_positions: int, seed: int = 0):
-    from transformers import GemmaConfig, GemmaForCausalLM, LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    common = dict(
-        hidden_size=spec.hidden_size, num_hidden_layers=spec.num_hidden_layers,
-        num_attention_heads=spec.num_attention_heads, num_key_value_heads=spec.num_key_value_heads,
-        intermediate_size=spec.intermediate_size, head_dim=spec.head_dim, vocab_size=len(tokenizer),
-        max_position_embeddings=max_positions, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-    )
-    if spec.architecture == "llama":
-        return LlamaForCausalLM(LlamaConfig(tie_word_embeddings=False, **common))
-    # Gemma ties its embeddings, as the real Gemma models do (and it keeps the file small).
-    return GemmaForCausalLM(GemmaConfig(tie_word_embeddings=True, **common))
+    """`peft_transfer.testing.build_model` with the spec's shapes; Gemma ties its embeddings, as the real Gemma models
+    do (and it keeps the file small)."""
+    family = TinyFamily(spec.name, spec.architecture, hidden_size=spec.hidden_size,
+                        num_hidden_layers=spec.num_hidden_layers, num_attention_heads=spec.num_attention_heads,
+                        num_key_value_heads=spec.num_key_value_heads, intermediate_size=spec.intermediate_size,
+                        vocab_size=spec.vocab_size, tokenizer_kind=spec.tokenizer_kind,
+                        max_position_embeddings=max_positions, tie_word_embeddings=spec.architecture == "gemma",
+                        extra={"head_dim": spec.head_dim})
+    return build_model(family, tokenizer, seed=seed)
 
 
 def pack(tokenizer, docs: list[str], seq_len: int) -> torch.Tensor:
@@ -402,7 +394,7 @@ def probe(path: str, tasks=PROBE_TASKS, device: str = "cpu") -> dict:
             fc = format_copy_rate(model, tokenizer, task, device=device)
             acc = zero_shot_accuracy(model, tokenizer, task, device=device)
             results[name][task] = {**fc, "zero_shot": acc}
-    print(f"\n| base | task | item 6 parsed | format copy | novel + format | zero-shot EM |")
+    print("\n| base | task | item 6 parsed | format copy | novel + format | zero-shot EM |")
     print("|---|---|---|---|---|---|")
     for name, per_task in results.items():
         for task, r in per_task.items():
@@ -417,13 +409,12 @@ def probe(path: str, tasks=PROBE_TASKS, device: str = "cpu") -> dict:
 
 
 def build_one(spec: BaseSpec, size_name: str, out: str, seed: int, device: str, threads: int,
-              mixture: dict | None = None) -> dict:
+              mixture: dict) -> dict:
     """Corpus, tokenizer, model, training and saving of one base; returns (and writes) its training report."""
     if device == "cpu":
         torch.set_num_threads(threads)
     size = SIZES[size_name]
     t0 = time.time()
-    mixture = mixture or size["mixture"]
     docs = pretraining_corpus(size["corpus_chars"], seed=seed, **mixture)
     tokenizer = build_tokenizer(spec.tokenizer_kind, spec.vocab_size, docs[:4000])  # ~3 MB: every format
     blocks = pack(tokenizer, docs, size["seq_len"])
@@ -495,6 +486,8 @@ def main(argv=None):
     parser.add_argument("--anneal-copy-share", type=float, default=0.0)
     parser.add_argument("--no-probe", action="store_true")
     args = parser.parse_args(argv)
+    if args.anneal_from and args.anneal_steps <= 0:
+        parser.error("--anneal-from needs --anneal-steps > 0.")
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     size = SIZES[args.size]

@@ -55,9 +55,7 @@ that went cold between commands has lost `runs/bases`: carry the `bases` folder 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import math
 import os
 import platform
 import random
@@ -177,7 +175,7 @@ def resolve_bases(size: dict, bases: str | None, out: str, seed: int, *, build_o
     they may still be training beside this process) and tiny-llama-b is built there when missing. Without it, the
     committed demo models are used, and what is missing is built and pretrained briefly under `out/bases`.
     """
-    from peft_transfer.testing import DEMO_MODELS, build_family
+    from peft_transfer.testing import demo_base
 
     paths = {}
     for name in (SOURCE, CROSS):
@@ -185,12 +183,9 @@ def resolve_bases(size: dict, bases: str | None, out: str, seed: int, *, build_o
             paths[name] = os.path.join(bases, name)
             if not build_only and not os.path.exists(os.path.join(paths[name], "config.json")):
                 raise FileNotFoundError(f"{paths[name]} has no model: run benchmarks/pretrain.py --out {bases} first.")
-        elif os.path.exists(os.path.join(DEMO_MODELS, name, "config.json")):
-            paths[name] = os.path.join(DEMO_MODELS, name)
         else:
-            paths[name] = os.path.join(out, "bases", name)
-            if not os.path.exists(os.path.join(paths[name], "config.json")):
-                build_family(name, paths[name], pretrain_steps=size["fallback_pretrain_steps"], seed=seed)
+            paths[name] = demo_base(name, os.path.join(out, "bases"), pretrain_steps=size["fallback_pretrain_steps"],
+                                    seed=seed)
     same = os.path.join(bases or os.path.join(out, "bases"), SAME)
     paths[SAME] = build_same_family_target(paths[SOURCE], same, size["same_family"], seed=seed + 1)
     return paths
@@ -235,23 +230,12 @@ def random_text(n: int, seed: int, max_chars: int = 80) -> list[str]:
 
 
 def baseline_accuracies(cfg) -> dict:
-    """Accuracy of the source base + source adapter and of the bare target base, evaluated the way the pipeline's
-    evaluation stage does it: for Table 1 when a transfer failed before its evaluation stage."""
-    from peft_transfer.data import load_examples
-    from peft_transfer.evaluation import evaluate
-    from peft_transfer.modeling import load_adapter, load_base, load_tokenizer
+    """Accuracy of the source base + source adapter and of the bare target base, from the pipeline's own evaluation
+    (and its cache): for Table 1 when a transfer failed before its evaluation stage."""
+    from peft_transfer import Transfer
 
-    examples = load_examples(cfg.eval_file, require_target=True, what="eval_file")[: cfg.max_eval_samples]
-    out = {"num_eval": len(examples)}
-    for key, base, adapter in (("source_adapter", cfg.source_model, cfg.source_adapter),
-                               ("target_base", cfg.target_model, None)):
-        model = load_base(base, dtype=cfg.dtype)
-        if adapter:
-            model = load_adapter(model, adapter, base)
-        out[key] = evaluate(model, load_tokenizer(base), examples, prompt_template=cfg.prompt_template,
-                            answer_stop=cfg.answer_stop, max_new_tokens=cfg.label_max_new_tokens,
-                            batch_size=cfg.generation_batch_size, show_progress=False)["accuracy"]
-    return out
+    results = Transfer(cfg, show_progress=False).evaluate(("source_adapter", "target_base"))
+    return {"num_eval": results["target_base"]["num_samples"], **{k: v["accuracy"] for k, v in results.items()}}
 
 
 def run_task(task_dir: str, task_name: str, description: str, size_name: str, bases: dict, seed: int) -> list[dict]:
@@ -261,6 +245,7 @@ def run_task(task_dir: str, task_name: str, description: str, size_name: str, ba
     from datasets import load_from_disk
 
     from peft_transfer import Transfer, TransferConfig
+    from peft_transfer.data import load_examples
     from peft_transfer.synthesis import SynthesisError
 
     if not torch.cuda.is_available():
@@ -360,7 +345,7 @@ def run_task(task_dir: str, task_name: str, description: str, size_name: str, ba
     # 3. Table 5: ablations on the same-family pair.
     run("unfiltered-same", config("unfiltered-same", filter_mode="none", discriminator_adapter=None, compute_mmd=False),
         pair="same", setting="unfiltered")
-    seeds = [json.loads(line)["input"] for line in open(common["seed_file"]) if line.strip()]
+    seeds = [s["input"] for s in load_examples(common["seed_file"], what="seed_file")]
     seeds_dir = os.path.join(task_dir, "seeds-only-same")
     if not os.path.isdir(os.path.join(seeds_dir, "synthesis")):
         _prepare(seeds_dir, seeds, {"accepted": len(seeds), "candidates": 0, "extra": {"made_by": "seeds only"}})
@@ -403,10 +388,6 @@ def _save_rows(task_dir: str, rows: list[dict]) -> list[dict]:
     return rows
 
 
-def _run_task_args(args: tuple) -> list[dict]:
-    return run_task(*args)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Tables, claims, plots
 
@@ -434,23 +415,29 @@ def tables(rows: list[dict], size: dict) -> dict:
         table1[pair] = {"per_task": per_task,
                         "average": {k: _mean(v[k] for v in complete) for k in ("source_lora", "target_base", "translora")},
                         "tasks_averaged": len(complete)}
-    table5 = {row: {"per_task": {t: acc(t, row) for t in tasks}, "average": _mean(acc(t, row) for t in tasks)}
-              for row in ABLATIONS}
-    table6 = {peft: {"per_task": {t: acc(t, row) for t in tasks}, "average": _mean(acc(t, row) for t in tasks)}
-              for peft, row in (("lora", "translora-same"), ("dora", "dora-same"), ("prompt_tuning", "prompt-tuning-same"))}
-    table7 = {name: {"per_task": {t: acc(t, row) for t in tasks}, "average": _mean(acc(t, row) for t in tasks)}
-              for name, row in (("hop1 A->B", "translora-same"), ("hop2 B->C", "chain-hop2"),
-                                ("direct A->C", "translora-cross"))}
+    def across(row: str) -> dict:
+        per_task = {t: acc(t, row) for t in tasks}
+        return {"per_task": per_task, "average": _mean(per_task.values())}
+
+    table5 = {row: across(row) for row in ABLATIONS}
+    table6 = {peft: across(row) for peft, row in (("lora", "translora-same"), ("dora", "dora-same"),
+                                                  ("prompt_tuning", "prompt-tuning-same"))}
+    table7 = {name: across(row) for name, row in (("hop1 A->B", "translora-same"), ("hop2 B->C", "chain-hop2"),
+                                                  ("direct A->C", "translora-cross"))}
     table9 = {}
     for pair, row in (("same", "pool-same"), ("cross", "translora-cross")):
         table9[pair] = {t: {"accepted": acc(t, row, "mmd_accepted"), "unfiltered": acc(t, row, "mmd_unfiltered"),
                             "acceptance_rate": acc(t, row, "acceptance_rate")} for t in tasks}
-    fig5 = {}
-    for k in size["scaling"]:
-        row = "translora-same" if k == n else f"scaling-same-N{k}"
-        fig5[str(k)] = {"per_task": {t: acc(t, row) for t in tasks}, "average": _mean(acc(t, row) for t in tasks)}
+    fig5 = {str(k): across("translora-same" if k == n else f"scaling-same-N{k}") for k in size["scaling"]}
     return {"tasks": tasks, "table1": table1, "table5": table5, "table6": table6, "table7": table7,
             "table9": table9, "fig5": fig5}
+
+
+def _on_every_task(measured: list[bool], num_tasks: int) -> bool | None:
+    """A claim "on every task": one measured task that fails decides it; it holds only when every task is measured."""
+    if not all(measured):
+        return False
+    return True if measured and len(measured) == num_tasks else None
 
 
 def claims(t: dict) -> dict:
@@ -467,9 +454,7 @@ def claims(t: dict) -> dict:
         gaps = {task: (v["translora"] - v["source_lora"]) if None not in (v["translora"], v["source_lora"]) else None
                 for task, v in table["per_task"].items()}
         known = [g for g in gaps.values() if g is not None]
-        # One measured task below the bound decides it; all must be measured for it to hold.
-        fails = any(g < -0.02 for g in known)
-        b[pair] = {"holds": False if fails else (True if known and len(known) == len(gaps) else None),
+        b[pair] = {"holds": _on_every_task([g >= -0.02 for g in known], len(gaps)),
                    "worst_gap": min(known) if known else None, "gap_per_task": gaps}
     out["b_translora_ge_source_minus_2_points_every_task"] = b
     avg5 = {row: v["average"] for row, v in t["table5"].items()}
@@ -483,8 +468,7 @@ def claims(t: dict) -> dict:
     d = {}
     for pair, per_task in t["table9"].items():
         pairs = {task: v for task, v in per_task.items() if None not in (v["accepted"], v["unfiltered"])}
-        fails = any(v["accepted"] >= v["unfiltered"] for v in pairs.values())
-        d[pair] = {"holds": False if fails else (True if pairs and len(pairs) == len(per_task) else None),
+        d[pair] = {"holds": _on_every_task([v["accepted"] < v["unfiltered"] for v in pairs.values()], len(per_task)),
                    "tasks_lower": sum(v["accepted"] < v["unfiltered"] for v in pairs.values()),
                    "tasks_measured": len(pairs),
                    "tasks": len(per_task)}
@@ -699,7 +683,7 @@ def main(argv=None):
         import multiprocessing
 
         with multiprocessing.get_context("spawn").Pool(min(args.jobs, len(jobs))) as pool:
-            per_task = pool.map(_run_task_args, jobs)
+            per_task = pool.starmap(run_task, jobs)
     else:
         per_task = [run_task(*job) for job in jobs]
     rows = [row for task_rows in per_task for row in task_rows]

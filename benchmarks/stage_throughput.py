@@ -308,7 +308,7 @@ def transfer_config(args, preset: Preset):
     )
 
 
-def generator_prompts(cfg, tokenizer, words: Words, target: int, count: int, seed: int):
+def generator_prompts(cfg, tokenizer, target: int, count: int, seed: int):
     """Numbered-list prompts as `synthesize` builds them: fixed seeds, shuffled per prompt, about `target` tokens."""
     from peft_transfer.data import generator_prompt
 
@@ -328,11 +328,12 @@ def generator_prompts(cfg, tokenizer, words: Words, target: int, count: int, see
     return prompts, seeds
 
 
-def run_generate(name, model, tokenizer, cfg, args, words, batch_size, calls, *, static=False) -> dict:
+def run_generate(name, model, tokenizer, cfg, args, batch_size, calls, *, static=False) -> dict:
+    from peft_transfer.data import generator_stop_strings
     from peft_transfer.generation import generate
 
-    prompts, seeds = generator_prompts(cfg, tokenizer, words, args.prompt_tokens, batch_size * (calls + 1), args.seed)
-    stop = [f"\n{min(len(seeds), cfg.num_seeds) + 2}."]  # what synthesize stops at
+    prompts, seeds = generator_prompts(cfg, tokenizer, args.prompt_tokens, batch_size * (calls + 1), args.seed)
+    stop = generator_stop_strings(seeds, cfg.num_seeds)  # what synthesize stops at
     tokens = [len(ids) for ids in tokenizer(prompts)["input_ids"]]
     gen_config = model.generation_config
     old_cache = getattr(gen_config, "cache_implementation", None)
@@ -367,7 +368,7 @@ def run_generate(name, model, tokenizer, cfg, args, words, batch_size, calls, *,
     return result
 
 
-def run_score(model, tokenizer, cfg, args, words, params, calls) -> dict:
+def run_score(model, tokenizer, cfg, args, words, params, calls) -> tuple[dict, object]:
     from peft import get_peft_model
 
     from peft_transfer.discriminator import encode_question, score
@@ -409,7 +410,7 @@ def run_score(model, tokenizer, cfg, args, words, params, calls) -> dict:
     return result, model
 
 
-def run_label(model, tokenizer, cfg, args, words, calls) -> dict:
+def run_label(model, tokenizer, cfg, args, words, calls) -> tuple[dict, object]:
     from peft import get_peft_model
 
     from peft_transfer.data import task_prompt
@@ -678,9 +679,9 @@ def _run(args, argv) -> dict:
     results = {}
     for stage in stages:
         if stage == "generate_batch1":
-            results[stage] = run_generate(stage, model, tokenizer, cfg, args, words, 1, args.batch1_calls)
+            results[stage] = run_generate(stage, model, tokenizer, cfg, args, 1, args.batch1_calls)
         elif stage in ("generate", "generate_static"):
-            results[stage] = run_generate(stage, model, tokenizer, cfg, args, words, cfg.generation_batch_size,
+            results[stage] = run_generate(stage, model, tokenizer, cfg, args, cfg.generation_batch_size,
                                           calls, static=stage == "generate_static")
         elif stage == "score":
             results[stage], model = run_score(model, tokenizer, cfg, args, words, params, calls)

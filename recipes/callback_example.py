@@ -14,7 +14,6 @@ fills the training set with generated, filtered, teacher-labelled inputs and ref
 loss, to `report_to`.
 """
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, Trainer, TrainingArguments
 
 from peft_transfer import SyntheticFilterCallback, TransferConfig, Transfer
+from peft_transfer.data import load_seeds
 from peft_transfer.testing import build_demo_assets
 
 
@@ -46,17 +46,17 @@ def data_owner_part(script_args, assets, output_dir):
         seed_file=assets["seed_file"], task_name=assets["task_name"], output_dir=os.path.join(output_dir, "owner"),
         source_epochs=4, source_learning_rate=2e-3, discriminator_epochs=2, discriminator_learning_rate=1e-3,
         max_candidate_tokens=48, label_max_new_tokens=24, report_to=["none"],
+        source_adapter=script_args.source_adapter, discriminator_adapter=script_args.discriminator_adapter,
     )
-    Transfer(config).run(stages=("source_adapter", "discriminator"))
-    return (script_args.source_adapter or config.path("source_adapter"),
-            script_args.discriminator_adapter or config.path("discriminator"))
+    transfer = Transfer(config)
+    transfer.run(stages=("source_adapter", "discriminator"))  # a stage whose adapter is given is skipped
+    return transfer.source_adapter, transfer.discriminator_adapter
 
 
 def main(script_args, training_args):
     assets = build_demo_assets(script_args.assets_dir, pretrain_steps=script_args.pretrain_steps)
     source_adapter, discriminator_adapter = data_owner_part(script_args, assets, training_args.output_dir)
-    with open(assets["seed_file"]) as f:
-        seeds = [json.loads(line)["input"] for line in f if line.strip()][:5]
+    seeds = load_seeds(assets["seed_file"], 5)
 
     # --- an ordinary script from here on --------------------------------------------------------------------------
     source_tok = AutoTokenizer.from_pretrained(assets["source_model"])
