@@ -48,7 +48,7 @@ def test_transfer_pushes_adapter_discriminator_and_synthetic_set_and_pulls_them_
                                                                                       tiny_world, tmp_path):
     config = make_config(output_dir=str(run_dir), push_to_hub=True, hub_model_id="tester/tiny-gemma-sorting",
                          hub_discriminator_id="tester/sorting-discriminator", hub_dataset_id="tester/sorting-synthetic")
-    settings = {k: v for k, v in config.to_dict().items()}
+    settings = config.to_dict()
     with HubServer() as server:
         result = _client(server, tmp_path / "hf", f"""
             import torch
@@ -89,6 +89,6 @@ def test_transfer_pushes_adapter_discriminator_and_synthetic_set_and_pulls_them_
     # No seed text in any uploaded file (seeds are excluded from the synthetic set by the leak guard too).
     seeds = [json.loads(line)["input"] for line in open(tiny_world["seed_file"])]
     for blob in blobs:
-        data = blob.data if hasattr(blob, "data") else blob
+        data = blob.data
         for seed in seeds:
             assert seed.encode() not in data

@@ -12,8 +12,8 @@ import re
 import pytest
 import torch
 
-from peft_transfer.data import generator_prompt, parse_candidate
-from peft_transfer.tasks import TASKS, make_task
+from benchmarks.pretrain import format_copy_rate
+from peft_transfer.tasks import TASKS
 from peft_transfer.testing import DEMO_MODELS
 
 SOURCE = os.path.join(DEMO_MODELS, "tiny-llama")
@@ -52,32 +52,12 @@ def test_files_are_small():
         assert os.path.getsize(os.path.join(path, "model.safetensors")) <= 8_500_000
 
 
-def _format_copy_rate(model, tokenizer, task_name: str, num: int) -> float:
-    """Share of sampled item-6 continuations (temperature 1.0) that match the task's `specific_pattern`."""
-    task = make_task(task_name, seed=0)
-    seeds = [s["input"] for s in task.seeds]
-    rng = random.Random(f"test:{task_name}")
-    prompts = [generator_prompt(seeds, rng) for _ in range(num)]
-    tokenizer.padding_side = "left"
-    enc = tokenizer(prompts, return_tensors="pt", padding=True)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        out = model.generate(**enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=48,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    new = out[:, enc.input_ids.shape[1]:]
-    hits = 0
-    for row, text in zip(new, tokenizer.batch_decode(new, skip_special_tokens=True)):
-        item = parse_candidate(text, finished=bool((row == tokenizer.eos_token_id).any()))
-        hits += item is not None and re.fullmatch(TASKS[task_name].specific_pattern, item) is not None
-    return hits / num
-
-
 # Measured on the committed target (benchmarks/pretrain.py's probe, 50 samples): sort_letters 0.64, last_letters 0.52;
 # the other eight families 0.00 (peft_transfer/demo_models/README.md). The bounds sit well below.
 @pytest.mark.parametrize("task_name, bound", [("sort_letters", 0.3), ("last_letters", 0.25)])
 def test_target_copies_the_format_of_listed_items(bases, task_name, bound):
     model, tokenizer = bases["target"]
-    rate = _format_copy_rate(model, tokenizer, task_name, num=32)
+    rate = format_copy_rate(model, tokenizer, task_name, num=32)["format"]
     assert rate >= bound, f"{task_name}: only {rate:.2f} of item-6 continuations match the task's format"
 
 

@@ -17,7 +17,7 @@ INPUTS = ["dcba", "zyx", "hello", "world", "qwerty", "plane", "abc", "train"]
 def bases(tmp_path_factory):
     from transformers import AutoTokenizer
 
-    from peft_transfer.testing import FAMILIES, build_family, build_model
+    from peft_transfer.testing import FAMILIES, build_family, build_model, save_family
 
     root = tmp_path_factory.mktemp("peft_types")
     paths = {
@@ -27,9 +27,7 @@ def bases(tmp_path_factory):
     # A second Llama-style base with the first one's tokenizer: the same-vocabulary target of token-level KD.
     tokenizer = AutoTokenizer.from_pretrained(paths["llama"])
     other = build_model(FAMILIES["tiny-llama"], tokenizer, seed=1)
-    other.save_pretrained(root / "llama2")
-    tokenizer.save_pretrained(root / "llama2")
-    paths["llama2"] = str(root / "llama2")
+    paths["llama2"] = save_family(other, tokenizer, str(root / "llama2"))
     return paths
 
 
@@ -51,7 +49,7 @@ def _logits(model, tokenizer, texts):
         return model(**enc).logits[:, -enc["input_ids"].shape[1]:]
 
 
-def _source_adapter(cfg, bases, out):
+def _source_adapter(cfg, out):
     """A source adapter of `cfg.source_peft_type` with visibly non-zero weights, saved and reloaded."""
     from peft import get_peft_model
 
@@ -94,7 +92,7 @@ def test_transfer_between_peft_types(bases, tmp_path, source_type, target_type, 
 
     cfg = _config(bases, tmp_path, source_peft_type=source_type, peft_type=target_type, target_model=bases[target],
                   loss_type=kd_loss)
-    teacher, teacher_tok = _source_adapter(cfg, bases, str(tmp_path / "source_adapter"))
+    teacher, teacher_tok = _source_adapter(cfg, str(tmp_path / "source_adapter"))
     labels = label(cfg, teacher, teacher_tok, INPUTS, show_progress=False)
     assert all(r["completion"] for r in labels)
 

@@ -10,10 +10,9 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from benchmarks import quality
 
-from benchmarks import quality  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 ROWS = ("translora-same", "translora-cross", "unfiltered-same", "seeds-only-same", "random-text-same", "dora-same",
         "prompt-tuning-same", "chain-hop2", "scaling-same-N6")

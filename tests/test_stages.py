@@ -2,6 +2,7 @@
 
 import glob
 import json
+import os
 import random
 
 import pytest
@@ -181,7 +182,10 @@ def test_yaml_and_flags_parse_the_trl_way(tmp_path):
         parse_config(["--config", str(recipe)])
 
 
-@pytest.mark.parametrize("path", sorted(glob.glob("recipes/*.yaml")))
+RECIPES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes")
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(RECIPES, "*.yaml"))), ids=os.path.basename)
 def test_every_recipe_parses_strictly(path):
     import yaml
 
@@ -199,10 +203,10 @@ def test_demo_recipe_matches_the_embedded_demo():
     from peft_transfer import TransferConfig
     from peft_transfer.testing import DEMO_SETTINGS
 
-    assert TransferConfig.from_yaml("recipes/demo.yaml") == TransferConfig(**DEMO_SETTINGS)
+    assert TransferConfig.from_yaml(os.path.join(RECIPES, "demo.yaml")) == TransferConfig(**DEMO_SETTINGS)
 
 
-@pytest.mark.parametrize("path", sorted(glob.glob("recipes/accelerate/*.yaml")))
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(RECIPES, "accelerate", "*.yaml"))), ids=os.path.basename)
 def test_every_accelerate_config_parses(path):
     from accelerate.commands.config.config_args import ClusterConfig
 

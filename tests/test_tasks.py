@@ -4,7 +4,6 @@ The answers are checked against reference solvers written here from the task's t
 itself pinned by examples worked out by hand.
 """
 
-import json
 import random
 import re
 

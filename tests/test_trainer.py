@@ -22,15 +22,14 @@ def kd_world(tmp_path_factory):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoTokenizer
 
-    from peft_transfer.testing import FAMILIES, TinyFamily, build_family, build_model
+    from peft_transfer.testing import FAMILIES, TinyFamily, build_family, build_model, save_family
 
     root = tmp_path_factory.mktemp("kd")
     teacher_base = build_family("tiny-llama", str(root / "teacher_base"), num_docs=300)
     tokenizer = AutoTokenizer.from_pretrained(teacher_base)
     # A different width than the teacher: token-level KD only needs the vocabulary to match.
     student = build_model(TinyFamily("student", "llama", hidden_size=48, intermediate_size=96), tokenizer, seed=1)
-    student.save_pretrained(root / "student_base")
-    tokenizer.save_pretrained(root / "student_base")
+    save_family(student, tokenizer, str(root / "student_base"))
     torch.manual_seed(0)
     teacher = get_peft_model(build_model(FAMILIES["tiny-llama"], tokenizer, seed=0),
                              LoraConfig(**LORA, init_lora_weights=False, lora_dropout=0.5))
