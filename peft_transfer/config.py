@@ -43,7 +43,7 @@ class TransferConfig:
         metadata={"help": "Trained discriminator adapter (path or Hub id). Left empty, one is trained on `train_file`."},
     )
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom modelling code from the Hub."})
-    dtype: str = field(default="auto", metadata={"help": "'auto' (bf16 on GPU, fp32 on CPU), 'bfloat16', 'float16' or 'float32'."})
+    dtype: str = field(default="auto", metadata={"help": "'auto' (bf16 where the hardware computes in it: a bf16 GPU, or a CPU with AVX512-BF16/AMX; else float32), 'bfloat16', 'float16' or 'float32'."})
     attn_implementation: str | None = field(default=None, metadata={"help": "e.g. 'sdpa', 'eager', 'flash_attention_2'."})
     keep_models_loaded: bool = field(
         default=True,

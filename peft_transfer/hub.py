@@ -128,7 +128,9 @@ def resolve_pretrained(
     allow_patterns: list[str] | str | None = None,
 ) -> str:
     """Return a local directory for `ref`: an existing local path as is, or a Hub repo id (optionally
-    `repo@revision`) downloaded with `snapshot_download` into the Hugging Face cache.
+    `repo@revision`) downloaded with `snapshot_download` into the Hugging Face cache. A packaged model
+    (`packaged:<name>`) or a GGUF checkpoint (a `.gguf` file, `namespace/name:Q4_K_M`) gives its converted
+    safetensors folder (`peft_transfer.sources`).
 
     Args:
         ref (`str`): a local path, `namespace/name` or `namespace/name@revision`.
@@ -142,6 +144,10 @@ def resolve_pretrained(
         [`HubError`] (a `ValueError`): no such local path and not a valid repo id; repo not found or not
         accessible; revision not found; the Hub unreachable with nothing cached; only pickle weights.
     """
+    from .sources import is_source_ref, resolve_source
+
+    if revision is None and is_source_ref(ref):  # a packaged model or a GGUF checkpoint: a converted folder
+        return resolve_source(ref, token=token)
     local = os.path.expanduser(ref)
     if os.path.exists(local):
         if revision is not None:

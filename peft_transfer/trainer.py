@@ -240,10 +240,12 @@ class DistillationTrainer(SFTTrainer):
     # -- loss ------------------------------------------------------------------------------------------------------
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if self.args.kd_loss == "sequence":
-            return super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                        num_items_in_batch=num_items_in_batch)
+        # Every loss, the sequence CE included, goes through the chunked path: the output layer is applied only at
+        # the positions that carry loss (the completion), never to the prompt. For a large vocabulary (Gemma's
+        # 262k) the output layer is most of a small model's compute, and the prompt most of each row.
         from .losses import chunked_token_divergence
+
+        sequence_only = self.args.kd_loss == "sequence"
 
         mode = "train" if self.model.training else "eval"
         labels = inputs["labels"]
@@ -267,11 +269,11 @@ class DistillationTrainer(SFTTrainer):
             teacher_hidden,
             teacher_head,
             labels,
-            kind=self.args.kd_loss,
+            kind="forward_kl" if sequence_only else self.args.kd_loss,  # no divergence when sequence_weight is 1
             beta=self.args.beta,
             temperature=self.args.kd_temperature,
             chunk_size=self.args.kd_chunk_size,
-            sequence_weight=self.args.sequence_weight,
+            sequence_weight=1.0 if sequence_only else self.args.sequence_weight,
             logit_softcap=self._softcaps,
             num_items_in_batch=num_items_in_batch,
             return_components=True,
@@ -279,7 +281,7 @@ class DistillationTrainer(SFTTrainer):
         # Like `SFTTrainer`: `num_items_in_batch` counts the tokens of every rank, and DDP averages the gradients.
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * (self.accelerator.num_processes // self.get_tp_size())
-        self._log_kd_metrics(mode, inputs, divergence, cross_entropy)
+        self._log_kd_metrics(mode, inputs, None if sequence_only else divergence, cross_entropy)
         if return_outputs:
             with torch.no_grad():
                 outputs = model(**model_inputs)
@@ -303,7 +305,8 @@ class DistillationTrainer(SFTTrainer):
 
     def _log_kd_metrics(self, mode, inputs, divergence, cross_entropy):
         gather = self.accelerator.gather_for_metrics
-        self._metrics[mode]["kd/divergence"].append(gather(divergence.detach()).mean().item())
+        if divergence is not None:
+            self._metrics[mode]["kd/divergence"].append(gather(divergence.detach()).mean().item())
         self._metrics[mode]["kd/cross_entropy"].append(gather(cross_entropy.detach()).mean().item())
         if mode == "train":
             if "attention_mask" in inputs:

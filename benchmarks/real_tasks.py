@@ -1,0 +1,117 @@
+"""The tasks of the real-model world: BIG-bench-style tasks written procedurally, for pretrained LMs.
+
+Real pretrained models (SmolLM2, Gemma-3, Qwen2.5-Coder: `peft_transfer.sources.PACKAGED`) read English, so these
+tasks are phrased as BIG-bench / BBH phrases them, each with its own input distribution and quirks (fixed
+templates, number ranges, list lengths, answer formats), so that real inputs can be told from a model's imitations.
+Targets are deterministic functions of the input: exact match is a fair metric.
+
+Three tasks are new here (`addition`, `word_sorting`, `object_counting`); the others are the specific variants of
+the tiny world's families (`peft_transfer.tasks`), which are BBH-shaped already.
+
+    python benchmarks/real_tasks.py --out runs/real-tasks      # writes <task>/{train,test,seeds}.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+
+from peft_transfer.tasks import TASKS, Task, write_task
+
+# Common English nouns (BBH word_sorting draws from a dictionary; these sort unambiguously, all lower case).
+NOUNS = (
+    "apple anchor arrow bakery banana basket beacon blanket bottle bridge bucket butter cabin camera candle canyon "
+    "carpet castle cellar cherry circle closet cobalt copper cotton crater dagger desert dinner doctor dragon "
+    "empire engine falcon fabric farmer feather fossil garden garlic ginger glider harbor helmet hollow island "
+    "jacket jungle kettle kitten ladder lantern lemon lizard magnet marble meadow mirror monkey needle noodle "
+    "orange oyster paddle parrot pepper pillow planet pocket puzzle quarry rabbit ribbon rocket saddle salmon "
+    "shadow silver spider summit tablet temple ticket timber tunnel turtle valley velvet violin walnut window "
+    "winter wizard yogurt zipper"
+).split()
+
+# object_counting (BBH): items in several categories, some given with a count word; the question asks one category.
+_CATEGORIES = {
+    "fruits": "apple banana peach plum grape nectarine raspberry strawberry blackberry orange".split(),
+    "vegetables": "carrot onion potato cabbage celery garlic yam lettuce cauliflower broccoli".split(),
+    "animals": "cat dog goat pig cow rabbit snake mouse fish frog".split(),
+    "musical instruments": "piano flute violin drum trumpet clarinet accordion trombone".split(),
+}
+_COUNT_WORDS = {2: "two", 3: "three", 4: "four", 5: "five"}
+_PLURAL = {"peach": "peaches", "potato": "potatoes", "raspberry": "raspberries", "strawberry": "strawberries",
+           "blackberry": "blackberries", "fish": "fish", "mouse": "mice", "cauliflower": "heads of cauliflower",
+           "broccoli": "heads of broccoli", "lettuce": "heads of lettuce"}
+
+
+def _addition(rng: random.Random):
+    a, b = rng.randint(100, 999), rng.randint(100, 999)
+    return f"What is {a} + {b}?", str(a + b)
+
+
+def _word_sorting(rng: random.Random):
+    words = rng.sample(NOUNS, rng.randint(4, 7))
+    return f"Sort the following words alphabetically: List: {' '.join(words)}", " ".join(sorted(words))
+
+
+def _object_counting(rng: random.Random):
+    asked = rng.choice(list(_CATEGORIES))
+    others = [c for c in _CATEGORIES if c != asked]
+    items, total = [], 0
+    for category in [asked] * rng.randint(2, 4) + rng.sample(others, rng.randint(1, 2)):
+        name = rng.choice([n for n in _CATEGORIES[category] if n not in {i[1] for i in items}])
+        count = rng.choice((1, 1, 1, 2, 3))
+        items.append((count, name))
+        total += count if category == asked else 0
+    rng.shuffle(items)
+    phrases = [(f"a {n}" if n[0] not in "aeiou" else f"an {n}") if c == 1 else
+               f"{_COUNT_WORDS[c]} {_PLURAL.get(n, n + 's')}" for c, n in items]
+    listing = ", ".join(phrases[:-1]) + f", and {phrases[-1]}"
+    return f"I have {listing}. How many {asked} do I have?", str(total)
+
+
+# name -> (description for the discriminator prompt, sampler of one (input, target))
+REAL_TASKS = {
+    "addition": ("three-digit addition", _addition),
+    "word_sorting": ("word sorting", _word_sorting),
+    "object_counting": ("object counting", _object_counting),
+    **{name: (TASKS[name].description, TASKS[name].sample_specific)
+       for name in ("boolean_expressions", "multistep_arithmetic", "dyck_languages", "weekday_arithmetic",
+                    "last_letters")},
+}
+
+
+def make_real_task(name: str, *, n_train: int = 250, n_test: int = 300, n_seeds: int = 5, seed: int = 0) -> Task:
+    """`n_train` + `n_test` distinct samples of a real-world task (disjoint by input), and `n_seeds` seeds from
+    train. Deterministic for a given `(name, seed)`."""
+    if name not in REAL_TASKS:
+        raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(REAL_TASKS)}")
+    description, sampler = REAL_TASKS[name]
+    rng = random.Random(f"real:{name}:{seed}")
+    seen, samples = set(), []
+    for _ in range(50 * (n_train + n_test) + 1000):
+        if len(samples) == n_train + n_test:
+            break
+        x, y = sampler(rng)
+        if x not in seen:
+            seen.add(x)
+            samples.append({"input": x, "target": y})
+    if len(samples) < n_train + n_test:
+        raise ValueError(f"task {name!r} produced only {len(samples)} distinct inputs")
+    train, test = samples[:n_train], samples[n_train:]
+    seeds = [dict(train[i]) for i in sorted(rng.sample(range(n_train), n_seeds))]
+    return Task(name, description, train, test, seeds)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--tasks", nargs="*", default=list(REAL_TASKS))
+    parser.add_argument("--n-train", type=int, default=250)
+    parser.add_argument("--n-test", type=int, default=300)
+    args = parser.parse_args(argv)
+    for name in args.tasks:
+        folder = write_task(make_real_task(name, n_train=args.n_train, n_test=args.n_test), f"{args.out}/{name}")
+        print(folder)
+
+
+if __name__ == "__main__":
+    main()
