@@ -1,6 +1,7 @@
 """The `peft-transfer` command.
 
-    peft-transfer demo                               # the built-in task on two tiny local model families
+    peft-transfer demo                               # SmolLM2-135M -> Gemma-3-270M on three-digit addition
+    peft-transfer demo-tiny                          # the one-minute smoke run on two tiny local model families
     peft-transfer run --config recipes/demo.yaml     # any recipe; flags override the YAML
     peft-transfer run --config recipe.yaml --output_dir runs/x --num_samples 500
 
@@ -15,7 +16,7 @@ import sys
 
 from .config import TransferConfig
 
-COMMANDS = ("run", "demo")
+COMMANDS = ("run", "demo", "demo-tiny")
 
 
 def make_parser(**defaults):
@@ -33,16 +34,37 @@ def parse_config(args: list[str] | None = None, **defaults) -> TransferConfig:
     return config
 
 
+def quiet_libraries() -> None:
+    """The output of a tool: our one line per stage and the progress bars, not the libraries' logs and warnings."""
+    import warnings
+
+    import datasets
+    import transformers
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    ours = logging.getLogger("peft_transfer")
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    ours.addHandler(handler)
+    ours.setLevel(logging.INFO)
+    ours.propagate = False
+    transformers.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from . import demos
     from .pipeline import run_transfer
-    from .testing import DEMO_SETTINGS
 
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv.pop(0) if argv and argv[0] in COMMANDS else "run"
     if argv[:1] in (["-h"], ["--help"]) and command == "run" and not argv[1:]:
         print(__doc__)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = parse_config(argv, **(DEMO_SETTINGS if command == "demo" else {}))
+    quiet_libraries()
+    defaults = {"demo": demos.REAL_DEMO_SETTINGS, "demo-tiny": demos.tiny_demo_settings()}.get(command, {})
+    config = parse_config(argv, **defaults)
     run_transfer(config)
     return 0
 

@@ -76,7 +76,8 @@ def format_report(report: dict) -> str:
         lines.append("Time per stage")
         for name, info in stages.items():
             note = " (resumed: done earlier)" if info.get("skipped") else ""
-            lines.append(f"  {name:<20}{info.get('seconds', 0):>8.1f} s{note}")
+            rss = f"   peak RSS {info['peak_rss_gb']:.1f} GB" if info.get("peak_rss_gb") is not None else ""
+            lines.append(f"  {name:<20}{info.get('seconds', 0):>8.1f} s{rss}{note}")
         lines.append(f"  {'total':<20}{sum(i.get('seconds', 0) for i in stages.values()):>8.1f} s")
     return "\n".join(lines)
 

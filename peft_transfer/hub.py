@@ -232,14 +232,22 @@ def adapter_card(
             value = evaluation.get(key)
             if value is not None and not 0.0 <= float(value) <= 1.0:
                 raise ValueError(f"evaluation[{key!r}] = {value!r}: accuracies are fractions in [0, 1].")
+    from .sources import notices, packaged_model
+
     target = lineage["target_model"]
     peft_type = lineage.get("peft_type")
+    packaged_target = packaged_model(target)
     data = ModelCardData(
         library_name="peft",
         pipeline_tag="text-generation",
         tags=TAGS + ([_type_tag(peft_type)] if peft_type else []),
         **({"base_model": target} if _is_repo_id(target) else {}),
+        # An adapter of a packaged base is used with that base: its licence is the one the user must follow.
+        **({"license": packaged_target.license} if packaged_target else {}),
     )
+    models = [lineage.get("source_model"), target] + [h.get(k) for h in lineage.get("chain") or []
+                                                     for k in ("source_model", "target_model")]
+    model_notices = notices(dict.fromkeys(m for m in models if m))
 
     lines = [f"# {repo_id.split('/')[-1] if repo_id else 'Transferred PEFT adapter'}", ""]
     task = lineage.get("task_name")
@@ -266,6 +274,9 @@ def adapter_card(
         rows = [("source base + source adapter", "source_adapter"), ("target base, no adapter", "target_base"),
                 ("target base + this adapter (transferred)", "transferred")]  # fmt: skip
         lines += [f"| {name} | {_pct(evaluation[key])} |" for name, key in rows if evaluation.get(key) is not None]
+    if model_notices:
+        lines += ["", "## Licence notices of the base models", ""]
+        lines += [f"- `{ref}`: {text}" for ref, text in model_notices.items()]
     lines += ["", "## How to load", "", *_load_snippet(target, repo_id or "<this repo id>", lineage)]
     body = _section("\n".join(lines) + "\n\n## Citation\n\n```bibtex\n" + CITATION + "\n```\n")
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")

@@ -362,14 +362,22 @@ def embed_texts(
         raise ValueError(f"`batch_size` and `max_length` must be positive, got {batch_size} and {max_length}.")
 
     if sentence_model is not None:
+        from .hub import resolve_pretrained
+
+        folder = resolve_pretrained(sentence_model)  # a path, a Hub id, or `packaged:all-minilm-l6-v2`
         try:
             from sentence_transformers import SentenceTransformer
-        except ImportError as error:
-            raise ImportError(
-                "`embed_texts(sentence_model=...)` needs sentence-transformers: `pip install sentence-transformers`,"
-                " or pass `model=` and `tokenizer=` to embed with a causal LM instead."
-            ) from error
-        encoder = SentenceTransformer(sentence_model)
+        except ImportError:
+            # Without sentence-transformers: its mean-pooling + L2-normalise recipe on the plain encoder, which is
+            # what all-MiniLM-L6-v2 and the other mean-pooled sentence embedders are.
+            from transformers import AutoModel, AutoTokenizer
+
+            encoder = AutoModel.from_pretrained(folder, use_safetensors=True, dtype=torch.float32)
+            pooled = embed_texts(texts, model=encoder, tokenizer=AutoTokenizer.from_pretrained(folder),
+                                 batch_size=batch_size, max_length=max_length)
+            norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+            return (pooled / np.maximum(norms, 1e-12)).astype(np.float32)
+        encoder = SentenceTransformer(folder)
         embeddings = encoder.encode(texts, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
         return np.asarray(embeddings, dtype=np.float32)
 

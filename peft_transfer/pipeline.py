@@ -100,7 +100,7 @@ class Transfer:
         final, tmp = self.config.path(name), self.config.path(f"{name}.incomplete")
         wait_for_everyone()  # every process sees the same folders before deciding
         if os.path.isdir(final) and not self.config.overwrite:
-            logger.info("stage %s: done earlier, skipped (overwrite=True redoes it)", name)
+            logger.info("  %-15s done earlier, kept (overwrite=True redoes it)", name)
             self.timings[name] = {**self._read_stage_info(final), "skipped": True}
             return
         if is_main_process():
@@ -109,24 +109,44 @@ class Transfer:
                     shutil.rmtree(path)
             os.makedirs(tmp)
         wait_for_everyone()
-        logger.info("stage %s: running", name)
+        logger.info("▸ %s ...", name)
+        _reset_peak_rss()
         start = time.perf_counter()
         fn(tmp)
         seconds = time.perf_counter() - start
+        info = {"seconds": seconds, "peak_rss_gb": _peak_rss_gb()}
         wait_for_everyone()
         if is_main_process():
-            write_json(os.path.join(tmp, "stage.json"), {"stage": name, "seconds": seconds})
+            write_json(os.path.join(tmp, "stage.json"), {"stage": name, **info})
             os.replace(tmp, final)
         wait_for_everyone()
-        self.timings[name] = {"seconds": seconds}
+        self.timings[name] = info
         _free_memory()
+        rss = f"peak RSS {info['peak_rss_gb']:.1f} GB" if info["peak_rss_gb"] is not None else ""
+        logger.info("✓ %-15s %7.1f s  %-17s %s", name, seconds, rss, self._stage_summary(name))
+
+    def _stage_summary(self, name: str) -> str:
+        """One phrase on what a finished stage made, for its line in the output."""
+        cfg = self.config
+        if name == "synthesis":
+            stats = _read_json(cfg.path("synthesis", "stats.json"))
+            return (f"accepted {stats.get('accepted', 0)} of {stats.get('candidates', 0)} candidates "
+                    f"({stats.get('acceptance_rate', 0):.0%})")
+        if name == "discriminator":
+            metrics = _read_json(cfg.path("discriminator", "metrics.json"))
+            return f"held-out ROC-AUC {metrics.get('roc_auc', float('nan')):.3f}"
+        if name == "evaluation":
+            ev = _read_json(cfg.path("evaluation", "evaluation.json"))
+            return ", ".join(f"{k} {v:.1%}" for k, v in ev.items() if k != "num_samples")
+        return ""
 
     @staticmethod
     def _read_stage_info(folder: str) -> dict:
         path = os.path.join(folder, "stage.json")
         if os.path.exists(path):
             with open(path) as f:
-                return {"seconds": json.load(f).get("seconds", 0.0)}
+                info = json.load(f)
+            return {"seconds": info.get("seconds", 0.0), "peak_rss_gb": info.get("peak_rss_gb")}
         return {"seconds": 0.0}
 
     # -- inputs ----------------------------------------------------------------------------------------------------
@@ -632,6 +652,27 @@ def _strip_adapters(model):
     model.config.use_cache = True
     model.eval()
     return model
+
+
+def _reset_peak_rss() -> None:
+    """Start a new peak-RSS window for this process (Linux: writing 5 to clear_refs resets VmHWM)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _peak_rss_gb() -> float | None:
+    """This process's peak resident memory since the last `_reset_peak_rss`, in GB (None where unknown)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) * 1024 / 1e9, 2)
+    except OSError:
+        pass
+    return None
 
 
 def _free_memory():

@@ -354,3 +354,11 @@ def _write_json(path: Path, data: dict) -> None:
     with open(tmp, "w") as f:
         json.dump(data, f, indent=2)
     os.replace(tmp, path)
+
+
+if __name__ == "__main__":  # `python -m peft_transfer.sources packaged:gemma-3-270m ...`: convert now, print folders
+    import sys
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for arg in sys.argv[1:]:
+        print(f"{arg}: {resolve_source(arg)}")

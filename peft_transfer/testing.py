@@ -23,7 +23,7 @@ import torch
 DEMO_TASK = "sort_letters"  # a family of `peft_transfer.tasks`
 DEMO_MODELS = os.path.join(os.path.dirname(__file__), "demo_models")  # committed, pretrained bases (if present)
 
-# What `peft-transfer demo` runs; recipes/demo.yaml holds the same values (a test checks they agree).
+# What `peft-transfer demo-tiny` runs; recipes/demo-tiny.yaml holds the same values (a test checks they agree).
 DEMO_SETTINGS = dict(
     demo=True,
     output_dir="runs/demo",
