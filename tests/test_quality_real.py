@@ -1,0 +1,79 @@
+"""benchmarks/quality_real.py and benchmarks/real_tasks.py: the tasks, the Wilson interval, and the tables and claims
+on hand-made rows (the real-model run itself takes hours and is not a test)."""
+
+import re
+
+import pytest
+
+from benchmarks import quality_real
+from benchmarks.real_tasks import REAL_TASKS, make_real_task
+
+
+@pytest.mark.parametrize("name", list(REAL_TASKS))
+def test_tasks_are_disjoint_deterministic_and_answerable(name):
+    task = make_real_task(name, n_train=50, n_test=30, seed=0)
+    again = make_real_task(name, n_train=50, n_test=30, seed=0)
+    assert task.train == again.train and task.seeds == again.seeds
+    assert not {s["input"] for s in task.train} & {s["input"] for s in task.test}
+    assert len(task.seeds) == 5 and all(s in task.train for s in task.seeds)
+    assert all(s["target"] and "\n" not in s["input"] + s["target"] for s in task.train + task.test)
+
+
+def test_task_answers_are_right():
+    for s in make_real_task("addition", n_train=20, n_test=0).train:
+        a, b = map(int, re.fullmatch(r"What is (\d{3}) \+ (\d{3})\?", s["input"]).groups())
+        assert s["target"] == str(a + b)
+    for s in make_real_task("word_sorting", n_train=20, n_test=0).train:
+        words = s["input"].split("List: ")[1].split()
+        assert s["target"].split() == sorted(words) and len(set(words)) == len(words)
+    from benchmarks.real_tasks import _CATEGORIES, _PLURAL
+
+    counts = {"a": 1, "an": 1, "two": 2, "three": 3}
+    category = {form: c for c, names in _CATEGORIES.items() for n in names for form in (n, _PLURAL.get(n, n + "s"))}
+    for s in make_real_task("object_counting", n_train=40, n_test=0).train:
+        asked = re.search(r"How many (.+) do I have\?", s["input"]).group(1)
+        items = re.sub(r"^I have |\. How many.*$", "", s["input"]).replace(", and ", ", ").split(", ")
+        parsed = [(counts[i.split(" ", 1)[0]], category[i.split(" ", 1)[1]]) for i in items]
+        assert s["target"] == str(sum(n for n, c in parsed if c == asked))
+
+
+def test_wilson_interval():
+    lo, hi = quality_real.wilson(0.5, 100)
+    assert lo == pytest.approx(0.4038, abs=1e-3) and hi == pytest.approx(0.5962, abs=1e-3)
+    assert quality_real.wilson(0.0, 300)[0] == 0.0 and quality_real.wilson(0.0, 300)[1] > 0
+    assert quality_real.wilson(None, 10) is None
+
+
+def _rows(values, pair="smollm2-gemma3", tasks=("t1", "t2")):
+    rows = []
+    for task in tasks:
+        for setting in quality_real.ABLATIONS:
+            rows.append({"task": task, "row": f"{setting}-{pair}", "pair": pair, "setting": setting,
+                         "transferred": values.get(setting, 0.3), "source_adapter": 0.5, "target_base": 0.1,
+                         "num_eval": 300, "mmd_accepted": 0.01, "mmd_unfiltered": 0.02})
+    return rows
+
+
+def test_tables_and_claims_on_hand_made_rows(tmp_path):
+    good = _rows({"translora": 0.6, "unfiltered": 0.4, "seeds-only": 0.3, "random-text": 0.2})
+    t = quality_real.tables(good)
+    cell = t["table1"]["smollm2-gemma3"]["per_task"]["t1"]
+    assert (cell["source_lora"], cell["target_base"], cell["translora"], cell["num_test"]) == (0.5, 0.1, 0.6, 300)
+    assert cell["ci95"]["translora"][0] < 0.6 < cell["ci95"]["translora"][1]
+    c = quality_real.claims(t)
+    assert c["a_translora_ge_max_source_target_on_average"]["smollm2-gemma3"]["holds"] is True
+    assert c["c_filtered_above_ablations"]["smollm2-gemma3"]["holds"] is True
+    assert c["d_mmd_accepted_below_unfiltered_every_task"]["smollm2-gemma3"]["holds"] is True
+
+    bad = _rows({"translora": 0.45, "unfiltered": 0.5})
+    c = quality_real.claims(quality_real.tables(bad))
+    assert c["a_translora_ge_max_source_target_on_average"]["smollm2-gemma3"]["holds"] is False
+    assert c["b_translora_ge_source_minus_2_points_every_task"]["smollm2-gemma3"]["worst_gap"] == pytest.approx(-0.05)
+    assert c["c_filtered_above_ablations"]["smollm2-gemma3"]["holds"] is False
+
+    failed = good[:1] + [dict(r, transferred=None, error="SynthesisError: budget") for r in good[1:2]] + good[2:]
+    result = quality_real.write_outputs(str(tmp_path), failed, {"settings": quality_real.SETTINGS})
+    assert (tmp_path / "results.json").exists() and (tmp_path / "fig3_scatter.png").exists()
+    text = (tmp_path / "results.md").read_text()
+    assert "SynthesisError: budget" in text and "## Table 9" in text
+    assert result["tables"]["table1"]["smollm2-gemma3"]["per_task"]["t1"]["source_lora"] == 0.5
