@@ -49,6 +49,7 @@ def quiet_libraries() -> None:
     ours.setLevel(logging.INFO)
     ours.propagate = False
     transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars; the stages keep theirs
     datasets.disable_progress_bars()
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning)

@@ -85,6 +85,9 @@ def score(model, tokenizer, texts: list[str], task_name: str, *, batch_size: int
     """
     if not texts:
         return np.zeros(0, dtype=np.float32)
+    from .modeling import contiguous_head_input
+
+    contiguous_head_input(model)  # logits_to_keep=1 slices the hidden states (see there)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

@@ -44,6 +44,9 @@ def generate(
             f"The tokenizer of {getattr(model, 'name_or_path', 'the model')!r} has no pad token, which batched "
             "generation needs: set `tokenizer.pad_token = tokenizer.eos_token` (or add a pad token) before the transfer."
         )
+    from .modeling import contiguous_head_input
+
+    contiguous_head_input(model)  # models not loaded by `load_base` (a callback's, a user's)
     was_training = model.training
     model.eval()
     old_side = tokenizer.padding_side

@@ -142,3 +142,18 @@ def test_dtype_auto_on_this_machine(tiny_world):
 
     expected = torch.bfloat16 if cpu_has_bf16() else torch.float32
     assert load_base(tiny_world["source_model"], device="cpu").dtype == expected
+
+
+def test_contiguous_head_input_keeps_the_logits_and_is_registered_once(tiny_world):
+    from transformers import AutoModelForCausalLM
+
+    from peft_transfer.modeling import contiguous_head_input
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_world["target_model"], dtype=torch.float32).eval()
+    ids = torch.randint(5, 100, (3, 9))
+    with torch.no_grad():
+        before = model(input_ids=ids, logits_to_keep=1).logits
+        contiguous_head_input(contiguous_head_input(model))
+        after = model(input_ids=ids, logits_to_keep=1).logits
+    assert torch.equal(before, after)
+    assert len(model.get_output_embeddings()._forward_pre_hooks) == 1
