@@ -484,6 +484,31 @@ def _verdict(h) -> str:
     return {True: "**holds**", False: "**fails**", None: "n/a"}[h]
 
 
+def table9_lines(table9: dict, title: str) -> list[str]:
+    """Table 9 as Markdown lines: `{pair: {task: {"accepted", "unfiltered", "acceptance_rate"}}}`."""
+    lines = ["", title, "", "| task | pair | accepted | unfiltered | acceptance rate |", "|---|---|---|---|---|"]
+    fmt = lambda x: "—" if x is None else f"{x:.4f}"  # noqa: E731
+    for pair, per_task in table9.items():
+        for task, v in per_task.items():
+            lines.append(f"| {task} | {pair} | {fmt(v['accepted'])} | {fmt(v['unfiltered'])} | "
+                         f"{_pct(v['acceptance_rate'])} |")
+    return lines
+
+
+def claims_ab_lines(c: dict, num_tasks: int) -> list[str]:
+    """Claims (a) and (b), per pair, as Markdown lines."""
+    lines = []
+    for pair, v in c["a_translora_ge_max_source_target_on_average"].items():
+        lines.append(f"- (a) {pair}: Trans-LoRA {_pct(v['translora'])} >= max(source+LoRA {_pct(v['source_lora'])}, "
+                     f"target base {_pct(v['target_base'])}) on average over the {v['tasks_averaged']} of "
+                     f"{num_tasks} tasks with all three numbers: {_verdict(v['holds'])}")
+    for pair, v in c["b_translora_ge_source_minus_2_points_every_task"].items():
+        worst = None if v["worst_gap"] is None else f"{100 * v['worst_gap']:+.1f}"
+        lines.append(f"- (b) {pair}: Trans-LoRA >= source+LoRA - 2 points on every task (worst gap {worst} points): "
+                     f"{_verdict(v['holds'])}")
+    return lines
+
+
 def markdown(result: dict) -> str:
     t, c, meta = result["tables"], result["claims"], result["meta"]
     lines = [f"# Trans-LoRA quality benchmark — size `{meta['size']}`", "",
@@ -508,22 +533,8 @@ def markdown(result: dict) -> str:
         for name, v in t[key].items():
             lines.append(f"| {name} | " + " | ".join(_pct(v["per_task"][task]) for task in t["tasks"]) +
                          f" | {_pct(v['average'])} |")
-    lines += ["", "## Table 9: MMD² to real inputs, accepted vs unfiltered candidates", "",
-              "| task | pair | accepted | unfiltered | acceptance rate |", "|---|---|---|---|---|"]
-    for pair, per_task in t["table9"].items():
-        for task, v in per_task.items():
-            fmt = lambda x: "—" if x is None else f"{x:.4f}"  # noqa: E731
-            lines.append(f"| {task} | {pair} | {fmt(v['accepted'])} | {fmt(v['unfiltered'])} | "
-                         f"{_pct(v['acceptance_rate'])} |")
-    lines += ["", "## Claims", ""]
-    for pair, v in c["a_translora_ge_max_source_target_on_average"].items():
-        lines.append(f"- (a) {pair}: Trans-LoRA {_pct(v['translora'])} >= max(source+LoRA {_pct(v['source_lora'])}, "
-                     f"target base {_pct(v['target_base'])}) on average over the {v['tasks_averaged']} of "
-                     f"{len(t['tasks'])} tasks with all three numbers: {_verdict(v['holds'])}")
-    for pair, v in c["b_translora_ge_source_minus_2_points_every_task"].items():
-        worst = None if v["worst_gap"] is None else f"{100 * v['worst_gap']:+.1f}"
-        lines.append(f"- (b) {pair}: Trans-LoRA >= source+LoRA - 2 points on every task (worst gap {worst} points): "
-                     f"{_verdict(v['holds'])}")
+    lines += table9_lines(t["table9"], "## Table 9: MMD² to real inputs, accepted vs unfiltered candidates")
+    lines += ["", "## Claims", ""] + claims_ab_lines(c, len(t["tasks"]))
     v = c["c_filtered_above_ablations"]
     lines.append(f"- (c) filtered above unfiltered, seeds only and random text on average: {_verdict(v['holds'])}; "
                  f"the paper's order {' > '.join(v['paper_order'])}: {_verdict(v['paper_order_holds'])} "

@@ -44,7 +44,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
-from benchmarks.quality import _mean, _on_every_task, _pct, _prepare, _verdict, _versions, random_text  # noqa: E402
+from benchmarks.quality import (  # noqa: E402
+    _mean, _on_every_task, _pct, _prepare, _verdict, _versions, claims_ab_lines, random_text, table9_lines,
+)
 
 MODELS = {
     "smollm2": "packaged:smollm2-135m-instruct",
@@ -265,22 +267,8 @@ def markdown(result: dict) -> str:
         for name, v in settings.items():
             lines.append(f"| {name} | " + " | ".join(_pct(v["per_task"][k]) for k in t["tasks"]) +
                          f" | {_pct(v['average'])} |")
-    lines += ["", "## Table 9: MMD² to real inputs (all-MiniLM-L6-v2), accepted vs unfiltered candidates", "",
-              "| task | pair | accepted | unfiltered | acceptance rate |", "|---|---|---|---|---|"]
-    fmt = lambda x: "—" if x is None else f"{x:.4f}"  # noqa: E731
-    for pair, per_task in t["table9"].items():
-        for task, v in per_task.items():
-            lines.append(f"| {task} | {pair} | {fmt(v['accepted'])} | {fmt(v['unfiltered'])} | "
-                         f"{_pct(v['acceptance_rate'])} |")
-    lines += ["", "## Claims", ""]
-    for pair, v in c["a_translora_ge_max_source_target_on_average"].items():
-        lines.append(f"- (a) {pair}: Trans-LoRA {_pct(v['translora'])} >= max(source+LoRA {_pct(v['source_lora'])}, "
-                     f"target base {_pct(v['target_base'])}) on average ({v['tasks_averaged']} tasks): "
-                     f"{_verdict(v['holds'])}")
-    for pair, v in c["b_translora_ge_source_minus_2_points_every_task"].items():
-        worst = None if v["worst_gap"] is None else f"{100 * v['worst_gap']:+.1f}"
-        lines.append(f"- (b) {pair}: Trans-LoRA >= source+LoRA - 2 points on every task (worst gap {worst}): "
-                     f"{_verdict(v['holds'])}")
+    lines += table9_lines(t["table9"], "## Table 9: MMD² to real inputs (all-MiniLM-L6-v2), accepted vs unfiltered")
+    lines += ["", "## Claims", ""] + claims_ab_lines(c, len(t["tasks"]))
     for pair, v in c["c_filtered_above_ablations"].items():
         lines.append(f"- (c) {pair}: filtered above unfiltered, seeds only and random text on average: "
                      f"{_verdict(v['holds'])} (" + ", ".join(f"{k} {_pct(x)}" for k, x in v["averages"].items()) + ")")

@@ -31,9 +31,9 @@ REAL_DEMO_SETTINGS = dict(
     max_candidate_tokens=32,  # Gemma spells numbers digit by digit
     label_max_new_tokens=8,
     embedding_model="packaged:all-minilm-l6-v2",
-    # Distillation: LoRA r=8 on q/v (the paper's shape) at a learning rate a few hundred steps can use.
+    # Distillation: the paper's LoRA (r=8 on q/v) and 20 epochs, at a learning rate a 270M base can use in 320 steps
+    # (2e-5 barely moves it; measured here on the same labels: 22.7% after 6 epochs, 34.3% after 15).
     learning_rate=2e-3,
-    num_train_epochs=6,
     per_device_train_batch_size=16,
     max_eval_samples=300,
     logging_steps=1000,
