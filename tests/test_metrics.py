@@ -310,13 +310,17 @@ def test_embed_texts_with_a_peft_model(tiny_lm, adapter):
         peft_model.unload() if adapter == "lora" else None
 
 
-def test_embed_texts_needs_a_model_or_sentence_transformers(tiny_lm, monkeypatch):
+def test_embed_texts_needs_a_model_or_a_reachable_sentence_model(tiny_lm, monkeypatch):
+    from peft_transfer.hub import HubError
+
     with pytest.raises(ValueError, match="sentence_model"):
         embed_texts(["a text"])
     with pytest.raises(ValueError, match="empty"):
         embed_texts([], model=tiny_lm[0], tokenizer=tiny_lm[1])
+    # Without sentence-transformers the plain encoder is used (tests/test_real_models.py embeds with MiniLM so);
+    # a sentence model that is neither local nor reachable is a clear error before any import is tried.
     monkeypatch.setitem(sys.modules, "sentence_transformers", None)  # import now fails, as when not installed
-    with pytest.raises(ImportError, match="pip install sentence-transformers"):
+    with pytest.raises(HubError, match="Could not reach the Hub"):
         embed_texts(["a text"], sentence_model="sentence-transformers/all-MiniLM-L6-v2")
 
 
