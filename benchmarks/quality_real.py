@@ -280,8 +280,9 @@ def markdown(result: dict) -> str:
         lines += ["", "## Failed rows", ""] + [f"- {r['task']} / {r['row']}: {r['error']}" for r in failed]
     lines += ["", "## Rows run", "", "| task | row | seconds | accepted / candidates |", "|---|---|---|---|"]
     for r in result["rows"]:
-        lines.append(f"| {r['task']} | {r['row']} | {r.get('seconds', '—')} | "
-                     f"{r.get('num_accepted', '—')} / {r.get('num_candidates', '—')} |")
+        dash = lambda x: "—" if x is None else x  # noqa: E731
+        lines.append(f"| {r['task']} | {r['row']} | {dash(r.get('seconds'))} | "
+                     f"{dash(r.get('num_accepted'))} / {dash(r.get('num_candidates'))} |")
     return "\n".join(lines) + "\n"
 
 
