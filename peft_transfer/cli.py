@@ -43,9 +43,10 @@ def quiet_libraries() -> None:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     ours = logging.getLogger("peft_transfer")
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    ours.addHandler(handler)
+    if not ours.handlers:  # main() may run several times in one process (tests, notebooks)
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        ours.addHandler(handler)
     ours.setLevel(logging.INFO)
     ours.propagate = False
     transformers.logging.set_verbosity_error()

@@ -99,8 +99,10 @@ class Transfer:
         touches the folders; every process runs `fn`, which writes only on the main process)."""
         final, tmp = self.config.path(name), self.config.path(f"{name}.incomplete")
         wait_for_everyone()  # every process sees the same folders before deciding
+        main = is_main_process()  # one line per stage, not one per process
         if os.path.isdir(final) and not self.config.overwrite:
-            logger.info("  %-15s done earlier, kept (overwrite=True redoes it)", name)
+            if main:
+                logger.info("  %-15s done earlier, kept (overwrite=True redoes it)", name)
             self.timings[name] = {**self._read_stage_info(final), "skipped": True}
             return
         if is_main_process():
@@ -109,7 +111,8 @@ class Transfer:
                     shutil.rmtree(path)
             os.makedirs(tmp)
         wait_for_everyone()
-        logger.info("▸ %s ...", name)
+        if main:
+            logger.info("▸ %s ...", name)
         _reset_peak_rss()
         start = time.perf_counter()
         fn(tmp)
@@ -122,8 +125,9 @@ class Transfer:
         wait_for_everyone()
         self.timings[name] = info
         _free_memory()
-        rss = f"peak RSS {info['peak_rss_gb']:.1f} GB" if info["peak_rss_gb"] is not None else ""
-        logger.info("✓ %-15s %7.1f s  %-17s %s", name, seconds, rss, self._stage_summary(name))
+        if main:
+            rss = f"peak RSS {info['peak_rss_gb']:.1f} GB" if info["peak_rss_gb"] is not None else ""
+            logger.info("✓ %-15s %7.1f s  %-17s %s", name, seconds, rss, self._stage_summary(name))
 
     def _stage_summary(self, name: str) -> str:
         """One phrase on what a finished stage made, for its line in the output."""

@@ -7,10 +7,8 @@ Any `TransferConfig` field can be given as a flag and overrides the YAML. A run 
 `output_dir` resumes after its last finished stage; `--overwrite true` redoes everything.
 """
 
-import logging
-
 from peft_transfer import TransferConfig, run_transfer
-from peft_transfer.cli import make_parser
+from peft_transfer.cli import make_parser, quiet_libraries
 
 
 def main(config: TransferConfig):
@@ -18,6 +16,6 @@ def main(config: TransferConfig):
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_libraries()  # one line per stage and the progress bars, as `peft-transfer run` prints
     (config,) = make_parser().parse_args_and_config()
     main(config)
