@@ -239,3 +239,15 @@ def test_bases_stay_loaded_between_stages_without_changing_results(make_config, 
     assert reports[True]["labels"] == reports[False]["labels"]
     assert reports[True]["evaluation"] == reports[False]["evaluation"]
     assert reports[True]["synthesis"] == reports[False]["synthesis"]
+
+
+def test_each_stage_prints_one_line_with_its_time_and_peak_memory(make_config, run_dir, caplog):
+    import json
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="peft_transfer"):
+        _run(make_config(output_dir=str(run_dir), eval_file=None), stages=("synthesis",))
+    done = [r.getMessage() for r in caplog.records if r.getMessage().startswith("✓ synthesis")]
+    assert len(done) == 1 and "peak RSS" in done[0] and "accepted" in done[0]
+    info = json.loads((run_dir / "synthesis" / "stage.json").read_text())
+    assert info["seconds"] > 0 and info["peak_rss_gb"] > 0.05  # a process with torch loaded holds more than 50 MB
