@@ -46,6 +46,8 @@ def test_loads_with_the_portable_name(lm):
     assert model.name_or_path == ref  # what an adapter trained on it records as its base
     assert model.dtype == (torch.bfloat16 if cpu_has_bf16() else torch.float32)
     assert tokenizer.pad_token_id is not None
+    # The chat template travels through the conversion: the instruct models have one, the Gemma base has none.
+    assert bool(tokenizer.chat_template) == ("instruct" in ref)
     assert model.get_output_embeddings().weight.shape[0] >= len(tokenizer) - 1024
 
 

@@ -157,3 +157,15 @@ def test_contiguous_head_input_keeps_the_logits_and_is_registered_once(tiny_worl
         after = model(input_ids=ids, logits_to_keep=1).logits
     assert torch.equal(before, after)
     assert len(model.get_output_embeddings()._forward_pre_hooks) == 1
+
+
+def test_adapter_card_carries_the_licence_of_packaged_bases():
+    from peft_transfer.hub import adapter_card
+
+    card = adapter_card({"source_model": "packaged:smollm2-135m-instruct", "target_model": "packaged:gemma-3-270m",
+                         "task_name": "addition", "peft_type": "LORA"})
+    assert card.data.license == "gemma"
+    assert "Gemma is provided under and subject to the Gemma Terms of Use" in card.text
+    assert "packaged:smollm2-135m-instruct" in card.text and "Apache-2.0" in card.text
+    plain = adapter_card({"source_model": "org/a", "target_model": "org/b"})
+    assert plain.data.license is None and "Licence notices" not in plain.text
