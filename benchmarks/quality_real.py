@@ -202,9 +202,12 @@ def tables(rows: list[dict]) -> dict:
     table5 = {}
     for pair in pairs:
         table5[pair] = {}
-        for setting in ABLATIONS:
-            per_task = {t: get(t, f"{setting}-{pair}", "transferred") for t in tasks}
-            table5[pair][setting] = {"per_task": per_task, "average": _mean(per_task.values())}
+        per_setting = {s: {t: get(t, f"{s}-{pair}", "transferred") for t in tasks} for s in ABLATIONS}
+        # Averages over the tasks where every setting has a number, so that the settings compare like with like.
+        complete = [t for t in tasks if all(per_setting[s][t] is not None for s in ABLATIONS)]
+        for setting, per_task in per_setting.items():
+            table5[pair][setting] = {"per_task": per_task, "average": _mean(per_task[t] for t in complete),
+                                     "tasks_averaged": len(complete)}
     table9 = {pair: {t: {"accepted": get(t, f"translora-{pair}", "mmd_accepted"),
                          "unfiltered": get(t, f"translora-{pair}", "mmd_unfiltered"),
                          "acceptance_rate": get(t, f"translora-{pair}", "acceptance_rate")} for t in tasks}
@@ -266,7 +269,7 @@ def markdown(result: dict) -> str:
                   "|---|" + "---|" * (len(t["tasks"]) + 1)]
         for name, v in settings.items():
             lines.append(f"| {name} | " + " | ".join(_pct(v["per_task"][k]) for k in t["tasks"]) +
-                         f" | {_pct(v['average'])} |")
+                         f" | {_pct(v['average'])} ({v['tasks_averaged']} tasks with every setting) |")
     lines += table9_lines(t["table9"], "## Table 9: MMD² to real inputs (all-MiniLM-L6-v2), accepted vs unfiltered")
     lines += ["", "## Claims", ""] + claims_ab_lines(c, len(t["tasks"]))
     for pair, v in c["c_filtered_above_ablations"].items():

@@ -71,6 +71,13 @@ def test_tables_and_claims_on_hand_made_rows(tmp_path):
     assert c["b_translora_ge_source_minus_2_points_every_task"]["smollm2-gemma3"]["worst_gap"] == pytest.approx(-0.05)
     assert c["c_filtered_above_ablations"]["smollm2-gemma3"]["holds"] is False
 
+    # A task without the ablations does not enter the ablations' averages (like with like).
+    partial = good + [{"task": "t3", "row": "translora-smollm2-gemma3", "pair": "smollm2-gemma3",
+                       "setting": "translora", "transferred": 0.0, "source_adapter": 0.5, "target_base": 0.1,
+                       "num_eval": 300}]
+    t5 = quality_real.tables(partial)["table5"]["smollm2-gemma3"]
+    assert t5["translora"]["average"] == pytest.approx(0.6) and t5["translora"]["tasks_averaged"] == 2
+
     failed = good[:1] + [dict(r, transferred=None, error="SynthesisError: budget") for r in good[1:2]] + good[2:]
     result = quality_real.write_outputs(str(tmp_path), failed, {"settings": quality_real.SETTINGS})
     assert (tmp_path / "results.json").exists() and (tmp_path / "fig3_scatter.png").exists()
