@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] in (["-h"], ["--help"]) and command == "run" and not argv[1:]:
         print(__doc__)
     quiet_libraries()
-    defaults = {"demo": demos.REAL_DEMO_SETTINGS, "demo-tiny": demos.tiny_demo_settings()}.get(command, {})
+    defaults = {"demo": lambda: demos.REAL_DEMO_SETTINGS, "demo-tiny": demos.tiny_demo_settings}.get(
+        command, dict)()
     config = parse_config(argv, **defaults)
     run_transfer(config)
     return 0

@@ -87,7 +87,8 @@ class DistillationTrainer(SFTTrainer):
     ```
 
     With `kd_loss="sequence"` the teacher is not needed during training (its completions are the labels) and may
-    be left out. Token-level losses need it, and need the same vocabulary on both sides, id for id: this is checked
+    be left out; the loss is SFT's cross-entropy, computed like the token-level losses from the final hidden states
+    at the completion positions only (the output layer never sees the prompt). Token-level losses need the teacher, and need the same vocabulary on both sides, id for id: this is checked
     when the trainer is built.
 
     When teacher and student share the base weights, one model holds both adapters: pass a `PeftModel` that has the
