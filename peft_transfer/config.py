@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields
 
+from .errors import ConfigError
+
 PEFT_TYPES = ("lora", "dora", "prompt_tuning", "prefix_tuning", "ia3")
 LOSS_TYPES = ("sequence", "forward_kl", "reverse_kl", "jsd")
 FILTER_MODES = ("discriminator", "none")
@@ -266,7 +268,7 @@ class TransferConfig:
         if self.leak_threshold is not None and not 0.0 < self.leak_threshold <= 1.0:
             problems.append(f"leak_threshold must lie in (0, 1] or be None (got {self.leak_threshold}).")
         if problems:
-            raise ValueError("Invalid TransferConfig:\n- " + "\n- ".join(problems))
+            raise ConfigError("Invalid TransferConfig:\n- " + "\n- ".join(problems))
 
     # -- helpers ---------------------------------------------------------------------------------------------------
 

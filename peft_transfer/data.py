@@ -14,8 +14,10 @@ import random
 import re
 import unicodedata
 
+from .errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError):
     """A task, seed or evaluation file that cannot be used as it is."""
 
 

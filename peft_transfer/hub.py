@@ -39,6 +39,8 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import validate_repo_id
 
+from .errors import UserError
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -103,7 +105,7 @@ DATASET_KEYS = {
 }  # fmt: skip
 
 
-class HubError(ValueError):
+class HubError(UserError):
     """A Hub reference could not be resolved or pushed; the message names the problem and the fix."""
 
 

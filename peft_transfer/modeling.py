@@ -12,13 +12,14 @@ import os
 
 import torch
 
+from .errors import UserError
 from .hub import resolve_pretrained, split_revision
 from .sources import is_source_ref
 
 logger = logging.getLogger(__name__)
 
 
-class AdapterMismatchError(ValueError):
+class AdapterMismatchError(UserError):
     """An adapter trained on another base than the one it is applied to."""
 
 

@@ -30,6 +30,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import UserError
+
 logger = logging.getLogger(__name__)
 
 PACKAGED_PREFIX = "packaged:"
@@ -37,7 +39,7 @@ PACKAGED_PREFIX = "packaged:"
 _HUB_GGUF = re.compile(r"^(?P<repo>[\w.\-]+/[\w.\-]+(?:@[^:]+)?):(?P<selector>[\w.\-]+)$")
 
 
-class SourceError(ValueError):
+class SourceError(UserError):
     """A model source that cannot be used; the message names the problem and the fix."""
 
 

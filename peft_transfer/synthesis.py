@@ -20,12 +20,13 @@ import torch
 
 from .data import Deduplicator, generator_prompt, generator_stop_strings, parse_candidate, task_prompt
 from .discriminator import score
+from .errors import UserError
 from .distributed import is_main_process, map_across_processes, state
 from .generation import cut_answer, generate
 from .metrics import filter_leaks
 
 
-class SynthesisError(RuntimeError):
+class SynthesisError(UserError):
     """Generate-and-filter could not collect enough samples. `rows` and `stats` hold what was generated, scored and
     accepted until then (the progress file has the same on disk)."""
 
