@@ -5,33 +5,149 @@
     peft-transfer run --config recipes/demo.yaml     # any recipe; flags override the YAML
     peft-transfer run --config recipe.yaml --output_dir runs/x --num_samples 500
 
-Recipes are flat YAML files keyed by `TransferConfig` field names; unknown keys are refused. A run started again
-with the same `output_dir` resumes after its last finished stage.
+Recipes are flat YAML files keyed by `TransferConfig` field names; unknown keys are refused with the closest valid
+names. A run started again with the same `output_dir` resumes after its last finished stage. A mistake the user can
+fix ends the command with one line `error: <message>` and exit status 2; `--debug` (or `PEFT_TRANSFER_DEBUG=1`)
+shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from collections.abc import Callable
 
-from .config import TransferConfig
+from .config import TransferConfig, check_setting_names, read_recipe
+from .errors import ConfigError, UserError
 
 COMMANDS = ("run", "demo", "demo-tiny")
+USER_ERROR_STATUS = 2  # argparse's status for a bad command line, which this extends to bad files and settings
+INTERRUPTED_STATUS = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
 
 
 def make_parser(**defaults):
-    from trl import TrlParser
-
-    parser = TrlParser((TransferConfig,))
+    """A `TrlParser` for `TransferConfig` whose mistakes are `ConfigError`s (see `TransferParser`)."""
+    parser = _parser_class()((TransferConfig,))
     if defaults:
         parser.set_defaults(**defaults)
     return parser
+
+
+def _parser_class():
+    from trl import TrlParser
+
+    class TransferParser(TrlParser):
+        """`TrlParser` with unknown YAML keys and flags refused by name, with the closest valid names.
+
+        TRL (1.16) collects unknown YAML keys as `--key value` strings and raises a plain `ValueError` listing them
+        only after the dataclass is built (so `__post_init__` may complain first about something else), and
+        `HfArgumentParser` refuses unknown flags with "Some specified arguments are not used by the
+        HfArgumentParser"; argparse itself prints the whole usage (a hundred settings) and exits on a bad value.
+        Here each of those is one `ConfigError` that names the setting.
+        """
+
+        def parse_args_and_config(self, args=None, **kwargs):
+            args = list(sys.argv[1:] if args is None else args)
+            for i, arg in enumerate(args):  # TRL reads only `--config PATH`; accept `--config=PATH` too
+                if arg.startswith("--config="):
+                    args[i : i + 1] = ["--config", arg.split("=", 1)[1]]
+            if "--config" in args:
+                i = args.index("--config")
+                if i + 1 >= len(args):
+                    raise ConfigError("--config needs the path of a YAML recipe.")
+                recipe = read_recipe(args[i + 1])
+                # `env` is TRL's: environment variables to set.
+                check_setting_names([key for key in recipe if key != "env"], where=f"in {args[i + 1]}")
+                if not recipe:  # TRL refuses an empty file ("must contain a YAML mapping"); it sets nothing
+                    del args[i : i + 2]
+            return super().parse_args_and_config(args=args, **kwargs)
+
+        def parse_known_args(self, args=None, namespace=None):
+            namespace, remaining = super().parse_known_args(args=args, namespace=namespace)
+            flags = [arg.split("=", 1)[0] for arg in remaining if arg.startswith("-")]
+            if flags:
+                check_setting_names([flag.lstrip("-") for flag in flags], where="on the command line", prefix="--")
+            if remaining:
+                raise ConfigError(
+                    f"Unexpected argument {remaining[0]!r} on the command line: settings are given as "
+                    "`--name value` (`peft-transfer run --help` lists them)."
+                )
+            return namespace, remaining
+
+        def error(self, message):  # argparse would print the full usage and exit
+            raise ConfigError(f"{message} (`peft-transfer run --help` lists every setting).")
+
+    return TransferParser
 
 
 def parse_config(args: list[str] | None = None, **defaults) -> TransferConfig:
     """A `TransferConfig` from `--config recipe.yaml` and flags, the TRL way."""
     (config,) = make_parser(**defaults).parse_args_and_config(args=args)
     return config
+
+
+def debug_requested(argv: list[str]) -> tuple[list[str], bool]:
+    """`argv` without `--debug`, and whether tracebacks should be shown (`--debug` or `PEFT_TRANSFER_DEBUG=1`)."""
+    debug = "--debug" in argv or os.environ.get("PEFT_TRANSFER_DEBUG", "").lower() in ("1", "true", "yes")
+    return [arg for arg in argv if arg != "--debug"], debug
+
+
+def run_cli(run: Callable[[TransferConfig], object], argv: list[str] | None = None, *, debug: bool | None = None,
+            **defaults) -> int:
+    """Parse `argv` (default `sys.argv[1:]`) into a `TransferConfig` and call `run(config)`, ending as a tool does.
+
+    Returns the exit status: 0; 2 after a `UserError` (or a `ValueError` from parsing the settings), printed as one
+    line `error: <message>` without a traceback; 130 after Ctrl-C, with where the finished stages are. With `debug`
+    (default: `--debug` in `argv` or `PEFT_TRANSFER_DEBUG=1`) both are re-raised so that the traceback shows. Under
+    `accelerate launch` only the main process prints; every process returns the same status.
+    """
+    argv, asked = debug_requested(list(sys.argv[1:] if argv is None else argv))
+    debug = asked if debug is None else debug
+    config = None
+    try:
+        try:
+            config = parse_config(argv, **defaults)
+        except UserError:
+            raise
+        except ValueError as e:  # TRL's and HfArgumentParser's own refusals of a recipe or flag
+            raise ConfigError(str(e)) from e
+        run(config)
+        return 0
+    except UserError as e:
+        if debug:
+            raise
+        _say(f"error: {e}")
+        return USER_ERROR_STATUS
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        where = f" Finished stages are kept in {config.output_dir}; run the same command to resume." if config else ""
+        _say(f"Interrupted.{where}")
+        return INTERRUPTED_STATUS
+
+
+def _say(message: str) -> None:
+    """`message` as the last thing this process writes (stdout flushed first, so it cannot land after it)."""
+    if not _is_main_process():
+        return
+    sys.stdout.flush()
+    print(message, file=sys.stderr, flush=True)
+
+
+def _is_main_process() -> bool:
+    # `distributed.is_main_process()` builds accelerate's `PartialState`, which under `accelerate launch` with
+    # several processes calls `init_process_group`: a rendezvous with every rank, which could hang here when the
+    # error came before the ranks met (a bad recipe) or after some of them died. Ask it only once the group exists.
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        from .distributed import is_main_process
+
+        return is_main_process()
+    from accelerate.utils import get_cpu_distributed_information
+
+    return get_cpu_distributed_information().rank == 0  # RANK (torchrun) or the MPI ranks, as accelerate reads them
 
 
 def quiet_libraries() -> None:
@@ -57,19 +173,16 @@ def quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from . import demos
-    from .pipeline import run_transfer
+    from . import demos, pipeline
 
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv, debug = debug_requested(list(sys.argv[1:] if argv is None else argv))
     command = argv.pop(0) if argv and argv[0] in COMMANDS else "run"
     if argv[:1] in (["-h"], ["--help"]) and command == "run" and not argv[1:]:
         print(__doc__)
     quiet_libraries()
     defaults = {"demo": lambda: demos.REAL_DEMO_SETTINGS, "demo-tiny": demos.tiny_demo_settings}.get(
         command, dict)()
-    config = parse_config(argv, **defaults)
-    run_transfer(config)
-    return 0
+    return run_cli(lambda config: pipeline.run_transfer(config), argv, debug=debug, **defaults)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ LoRA r=8 / alpha=8 on q_proj and v_proj, 5 seeds, N = 250 accepted samples, marg
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field, fields
 
 from .errors import ConfigError
@@ -195,7 +194,15 @@ class TransferConfig:
 
     # Run
     output_dir: str = field(default="runs/transfer", metadata={"help": "Run directory: every stage's artifacts."})
-    overwrite: bool = field(default=False, metadata={"help": "Redo finished stages instead of resuming."})
+    overwrite: bool = field(
+        default=False,
+        metadata={"help": "Redo every stage (the synthesis progress file included) instead of resuming or reusing."},
+    )
+    save_steps: float = field(
+        default=0.1,
+        metadata={"help": "Checkpoint each training every N optimizer steps (below 1: that fraction of its steps), so "
+                          "that a killed run resumes mid-training; 0: no checkpoints."},
+    )
     seed: int = field(default=42, metadata={"help": "Seed of every random choice."})
     demo: bool = field(
         default=False,
@@ -265,6 +272,8 @@ class TransferConfig:
                     "run; with `discriminator_adapter` given, set `filter_margin` instead (see "
                     "peft_transfer.metrics.calibrate_margin)."
                 )
+        if self.save_steps < 0:
+            problems.append(f"save_steps must be 0 (off) or positive (got {self.save_steps}).")
         if self.leak_threshold is not None and not 0.0 < self.leak_threshold <= 1.0:
             problems.append(f"leak_threshold must lie in (0, 1] or be None (got {self.leak_threshold}).")
         if problems:
@@ -287,20 +296,57 @@ class TransferConfig:
     def discriminator_base(self) -> str:
         return self.discriminator_model or self.source_model
 
-    def path(self, *parts: str) -> str:
-        """A path inside the run directory."""
-        return os.path.join(self.output_dir, *parts)
-
     @classmethod
     def from_yaml(cls, path: str, **overrides) -> "TransferConfig":
-        """Read a flat YAML recipe (unknown keys refused), with keyword overrides."""
-        import yaml
-
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
+        """Read a flat YAML recipe (unknown keys refused, with the closest valid names), with keyword overrides."""
+        data = read_recipe(path)
         data.update(overrides)
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"Unknown settings in {path}: {unknown}. Check the spelling against TransferConfig.")
+        check_setting_names(data, where=f"in {path}")
         return cls(**data)
+
+
+SETTING_NAMES = tuple(f.name for f in fields(TransferConfig))
+
+
+def check_setting_names(names, *, where: str, prefix: str = "") -> None:
+    """Refuse names that are not `TransferConfig` fields, suggesting the closest valid ones.
+
+    Raises:
+        `ConfigError`: one line per unknown name, e.g. "Unknown setting 'num_sampels' in recipe.yaml: did you mean
+        'num_samples'?"; `prefix` ("--" for flags) is put before both names.
+    """
+    import difflib
+
+    lines = []
+    for name in names:
+        if name in SETTING_NAMES:
+            continue
+        close = difflib.get_close_matches(str(name), SETTING_NAMES, n=1)
+        hint = f"did you mean {prefix + close[0]!r}?" if close else "`peft-transfer run --help` lists every setting."
+        lines.append(f"Unknown setting {prefix + str(name)!r} {where}: {hint}")
+    if lines:
+        raise ConfigError("\n".join(lines))
+
+
+def read_recipe(path: str) -> dict:
+    """The mapping in a YAML recipe, or a `ConfigError` that names the file and the problem."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"The recipe {path!r} does not exist: give the path of a YAML file.") from None
+    except IsADirectoryError:
+        raise ConfigError(f"The recipe {path!r} is a directory: give the path of a YAML file.") from None
+    except PermissionError:
+        raise ConfigError(f"The recipe {path!r} cannot be read (permission denied): check its permissions.") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"The recipe {path!r} is not UTF-8 text (byte {e.start}): save it as UTF-8.") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"The recipe {path!r} is not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"The recipe {path!r} must be a YAML mapping of settings (`name: value` per line).")
+    return data

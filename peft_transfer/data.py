@@ -25,12 +25,10 @@ def load_examples(path: str, *, require_target: bool = False, what: str = "task 
     """Read a JSONL file of `{"input": ..., "target": ...}` rows (a `.json` list of such rows works too).
 
     Raises:
-        `DataError`: naming the file, the line and the fix when the file is missing, empty or malformed.
+        `DataError`: naming the file, the line and the fix when the file is missing, a directory, unreadable, not
+        UTF-8, empty or malformed.
     """
-    if not path or not os.path.isfile(path):
-        raise DataError(f"The {what} {path!r} does not exist: give the path of a JSONL file with one JSON object per line.")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    text = _read_text(path, what)
     rows = []
     if path.endswith(".json") and text.lstrip().startswith("["):
         try:
@@ -60,6 +58,31 @@ def load_examples(path: str, *, require_target: bool = False, what: str = "task 
     if not examples:
         raise DataError(f"The {what} {path!r} holds no examples.")
     return examples
+
+
+def _read_text(path: str, what: str) -> str:
+    """The text of a UTF-8 file (a leading byte-order mark is dropped), or a `DataError` that says what to fix."""
+    if path and os.path.isdir(path):
+        raise DataError(f"The {what} {path!r} is a directory: give the path of a JSONL file with one JSON object per line.")
+    if not path or not os.path.isfile(path):
+        raise DataError(f"The {what} {path!r} does not exist: give the path of a JSONL file with one JSON object per line.")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except PermissionError:
+        raise DataError(f"The {what} {path!r} cannot be read (permission denied): check its permissions.") from None
+    except OSError as e:
+        raise DataError(f"The {what} {path!r} cannot be read ({e.strerror}).") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise DataError(
+            f"The {what} {path!r} is not UTF-8 text: byte {raw[e.start]:#04x} at offset {e.start} (line {line}) "
+            "cannot be decoded. Save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`, or your editor's "
+            "'Save with encoding')."
+        ) from None
+    return text.removeprefix("\ufeff")  # Windows editors write a BOM, which json.loads refuses
 
 
 def load_seeds(path: str, num_seeds: int) -> list[str]:

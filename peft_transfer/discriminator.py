@@ -56,12 +56,14 @@ def training_rows(tokenizer, positives: list[str], negatives: list[str], task_na
 
 
 def train_discriminator(model, tokenizer, positives: list[str], negatives: list[str], *, task_name: str, args,
-                        peft_config=None):
+                        peft_config=None, train=None):
     """Train the yes/no adapter on `model` with `trl.SFTTrainer`; returns the trained `PeftModel` in eval mode.
 
     Args:
         args (`SFTConfig`): training settings; `completion_only_loss` is forced on so that the loss falls on the
             answer word only.
+        train (`Callable[[Trainer], None]`, *optional*): runs the training (the pipeline's resumes from a
+            checkpoint); defaults to `trainer.train()`.
     """
     from datasets import Dataset
     from trl import SFTTrainer
@@ -70,7 +72,7 @@ def train_discriminator(model, tokenizer, positives: list[str], negatives: list[
     rows = training_rows(tokenizer, positives, negatives, task_name, seed=args.seed)
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                          peft_config=peft_config)
-    trainer.train()
+    (train or (lambda t: t.train()))(trainer)
     trainer.model.eval()
     return trainer.model
 

@@ -7,8 +7,6 @@ answer (text up to the stop string, whitespace-stripped) by default, or any `met
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable
 
 from .data import task_prompt
@@ -80,11 +78,3 @@ def format_report(report: dict) -> str:
             lines.append(f"  {name:<20}{info.get('seconds', 0):>8.1f} s{rss}{note}")
         lines.append(f"  {'total':<20}{sum(i.get('seconds', 0) for i in stages.values()):>8.1f} s")
     return "\n".join(lines)
-
-
-def write_json(path: str, data: dict) -> None:
-    tmp = path + ".tmp"
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, default=str)
-    os.replace(tmp, path)

@@ -54,6 +54,7 @@ __all__ = [
     "push_adapter",
     "push_discriminator",
     "push_synthetic_dataset",
+    "push_run",
 ]
 
 # Weights that unpickle arbitrary code on load: never pulled by default, never pushed.
@@ -453,6 +454,40 @@ def push_synthetic_dataset(
         return _push(tmp, repo_id, card=card, repo_type="dataset", private=private, token=token, revision=revision,
                      commit_message=commit_message or "Upload synthetic dataset", patterns=["data/*.parquet"],
                      require_private=private)  # fmt: skip
+
+
+def push_run(cfg, dirs, lineage: dict) -> dict:
+    """Push what a run's settings ask for: the adapter, the discriminator (private), the labelled synthetic set.
+
+    Seeds, task files and the run directory's other files are never uploaded. Pushed commits are recorded in
+    `push.json`; a repo already pushed from this run is not pushed again unless `overwrite` is set.
+    """
+    from .rundir import read_json, write_json
+
+    record = {} if cfg.overwrite else read_json(dirs.push_record)
+    if cfg.push_to_hub and cfg.hub_model_id not in record:
+        evaluation = read_json(dirs.evaluation) or None
+        commit = push_adapter(dirs.target_adapter, cfg.hub_model_id, lineage=lineage,
+                              evaluation=evaluation, private=cfg.hub_private_repo, token=cfg.hub_token)
+        record[cfg.hub_model_id] = {"what": "adapter", "commit": str(commit)}
+    if cfg.hub_discriminator_id and cfg.hub_discriminator_id not in record:
+        metrics = read_json(dirs.discriminator_metrics)
+        info = {k: v for k, v in metrics.items() if k in DISCRIMINATOR_KEYS}
+        info.update(peft_type="lora", num_eval_samples=metrics.get("n_positive", 0) + metrics.get("n_negative", 0))
+        commit = push_discriminator(dirs.discriminator, cfg.hub_discriminator_id, info=info,
+                                    private=cfg.hub_discriminator_private, token=cfg.hub_token)
+        record[cfg.hub_discriminator_id] = {"what": "discriminator", "commit": str(commit)}
+    if cfg.hub_dataset_id and cfg.hub_dataset_id not in record:
+        from datasets import load_from_disk
+
+        labels = load_from_disk(dirs.labels).select_columns(["input", "completion"])
+        info = {k: lineage[k] for k in ("task_name", "generator", "discriminator", "num_seeds", "num_accepted",
+                                        "num_candidates", "acceptance_rate", "target_model")}
+        info["teacher"] = f"{lineage['source_model']} + {lineage['source_adapter']}"
+        commit = push_synthetic_dataset(labels, cfg.hub_dataset_id, info=info, token=cfg.hub_token)
+        record[cfg.hub_dataset_id] = {"what": "synthetic dataset", "commit": str(commit)}
+    write_json(dirs.push_record, record)
+    return record
 
 
 def _push(folder, repo_id, *, card, repo_type, private, token, revision, commit_message, patterns, require_private):

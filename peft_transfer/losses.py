@@ -123,7 +123,8 @@ def _check_same_vocab(student_size: int, teacher_size: int) -> None:
     if student_size != teacher_size:
         raise ValueError(
             f"Student and teacher vocabulary sizes differ ({student_size} vs {teacher_size}). Token-level losses "
-            'need a shared vocabulary; use loss="sequence" (cross-entropy on the teacher\'s completions) instead.'
+            "need a shared vocabulary; set `loss_type: sequence` (or `kd_loss='sequence'` in DistillationConfig): "
+            "cross-entropy on the teacher's completions, which works across tokenizers."
         )
 
 
@@ -686,11 +687,12 @@ def assert_same_vocabulary(
             Rows of the student's `lm_head`.
 
     Raises:
-        `ValueError`: when the vocabularies differ, saying to use `loss="sequence"` instead.
+        `ValueError`: when the vocabularies differ, saying to set `loss_type: sequence` instead.
     """
     advice = (
-        'Token-level losses (forward_kl, reverse_kl, jsd) need a shared vocabulary; use loss="sequence" '
-        "(cross-entropy on the teacher's completions, which works across tokenizers) instead."
+        "Token-level losses (forward_kl, reverse_kl, jsd) need a shared vocabulary; set `loss_type: sequence` "
+        "(or `kd_loss='sequence'` in DistillationConfig): cross-entropy on the teacher's completions, which works "
+        "across tokenizers."
     )
     teacher_vocab = teacher_tokenizer.get_vocab()
     student_vocab = student_tokenizer.get_vocab()

@@ -199,3 +199,89 @@ def peft_config_from(config, tokenizer_name_or_path: str | None = None, *, peft_
     if peft_type == "prefix_tuning":
         return PrefixTuningConfig(num_virtual_tokens=config.num_virtual_tokens, task_type=task_type)
     raise ValueError(f"Unknown peft_type {peft_type!r}.")
+
+
+def free_memory() -> None:
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def strip_adapters(model):
+    """The plain base under a `PeftModel`, as it was before the adapters (injected layers removed), in eval mode."""
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        if model.peft_config[model.active_adapter].is_prompt_learning:
+            model = model.get_base_model()  # prompt learning wraps the base without changing it
+        else:
+            model = model.unload()  # LoRA, DoRA, IA3: the original modules back, weights untouched
+    if getattr(model, "is_gradient_checkpointing", False):
+        model.gradient_checkpointing_disable()
+    if hasattr(model, "_require_grads_hook"):  # set by PEFT training with gradient checkpointing
+        model.disable_input_require_grads()
+    model.config.use_cache = True
+    model.eval()
+    return model
+
+
+class ModelPool:
+    """The bases of one run, each loaded once and lent to the stages that use it.
+
+    `with pool.lease(ref, adapter) as lease:` gives `lease.model` (with `adapter` loaded onto it) and
+    `lease.tokenizer` for the block. When the pool is enabled the base goes back to it afterwards with its adapters
+    stripped (PEFT injects them in place), so the next stage shares it instead of reloading it. A block may replace
+    `lease.model` (a trainer's `PeftModel`); that is what gets stripped. A base already lent out (generator and
+    discriminator on one base) is loaded afresh for the second block. Disabled, every lease loads its own copy.
+    """
+
+    def __init__(self, *, enabled: bool = True, dtype: str = "auto", trust_remote_code: bool = False,
+                 attn_implementation: str | None = None, cache_implementation: str | None = None,
+                 token: str | None = None):
+        self.enabled = enabled
+        self.token = token
+        self._settings = dict(dtype=dtype, trust_remote_code=trust_remote_code,
+                              attn_implementation=attn_implementation)
+        self._cache_implementation = cache_implementation
+        self._models: dict[str, tuple] = {}
+        self._lent: set[str] = set()
+
+    def load(self, ref: str):
+        """A fresh (model, tokenizer) pair for `ref`, outside the pool."""
+        tokenizer = load_tokenizer(ref, trust_remote_code=self._settings["trust_remote_code"], token=self.token)
+        model = load_base(ref, token=self.token, **self._settings)
+        if self._cache_implementation:
+            model.generation_config.cache_implementation = self._cache_implementation
+        return model, tokenizer
+
+    def lease(self, ref: str, adapter: str | None = None):
+        import contextlib
+        from types import SimpleNamespace
+
+        @contextlib.contextmanager
+        def block():
+            pooled = self.enabled and ref not in self._lent
+            model, tokenizer = self._models.pop(ref) if pooled and ref in self._models else self.load(ref)
+            if pooled:
+                self._lent.add(ref)
+            lease = SimpleNamespace(model=model, tokenizer=tokenizer)
+            try:
+                if adapter:
+                    lease.model = load_adapter(model, adapter, ref, token=self.token)
+                yield lease
+            finally:
+                if pooled:
+                    self._lent.discard(ref)
+                    self._models[ref] = (strip_adapters(lease.model), tokenizer)
+                del lease, model
+                free_memory()
+
+        return block()
+
+    def keep_only(self, refs: set[str]) -> None:
+        """Drop the pooled bases that are not in `refs` (the later stages do not use them)."""
+        for ref in [r for r in self._models if r not in refs]:
+            del self._models[ref]
+        free_memory()

@@ -1,43 +1,49 @@
-"""The stages of a transfer, in order, over a run directory — with resume.
+"""A transfer over its run directory: the stages of `stages.STAGES` in order, each reused, resumed or redone.
 
-Each stage reads named artifacts and writes its own into `output_dir/<stage>/`: it is written under a temporary
-name and renamed when complete, so a folder that exists is a finished stage, and a run that dies is started again
-with the same command and goes on from the first unfinished stage (`overwrite=True` redoes them all). Generation in
-the synthesis stage also keeps a progress file, so even that stage resumes mid-way.
+A stage runs into `<stage>.incomplete/` and is renamed to `<stage>/` when complete, so a folder that exists is a
+finished stage. Each finished stage records a fingerprint: a hash of the settings its table row names, of the
+inputs it read (files, seeds, a given adapter's files) and of the fingerprints of the stages it read. A start with
+the same command reuses the finished stages whose fingerprints match and goes on from the first unfinished one
+(training resumes from its last checkpoint, synthesis from its progress file). When settings changed:
 
-    source_adapter   train θs on the task data (only when no source adapter is given)
-    discriminator    train the yes/no adapter on real inputs vs source-generated ones (only when none is given)
-    synthesis        generate -> filter until `num_samples` are accepted
-    labels           the teacher (source base + θs) answers every accepted input
-    target_adapter   distil into a fresh θt on the target base
-    evaluation       source+θs / target / target+θt on held-out data; report.json
+- a training or evaluation stage whose settings changed is redone, with a line that says what changed;
+- a data stage (source adapter, discriminator, synthesis, labels) is never redone silently: the run stops before
+  any work with a message that names the changed settings and the two ways out (`overwrite`, or another
+  `output_dir`).
+
+`overwrite=True` redoes every stage, the progress file included. The report and the lineage are written from the
+records of what made the artifacts.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import gc
+import hashlib
 import json
 import logging
 import os
-import random
 import shutil
 import time
-from types import SimpleNamespace
 
-import numpy as np
 import torch
 
+from . import preflight
 from .config import LINEAGE_FILE, TransferConfig
-from .data import load_examples, load_seeds, task_prompt
-from .distributed import is_main_process, map_across_processes, state, wait_for_everyone
-from .evaluation import evaluate, format_report, write_json
-from .modeling import load_adapter, load_base, load_tokenizer, peft_config_from, split_revision
+from .data import load_examples
+from .distributed import is_main_process, state, wait_for_everyone
+from .errors import SettingsChangedError
+from .evaluation import evaluate, format_report
+from .modeling import ModelPool, free_memory, split_revision
+from .rundir import RunDir, hash_path, read_json, write_json
+from .stages import STAGE_NAMES, STAGES, stage
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("source_adapter", "discriminator", "synthesis", "labels", "target_adapter", "evaluation")
+# What the synthesis progress file is keyed by: the synthesis settings except those a restart may change and still
+# reuse the stored candidates (a margin re-takes the verdicts from the stored scores; N and the budget only decide
+# when to stop; the diagnostics come after).
+PROGRESS_EXEMPT = ("filter_margin", "target_false_accept_rate", "num_samples", "compute_mmd", "embedding_model",
+                   "plot_projection")
 
 
 class Transfer:
@@ -46,14 +52,19 @@ class Transfer:
     def __init__(self, config: TransferConfig, *, show_progress: bool = True):
         self.config = config
         self.show_progress = show_progress
+        self.dirs = RunDir(config.output_dir)
         self.timings: dict[str, dict] = {}
         # Under DeepSpeed, training partitions a model's weights in place: a base cannot be reused after it.
-        self._pool_enabled = config.keep_models_loaded and os.environ.get("ACCELERATE_USE_DEEPSPEED") != "true"
-        self._pool: dict[str, tuple] = {}
-        self._lent: set[str] = set()
+        self.pool = ModelPool(
+            enabled=config.keep_models_loaded and os.environ.get("ACCELERATE_USE_DEEPSPEED") != "true",
+            dtype=config.dtype, trust_remote_code=config.trust_remote_code,
+            attn_implementation=config.attn_implementation, cache_implementation=config.cache_implementation,
+            token=config.hub_token)
+        preflight.check_output_dir(config.output_dir)
         if config.demo:
             self._fill_demo_settings()
-        os.makedirs(config.output_dir, exist_ok=True)
+        self._seeds = None
+        self._records = None
 
     # -- the run ---------------------------------------------------------------------------------------------------
 
@@ -63,103 +74,155 @@ class Transfer:
         if st.is_main_process:
             logger.info("transfer over %d process%s (%s)", st.num_processes, "es" if st.num_processes > 1 else "",
                         st.distributed_type.value if hasattr(st.distributed_type, "value") else st.distributed_type)
-        self._check_inputs()
+        chosen = [stage(name) for name in (stages or STAGE_NAMES)]
+        todo = [s for s in chosen if s.needed(cfg)]
+        preflight.check(self, todo)  # files, seeds, adapters, tokenizers: before any work
+        plan = self.plan(todo)  # raises SettingsChangedError before any work
         if is_main_process():
-            write_json(cfg.path("config.json"), cfg.to_dict())
-        todo = list(stages or STAGES)
-        for name in todo:
-            if name not in STAGES:
-                raise ValueError(f"Unknown stage {name!r}: use one of {STAGES}.")
-        todo = [name for name in todo if self._needed(name)]
-        for i, name in enumerate(todo):
+            write_json(self.dirs.config, cfg.to_dict())
+        for i, (s, action) in enumerate(plan):
             # Keep only the bases that this and the later stages use.
-            self._evict(set().union(*(self._bases_for(n) for n in todo[i:])))
-            self._stage(name, getattr(self, f"_{name}"))
-        self._evict(set())
+            self.pool.keep_only(set().union(*(later.bases(cfg) for later, act in plan[i:] if act != "reuse")))
+            self._stage(s, action)
+        self.pool.keep_only(set())
         if stages is None and (cfg.push_to_hub or cfg.hub_discriminator_id or cfg.hub_dataset_id) and is_main_process():
             self.push()
         wait_for_everyone()
         report = self.report()
         if is_main_process():
-            write_json(cfg.path("report.json"), report)
+            write_json(self.dirs.report, report)
         return report
 
-    def _needed(self, name: str) -> bool:
-        cfg = self.config
-        if name == "source_adapter":
-            return not cfg.source_adapter
-        if name == "discriminator":
-            return cfg.filter_mode == "discriminator" and not cfg.discriminator_adapter
-        if name == "evaluation":
-            return bool(cfg.eval_file)
-        return True
+    def plan(self, todo) -> list[tuple]:
+        """`(stage, action)` for each stage to run: "reuse", "run" or "redo" (with the reason logged).
 
-    def _stage(self, name: str, fn) -> None:
-        """Run one stage into `<name>.incomplete/` and rename it to `<name>/` when complete (main process only
-        touches the folders; every process runs `fn`, which writes only on the main process)."""
-        final, tmp = self.config.path(name), self.config.path(f"{name}.incomplete")
+        Raises:
+            `SettingsChangedError`: a finished data stage was made with other settings than the given ones.
+        """
+        cfg, records = self.config, self.records()
+        plan, conflicts = [], []
+        for s in todo:
+            if not self.dirs.finished(s.name):
+                plan.append((s, "run"))
+                continue
+            if cfg.overwrite:
+                plan.append((s, "redo"))
+                continue
+            made = self.dirs.read_record(s.name)
+            changes = describe_changes(made, records[s.name])
+            if not changes:
+                plan.append((s, "reuse"))
+            elif s.redone_on_change:
+                if is_main_process():
+                    logger.info("  %-15s redone: %s", s.name, "; ".join(changes))
+                plan.append((s, "redo"))
+            else:
+                conflicts.append(f"{s.name}: " + "; ".join(changes))
+        if conflicts:
+            redo = [s.name for s, act in plan if act != "reuse"]
+            raise SettingsChangedError(
+                f"{cfg.output_dir} holds stages made with other settings than these:\n  "
+                + "\n  ".join(conflicts)
+                + "\nFinished data stages are never redone silently. Run the same command with `--overwrite true` "
+                "to redo the whole run there, or give another `--output_dir` to keep this one"
+                + (f" (stages that would run anyway: {', '.join(redo)})." if redo else ".")
+            )
+        return plan
+
+    def _stage(self, s, action: str) -> None:
+        """Run one stage into `<name>.incomplete/`, renamed to `<name>/` when complete (main process only touches
+        the folders; every process runs the body, which writes only on the main process)."""
+        dirs, record = self.dirs, self.records()[s.name]
+        final, tmp = dirs.stage(s.name), dirs.incomplete(s.name)
         wait_for_everyone()  # every process sees the same folders before deciding
         main = is_main_process()  # one line per stage, not one per process
-        if os.path.isdir(final) and not self.config.overwrite:
+        if action == "reuse":
             if main:
-                logger.info("  %-15s done earlier, kept (overwrite=True redoes it)", name)
-            self.timings[name] = {**self._read_stage_info(final), "skipped": True}
+                logger.info("  %-15s done earlier with these settings, kept", s.name)
+            self.timings[s.name] = {**_stage_info(dirs.read_record(s.name)), "skipped": True}
             return
-        if is_main_process():
-            for path in (final, tmp):
-                if os.path.isdir(path):
-                    shutil.rmtree(path)
-            os.makedirs(tmp)
+        if main:
+            if os.path.isdir(final):
+                shutil.rmtree(final)
+            keep = (s.resumable and not self.config.overwrite
+                    and dirs.read_record(s.name, incomplete=True).get("fingerprint") == record["fingerprint"])
+            if os.path.isdir(tmp) and not keep:
+                shutil.rmtree(tmp)
+            os.makedirs(tmp, exist_ok=True)
+            write_json(dirs.stage_record(s.name, incomplete=True), {"stage": s.name, **record})
         wait_for_everyone()
         if main:
-            logger.info("▸ %s ...", name)
+            logger.info("▸ %s ...", s.name)
         _reset_peak_rss()
         start = time.perf_counter()
-        fn(tmp)
-        seconds = time.perf_counter() - start
-        info = {"seconds": seconds, "peak_rss_gb": _peak_rss_gb()}
+        s.body(self, tmp)
+        info = {"seconds": time.perf_counter() - start, "peak_rss_gb": _peak_rss_gb()}
         wait_for_everyone()
-        if is_main_process():
-            write_json(os.path.join(tmp, "stage.json"), {"stage": name, **info})
+        if main:
+            write_json(dirs.stage_record(s.name, incomplete=True), {"stage": s.name, **info, **record})
             os.replace(tmp, final)
         wait_for_everyone()
-        self.timings[name] = info
-        _free_memory()
+        self.timings[s.name] = info
+        free_memory()
         if main:
             rss = f"peak RSS {info['peak_rss_gb']:.1f} GB" if info["peak_rss_gb"] is not None else ""
-            logger.info("✓ %-15s %7.1f s  %-17s %s", name, seconds, rss, self._stage_summary(name))
+            logger.info("✓ %-15s %7.1f s  %-17s %s", s.name, info["seconds"], rss,
+                        s.summary(dirs) if s.summary else "")
 
-    def _stage_summary(self, name: str) -> str:
-        """One phrase on what a finished stage made, for its line in the output."""
+    # -- fingerprints ----------------------------------------------------------------------------------------------
+
+    def records(self) -> dict[str, dict]:
+        """For each stage: `fingerprint`, and the `settings`, `inputs` and `reads` it is the hash of."""
+        if self._records is None:
+            cfg, hashes, records = self.config, self.input_hashes(), {}
+            for s in STAGES:
+                rec = {
+                    "settings": {name: _plain(getattr(cfg, name)) for name in s.settings(cfg)},
+                    "inputs": {name: hashes[name] for name in s.inputs},
+                    "reads": {name: self._artifact_fingerprint(name, records) for name in s.reads(cfg)},
+                }
+                rec["fingerprint"] = hashlib.sha256(json.dumps(rec, sort_keys=True).encode()).hexdigest()[:16]
+                records[s.name] = rec
+            self._records = records
+        return self._records
+
+    def _artifact_fingerprint(self, name: str, records: dict) -> str:
+        """The fingerprint of what a stage reads as `name`: the stage's own, or the given adapter's files."""
+        given = {"source_adapter": self.config.source_adapter, "discriminator": self.config.discriminator_adapter}
+        if given.get(name):
+            ref = given[name]
+            return hash_path(ref) if os.path.isdir(ref) else ref  # a Hub ref names its revision, or follows main
+        return records[name]["fingerprint"]
+
+    def input_hashes(self) -> dict[str, str | None]:
         cfg = self.config
-        if name == "synthesis":
-            stats = _read_json(cfg.path("synthesis", "stats.json"))
-            return (f"accepted {stats.get('accepted', 0)} of {stats.get('candidates', 0)} candidates "
-                    f"({stats.get('acceptance_rate', 0):.0%})")
-        if name == "discriminator":
-            metrics = _read_json(cfg.path("discriminator", "metrics.json"))
-            return f"held-out ROC-AUC {metrics.get('roc_auc', float('nan')):.3f}"
-        if name == "evaluation":
-            ev = _read_json(cfg.path("evaluation", "evaluation.json"))
-            return ", ".join(f"{k} {v:.1%}" for k, v in ev.items() if k != "num_samples")
-        return ""
+        return {
+            "train_file": hash_path(cfg.train_file) if cfg.train_file and os.path.isfile(cfg.train_file) else None,
+            "eval_file": hash_path(cfg.eval_file) if cfg.eval_file and os.path.isfile(cfg.eval_file) else None,
+            "seeds": hashlib.sha256(json.dumps(self.seeds).encode()).hexdigest()[:16],
+        }
 
-    @staticmethod
-    def _read_stage_info(folder: str) -> dict:
-        path = os.path.join(folder, "stage.json")
-        if os.path.exists(path):
-            with open(path) as f:
-                info = json.load(f)
-            return {"seconds": info.get("seconds", 0.0), "peak_rss_gb": info.get("peak_rss_gb")}
-        return {"seconds": 0.0}
+    def progress_key(self) -> dict:
+        """What the synthesis progress file must have been made by to be reused (see `PROGRESS_EXEMPT`)."""
+        rec = self.records()["synthesis"]
+        return {"settings": {k: v for k, v in rec["settings"].items() if k not in PROGRESS_EXEMPT},
+                "inputs": rec["inputs"], "reads": rec["reads"]}
 
     # -- inputs ----------------------------------------------------------------------------------------------------
+
+    @property
+    def seeds(self) -> list[str]:
+        if self._seeds is None:
+            from .data import load_seeds
+
+            self._seeds = load_seeds(self.config.seed_file or self.config.train_file, self.config.num_seeds)
+        return self._seeds
 
     def _fill_demo_settings(self):
         from .testing import build_demo_assets
 
         cfg = self.config
-        assets = build_demo_assets(cfg.path("demo_assets"), pretrain_steps=cfg.demo_pretrain_steps, seed=cfg.seed)
+        assets = build_demo_assets(self.dirs.demo_assets, pretrain_steps=cfg.demo_pretrain_steps, seed=cfg.seed)
         task_name = assets.pop("task_name")
         for key, value in assets.items():
             if not getattr(cfg, key):
@@ -167,279 +230,19 @@ class Transfer:
         if cfg.task_name == "task":
             cfg.task_name = task_name
 
-    def _check_inputs(self):
-        """Fail before any work on what can be checked up front (files, seeds)."""
-        cfg = self.config
-        self.seeds = load_seeds(cfg.seed_file or cfg.train_file, cfg.num_seeds)
-        if self._needed("source_adapter") or self._needed("discriminator"):
-            load_examples(cfg.train_file, require_target=self._needed("source_adapter"), what="train_file")
-        if cfg.eval_file:
-            load_examples(cfg.eval_file, require_target=True, what="eval_file")
-
     @property
     def source_adapter(self) -> str:
-        return self.config.source_adapter or self.config.path("source_adapter")
+        return self.config.source_adapter or self.dirs.source_adapter
 
     @property
     def discriminator_adapter(self) -> str:
-        return self.config.discriminator_adapter or self.config.path("discriminator")
+        return self.config.discriminator_adapter or self.dirs.discriminator
 
-    def _load(self, ref: str):
-        cfg = self.config
-        tokenizer = load_tokenizer(ref, trust_remote_code=cfg.trust_remote_code, token=cfg.hub_token)
-        model = load_base(ref, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
-                          attn_implementation=cfg.attn_implementation, token=cfg.hub_token)
-        if cfg.cache_implementation:
-            model.generation_config.cache_implementation = cfg.cache_implementation
-        return model, tokenizer
-
-    @contextlib.contextmanager
-    def _lease(self, ref: str, adapter: str | None = None):
-        """A base (with `adapter` loaded onto it) for the duration of a block.
-
-        With `keep_models_loaded`, each base is loaded once per run and handed back to the pool afterwards with its
-        adapters stripped (PEFT injects them in place), so the stages share it instead of reloading it. A block may
-        replace `lease.model` (a trainer's `PeftModel`); that is what gets stripped. A base already lent out (say
-        generator and discriminator on one base) is loaded afresh for the second block.
-        """
-        pooled = self._pool_enabled and ref not in self._lent
-        if pooled and ref in self._pool:
-            model, tokenizer = self._pool.pop(ref)
-        else:
-            model, tokenizer = self._load(ref)
-        if pooled:
-            self._lent.add(ref)
-        lease = SimpleNamespace(model=model, tokenizer=tokenizer)
-        try:
-            if adapter:
-                lease.model = load_adapter(model, adapter, ref, token=self.config.hub_token)
-            yield lease
-        finally:
-            if pooled:
-                self._lent.discard(ref)
-                self._pool[ref] = (_strip_adapters(lease.model), tokenizer)
-            del lease, model
-            _free_memory()
-
-    def _evict(self, keep: set[str]) -> None:
-        for ref in [r for r in self._pool if r not in keep]:
-            del self._pool[ref]
-        _free_memory()
-
-    def _bases_for(self, stage: str) -> set[str]:
-        cfg = self.config
-        return {
-            "source_adapter": {cfg.source_model},
-            "discriminator": {cfg.source_model, cfg.discriminator_base},
-            "synthesis": {cfg.generator, cfg.discriminator_base},
-            "labels": {cfg.source_model},
-            "target_adapter": {cfg.target_model} | ({cfg.source_model} if cfg.loss_type != "sequence" else set()),
-            "evaluation": {cfg.source_model, cfg.target_model},
-        }[stage]
-
-    # -- stages ----------------------------------------------------------------------------------------------------
-
-    def _source_adapter(self, out: str):
-        from datasets import Dataset
-
-        from .trainer import DistillationTrainer
-
-        cfg = self.config
-        args = training_args(cfg, os.path.join(out, "trainer"), show_progress=self.show_progress,
-                             learning_rate=cfg.source_learning_rate,
-                              num_train_epochs=cfg.source_epochs)
-        peft_config = peft_config_from(cfg, cfg.source_model, peft_type=cfg.source_peft_type)
-        with self._lease(cfg.source_model) as lease:
-            rows = [{"prompt": task_prompt(lease.tokenizer, e["input"], cfg.prompt_template),
-                     "completion": " " + e["target"]}
-                    for e in load_examples(cfg.train_file, require_target=True, what="train_file")]
-            trainer = DistillationTrainer(model=lease.model, args=args, train_dataset=Dataset.from_list(rows),
-                                          processing_class=lease.tokenizer, peft_config=peft_config)
-            lease.model = trainer.model
-            trainer.train()
-            if is_main_process():
-                trainer.model.save_pretrained(out)
-                shutil.rmtree(os.path.join(out, "trainer"), ignore_errors=True)
-            del trainer
-
-    def _discriminator(self, out: str):
-        from .discriminator import score, train_discriminator
-        from .metrics import discriminator_report
-        from .synthesis import synthesize
-
-        cfg = self.config
-        real = list(dict.fromkeys(e["input"] for e in load_examples(cfg.train_file, what="train_file")))
-        rng = random.Random(cfg.seed)
-        rng.shuffle(real)
-        # Negatives: what the source base makes of the stage-3 prompt, seeded with random real inputs.
-        n_neg = cfg.discriminator_negatives or len(real)
-        with self._lease(cfg.source_model) as lease:
-            rows, _ = synthesize(cfg, lease.model, lease.tokenizer, real, num_samples=n_neg,
-                                 candidate_budget=max(cfg.candidate_budget, 4 * n_neg),
-                                 show_progress=self.show_progress)
-        real_set = set(real)
-        negatives = [r["input"] for r in rows if r["accepted"] and r["input"] not in real_set]
-        # Hold out a fifth of both sides to measure the discriminator on data it has not seen.
-        n_pos_held, n_neg_held = max(1, len(real) // 5), max(1, len(negatives) // 5)
-        held_pos, train_pos = real[:n_pos_held], real[n_pos_held:]
-        held_neg, train_neg = negatives[:n_neg_held], negatives[n_neg_held:]
-        peft_config = peft_config_from(cfg, cfg.discriminator_base, peft_type="lora")
-        args = training_args(cfg, os.path.join(out, "trainer"), show_progress=self.show_progress,
-                             learning_rate=cfg.discriminator_learning_rate,
-                              num_train_epochs=cfg.discriminator_epochs, max_length=None)
-        with self._lease(cfg.discriminator_base) as lease:
-            lease.model = model = train_discriminator(lease.model, lease.tokenizer, train_pos, train_neg,
-                                                      task_name=cfg.task_name, args=args, peft_config=peft_config)
-            pos_scores = score(model, lease.tokenizer, held_pos, cfg.task_name, batch_size=cfg.filter_batch_size)
-            neg_scores = score(model, lease.tokenizer, held_neg, cfg.task_name, batch_size=cfg.filter_batch_size)
-            if is_main_process():
-                model.save_pretrained(out)
-            del model
-        metrics = discriminator_report(pos_scores, neg_scores, margin=cfg.filter_margin)
-        metrics.update(num_positives=len(train_pos), num_negatives=len(train_neg), task_name=cfg.task_name,
-                       base_model=cfg.discriminator_base,
-                       held_out_negative_scores=[round(float(x), 4) for x in neg_scores])  # numbers only, no text
-        if metrics.get("near_chance"):
-            logger.warning("The discriminator is near chance on held-out data (ROC-AUC %.3f): the filter will "
-                           "barely help. Train it longer or on more data.", metrics["roc_auc"])
-        if is_main_process():
-            shutil.rmtree(os.path.join(out, "trainer"), ignore_errors=True)
-            write_json(os.path.join(out, "metrics.json"), metrics)
-
-    def _synthesis(self, out: str):
-        from datasets import Dataset
-
-        from .metrics import calibrate_margin
-        from .synthesis import synthesize
-
-        cfg = self.config
-        if cfg.target_false_accept_rate is not None:
-            negatives = _read_json(cfg.path("discriminator", "metrics.json")).get("held_out_negative_scores") or []
-            if not negatives:
-                raise ValueError("target_false_accept_rate needs the held-out negative scores in "
-                                 f"{cfg.path('discriminator', 'metrics.json')}: train the discriminator in this run.")
-            margin = calibrate_margin(negatives, cfg.target_false_accept_rate)
-            logger.info("filter margin %.4f lets at most %.1f%% of %d held-out negatives through", margin,
-                        100 * cfg.target_false_accept_rate, len(negatives))
-            cfg = dataclasses.replace(cfg, filter_margin=margin)
-        use_filter = cfg.filter_mode == "discriminator"
-        with contextlib.ExitStack() as stack:
-            generator = stack.enter_context(self._lease(cfg.generator))
-            disc = stack.enter_context(self._lease(cfg.discriminator_base, self.discriminator_adapter)) if use_filter \
-                else SimpleNamespace(model=None, tokenizer=None)
-            rows, stats = synthesize(cfg, generator.model, generator.tokenizer, self.seeds, discriminator=disc.model,
-                                     discriminator_tokenizer=disc.tokenizer, references=self._real_inputs(),
-                                     progress_path=cfg.path("synthesis_progress.jsonl"),
-                                     show_progress=self.show_progress)
-            if is_main_process():
-                Dataset.from_list(rows).save_to_disk(os.path.join(out, "candidates"))
-                Dataset.from_list([r for r in rows if r["accepted"]]).save_to_disk(os.path.join(out, "accepted"))
-                write_json(os.path.join(out, "stats.json"), {**stats.to_dict(), "filter_margin": cfg.filter_margin})
-            if cfg.compute_mmd:
-                diagnostics = self._diagnostics(rows, generator.model, generator.tokenizer, out)
-                if is_main_process():
-                    write_json(os.path.join(out, "diagnostics.json"), diagnostics)
-        wait_for_everyone()
-        if is_main_process():
-            os.remove(cfg.path("synthesis_progress.jsonl"))
-
-    def _real_inputs(self) -> list[str]:
+    def real_inputs(self) -> list[str]:
         """The real inputs known at transfer time: the seeds and the held-out inputs of `eval_file`."""
         cfg = self.config
         held_out = [e["input"] for e in load_examples(cfg.eval_file, what="eval_file")] if cfg.eval_file else []
         return list(dict.fromkeys(self.seeds + held_out))
-
-    def _diagnostics(self, rows: list[dict], model, tokenizer, out: str) -> dict:
-        """Paper Table 9: MMD to real inputs of the accepted and of the unfiltered candidates (same bandwidth)."""
-        from .metrics import distinct_n, embed_texts, median_heuristic_bandwidth, mmd2, plot_projection
-
-        cfg = self.config
-        rng = random.Random(cfg.seed)
-        real = self._real_inputs()
-        real = rng.sample(real, min(len(real), 500))
-        accepted = [r["input"] for r in rows if r["accepted"]]
-        unfiltered = [r["input"] for r in rows]
-        unfiltered = rng.sample(unfiltered, min(len(unfiltered), max(len(accepted), 500)))
-        rejected = [r["input"] for r in rows if not r["passed"]][:500]
-        embed = dict(sentence_model=cfg.embedding_model, model=None if cfg.embedding_model else model,
-                     tokenizer=None if cfg.embedding_model else tokenizer, batch_size=cfg.filter_batch_size)
-
-        def embed_all(texts):  # each process embeds a shard (pooling is padding-invariant, so shards agree)
-            return np.asarray(map_across_processes(lambda shard: list(embed_texts(shard, **embed)), texts))
-
-        real_e, acc_e, unf_e = (embed_all(t) for t in (real, accepted, unfiltered))
-        bandwidth = median_heuristic_bandwidth(np.concatenate([real_e, unf_e]))
-        result = {
-            "num_real": len(real),
-            "embedding": cfg.embedding_model or f"mean-pooled hidden states of {cfg.generator}",
-            "bandwidth": bandwidth,
-            "mmd_accepted": mmd2(acc_e, real_e, bandwidth=bandwidth) if len(real) > 1 and len(accepted) > 1 else None,
-            "mmd_unfiltered": mmd2(unf_e, real_e, bandwidth=bandwidth) if len(real) > 1 else None,
-            "distinct_2_accepted": distinct_n(accepted, 2),
-            "distinct_2_unfiltered": distinct_n(unfiltered, 2),
-        }
-        if len(real) < 20:
-            result["note"] = "few real inputs (give eval_file): the MMD estimates are noisy"
-        if cfg.plot_projection and rejected:
-            plot_projection(real_e, acc_e, embed_all(rejected), os.path.join(out, "projection.png"),
-                            title=f"{cfg.task_name}: real vs accepted vs rejected")
-        return result
-
-    def _labels(self, out: str):
-        from datasets import Dataset, load_from_disk
-
-        from .synthesis import label
-
-        cfg = self.config
-        accepted = load_from_disk(cfg.path("synthesis", "accepted"))["input"]
-        with self._lease(cfg.source_model, self.source_adapter) as teacher:
-            rows = label(cfg, teacher.model, teacher.tokenizer, list(accepted), show_progress=self.show_progress)
-        empty = sum(1 for r in rows if not r["answer"])
-        if empty:
-            logger.warning("%d of %d teacher answers are empty; they are kept as the teacher's behaviour.", empty, len(rows))
-        if is_main_process():
-            Dataset.from_list(rows).save_to_disk(out)
-
-    def _target_adapter(self, out: str):
-        from datasets import Dataset, load_from_disk
-
-        from .trainer import DistillationTrainer
-
-        cfg = self.config
-        labels = load_from_disk(cfg.path("labels"))
-        args = training_args(
-            cfg, os.path.join(out, "trainer"), show_progress=self.show_progress, kd_loss=cfg.loss_type,
-            sequence_weight=cfg.sequence_weight if cfg.loss_type != "sequence" else 0.0,
-            beta=cfg.beta, kd_temperature=cfg.kd_temperature,
-        )
-        with contextlib.ExitStack() as stack:
-            student = stack.enter_context(self._lease(cfg.target_model))
-            teacher = SimpleNamespace(model=None, tokenizer=None)
-            if cfg.loss_type != "sequence":  # token-level KD runs the teacher during training
-                teacher = stack.enter_context(self._lease(cfg.source_model, self.source_adapter))
-            rows = [{"prompt": task_prompt(student.tokenizer, x, cfg.prompt_template), "completion": c}
-                    for x, c in zip(labels["input"], labels["completion"])]
-            trainer = DistillationTrainer(model=student.model, teacher_model=teacher.model, args=args,
-                                          train_dataset=Dataset.from_list(rows), processing_class=student.tokenizer,
-                                          peft_config=peft_config_from(cfg, cfg.target_model),
-                                          teacher_processing_class=teacher.tokenizer, lineage=self.lineage())
-            student.model = trainer.model
-            trainer.train()
-            if is_main_process():
-                trainer.model.save_pretrained(out)
-                shutil.rmtree(os.path.join(out, "trainer"), ignore_errors=True)
-                write_json(os.path.join(out, LINEAGE_FILE), self.lineage())
-            del trainer
-
-    def _evaluation(self, out: str):
-        results = self.evaluate()
-        summary = {k: v["accuracy"] for k, v in results.items()}
-        summary["num_samples"] = next(iter(results.values()))["num_samples"]
-        if not is_main_process():
-            return
-        write_json(os.path.join(out, "evaluation.json"), summary)
-        write_json(os.path.join(out, "predictions.json"),
-                   {k: v["predictions"] for k, v in results.items()})
 
     def evaluate(self, keys=("source_adapter", "target_base", "transferred")) -> dict:
         """Exact match on the first `max_eval_samples` of `eval_file` for each of `keys`: `source_adapter` (the
@@ -453,16 +256,16 @@ class Transfer:
         models = {
             "source_adapter": (cfg.source_model, self.source_adapter),
             "target_base": (cfg.target_model, None),
-            "transferred": (cfg.target_model, cfg.path("target_adapter")),
+            "transferred": (cfg.target_model, self.dirs.target_adapter),
         }
         results = {}
         for key in keys:
             base, adapter = models[key]
             cache = self._evaluation_cache_path(base, adapter, examples) if key != "transferred" else None
             if cache and os.path.exists(cache):
-                results[key] = _read_json(cache)
+                results[key] = read_json(cache)
                 continue
-            with self._lease(base, adapter) as lease:
+            with self.pool.lease(base, adapter) as lease:
                 results[key] = evaluate(lease.model, lease.tokenizer, examples, desc=f"evaluate {key}", **kwargs)
             if cache and is_main_process():
                 write_json(cache, results[key])
@@ -488,53 +291,22 @@ class Transfer:
                         key.update(name.encode() + f.read())
         return os.path.join(cfg.evaluation_cache_dir, key.hexdigest()[:32] + ".json")
 
-    # -- Hub -------------------------------------------------------------------------------------------------------
+    # -- Hub and report --------------------------------------------------------------------------------------------
 
     def push(self) -> dict:
-        """Push what the settings ask for: the adapter, the discriminator (private), the labelled synthetic set.
+        """Push what the settings ask for (see `hub.push_run`); pushed commits are recorded in `push.json`."""
+        from .hub import push_run
 
-        Seeds, task files and the run directory's other files are never uploaded. Pushed commits are recorded in
-        `push.json`; a repo already pushed from this run is not pushed again unless `overwrite` is set.
-        """
-        from .hub import DISCRIMINATOR_KEYS, push_adapter, push_discriminator, push_synthetic_dataset
-
-        cfg = self.config
-        record = {} if cfg.overwrite else _read_json(cfg.path("push.json"))
-        if cfg.push_to_hub and cfg.hub_model_id not in record:
-            evaluation = _read_json(cfg.path("evaluation", "evaluation.json")) or None
-            commit = push_adapter(cfg.path("target_adapter"), cfg.hub_model_id, lineage=self.lineage(),
-                                  evaluation=evaluation, private=cfg.hub_private_repo, token=cfg.hub_token)
-            record[cfg.hub_model_id] = {"what": "adapter", "commit": str(commit)}
-        if cfg.hub_discriminator_id and cfg.hub_discriminator_id not in record:
-            metrics = _read_json(cfg.path("discriminator", "metrics.json"))
-            info = {k: v for k, v in metrics.items() if k in DISCRIMINATOR_KEYS}
-            info.update(peft_type="lora", num_eval_samples=metrics.get("n_positive", 0) + metrics.get("n_negative", 0))
-            commit = push_discriminator(cfg.path("discriminator"), cfg.hub_discriminator_id, info=info,
-                                        private=cfg.hub_discriminator_private, token=cfg.hub_token)
-            record[cfg.hub_discriminator_id] = {"what": "discriminator", "commit": str(commit)}
-        if cfg.hub_dataset_id and cfg.hub_dataset_id not in record:
-            from datasets import load_from_disk
-
-            labels = load_from_disk(cfg.path("labels")).select_columns(["input", "completion"])
-            lineage = self.lineage()
-            info = {k: lineage[k] for k in ("task_name", "generator", "discriminator", "num_seeds", "num_accepted",
-                                            "num_candidates", "acceptance_rate", "target_model")}
-            info["teacher"] = f"{lineage['source_model']} + {lineage['source_adapter']}"
-            commit = push_synthetic_dataset(labels, cfg.hub_dataset_id, info=info, token=cfg.hub_token)
-            record[cfg.hub_dataset_id] = {"what": "synthetic dataset", "commit": str(commit)}
-        write_json(cfg.path("push.json"), record)
-        return record
-
-    # -- report ----------------------------------------------------------------------------------------------------
+        return push_run(self.config, self.dirs, self.lineage())
 
     def lineage(self) -> dict:
         """Where the transferred adapter comes from, including earlier hops when the source was itself transferred."""
         cfg = self.config
-        stats = _read_json(cfg.path("synthesis", "stats.json"))
+        stats = read_json(self.dirs.synthesis_stats)
         src_model, src_rev = split_revision(cfg.source_model)
         src_adapter, src_adapter_rev = split_revision(self.source_adapter)
         tgt_model, tgt_rev = split_revision(cfg.target_model)
-        earlier = _read_json(os.path.join(src_adapter, LINEAGE_FILE)) if os.path.isdir(src_adapter) else {}
+        earlier = read_json(os.path.join(src_adapter, LINEAGE_FILE)) if os.path.isdir(src_adapter) else {}
         chain = list(earlier.pop("chain", []) or []) + ([earlier] if earlier else [])
         return {
             "source_model": src_model, "source_model_revision": src_rev,
@@ -548,19 +320,56 @@ class Transfer:
         }
 
     def report(self) -> dict:
-        cfg = self.config
+        dirs = self.dirs
+        made = {s.name: dirs.read_record(s.name) for s in STAGES if dirs.finished(s.name)}
         return {
-            "task_name": cfg.task_name,
-            "lineage": self.lineage() if os.path.isdir(cfg.path("target_adapter")) else None,
-            "discriminator": _read_json(os.path.join(self.discriminator_adapter, "metrics.json"))
+            "task_name": self.config.task_name,
+            "lineage": self.lineage() if dirs.finished("target_adapter") else None,
+            "discriminator": read_json(os.path.join(self.discriminator_adapter, "metrics.json"))
             if os.path.isdir(self.discriminator_adapter) else {},
-            "synthesis": _read_json(cfg.path("synthesis", "stats.json")),
-            "diagnostics": _read_json(cfg.path("synthesis", "diagnostics.json")),
-            "pushed": _read_json(cfg.path("push.json")),
-            "evaluation": _read_json(cfg.path("evaluation", "evaluation.json")),
+            "synthesis": read_json(dirs.synthesis_stats),
+            "diagnostics": read_json(dirs.diagnostics),
+            "pushed": read_json(dirs.push_record),
+            "evaluation": read_json(dirs.evaluation),
             "stages": self.timings,
-            "target_adapter": cfg.path("target_adapter"),
+            # What made each finished stage: its fingerprint and the settings and inputs it is the hash of.
+            "made_by": {name: {k: rec.get(k) for k in ("fingerprint", "settings", "inputs", "reads")}
+                        for name, rec in made.items()},
+            "target_adapter": dirs.target_adapter,
         }
+
+
+def describe_changes(made: dict, now: dict) -> list[str]:
+    """What differs between the record of a finished stage and the settings now, in words (empty: nothing)."""
+    if made.get("fingerprint") == now["fingerprint"]:
+        return []
+    if "fingerprint" not in made:
+        return ["made by an earlier version that did not record its settings"]
+    out = []
+    for group in ("settings", "inputs"):
+        old, new = made.get(group, {}), now[group]
+        for key in sorted(set(old) | set(new)):
+            if old.get(key, "<unset>") != new.get(key, "<unset>"):
+                what = f"{key} {_short(old.get(key, '<unset>'))} -> {_short(new.get(key, '<unset>'))}"
+                out.append(what if group == "settings" else f"{key} changed ({what.split(' ', 1)[1]})")
+    for key in sorted(set(made.get("reads", {})) | set(now["reads"])):
+        if made.get("reads", {}).get(key) != now["reads"].get(key):
+            out.append(f"its input {key} is another one")
+    return out or ["its fingerprint differs"]
+
+
+def _short(value) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _plain(value):
+    """A setting as JSON has it (lists for tuples), so that a record read back compares equal."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _stage_info(record: dict) -> dict:
+    return {"seconds": record.get("seconds", 0.0), "peak_rss_gb": record.get("peak_rss_gb")}
 
 
 def training_args(config: TransferConfig, output_dir: str, *, show_progress: bool = True, **overrides):
@@ -581,7 +390,9 @@ def training_args(config: TransferConfig, output_dir: str, *, show_progress: boo
         gradient_checkpointing=config.gradient_checkpointing,
         logging_steps=config.logging_steps,
         report_to=list(config.report_to),
-        save_strategy="no",
+        save_strategy="steps" if config.save_steps else "no",
+        save_steps=config.save_steps or 500,
+        save_total_limit=1,  # the last checkpoint is all a resume needs
         seed=config.seed,
         bf16=torch.cuda.is_available() and config.dtype in ("auto", "bfloat16"),
         use_cpu=not torch.cuda.is_available(),  # also what makes CPU-only processes form a gloo group
@@ -621,41 +432,16 @@ def chain_configs(config: TransferConfig) -> list[TransferConfig]:
         hops.append(dataclasses.replace(
             previous,
             source_model=previous.target_model,
-            source_adapter=previous.path("target_adapter"),
+            source_adapter=RunDir(previous.output_dir).target_adapter,
             target_model=target,
             generator_model=None,
-            discriminator_adapter=previous.discriminator_adapter or previous.path("discriminator"),
+            discriminator_adapter=previous.discriminator_adapter or RunDir(previous.output_dir).discriminator,
             discriminator_model=previous.discriminator_base,
             hub_discriminator_id=None,
             output_dir=os.path.join(config.output_dir, f"hop-{k}"),
         ))
     hops[-1] = dataclasses.replace(hops[-1], push_to_hub=config.push_to_hub, hub_dataset_id=config.hub_dataset_id)
     return hops
-
-
-def _read_json(path: str) -> dict:
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
-
-
-def _strip_adapters(model):
-    """The plain base under a `PeftModel`, as it was before the adapters (injected layers removed), in eval mode."""
-    from peft import PeftModel
-
-    if isinstance(model, PeftModel):
-        if model.peft_config[model.active_adapter].is_prompt_learning:
-            model = model.get_base_model()  # prompt learning wraps the base without changing it
-        else:
-            model = model.unload()  # LoRA, DoRA, IA3: the original modules back, weights untouched
-    if getattr(model, "is_gradient_checkpointing", False):
-        model.gradient_checkpointing_disable()
-    if hasattr(model, "_require_grads_hook"):  # set by PEFT training with gradient checkpointing
-        model.disable_input_require_grads()
-    model.config.use_cache = True
-    model.eval()
-    return model
 
 
 def _reset_peak_rss() -> None:
@@ -677,9 +463,3 @@ def _peak_rss_gb() -> float | None:
     except OSError:
         pass
     return None
-
-
-def _free_memory():
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()

@@ -5,25 +5,47 @@ spent, then stops with an error that gives the acceptance rate — never an endl
 appended to a progress file, so an interrupted run continues where it stopped and a failed one keeps what it made.
 Under `accelerate launch` every process generates and scores a shard of each round, and all of them hold the
 gathered results; only the main process writes.
+
+The progress file is JSONL, one record a line:
+
+    {"progress_key": {...}}                                       first line, when the caller gave a settings key
+    {"input": ..., "score": ..., "passed": ..., "accepted": ..., "round": r}    one per scored candidate
+    {"leak": ..., "round": r}                                     one per near-copy of a real input (dedup only)
+    {"stats": {...}}                                              closes round r: the counts after it
+
+Each round (its rows, leaks and stats line) is one write followed by an fsync, so a crash can tear only the tail
+of the file; the next start drops a torn tail and any records after the last stats line (a round cut mid-way) and
+redoes that round. Every round draws its prompts and sampling noise from `(seed, round)`, and the duplicate filter
+is rebuilt from the stored rows and leaks, so a resumed run ends with the same rows and counts as one that was
+never interrupted.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
 
-from .data import Deduplicator, generator_prompt, generator_stop_strings, parse_candidate, task_prompt
+from .data import (
+    Deduplicator,
+    generator_prompt,
+    generator_stop_strings,
+    parse_candidate,
+    task_prompt,
+)
 from .discriminator import score
-from .errors import UserError
 from .distributed import is_main_process, map_across_processes, state
+from .errors import UserError
 from .generation import cut_answer, generate
 from .metrics import filter_leaks
+
+logger = logging.getLogger(__name__)
 
 
 class SynthesisError(UserError):
@@ -43,15 +65,23 @@ class SynthesisStats:
     seed_copies: int = 0
     leaks: int = 0  # near-copies of a seed or held-out real input, dropped by the privacy guard
     scored: int = 0  # candidates that reached the filter
-    accepted: int = 0
+    passed: int = 0  # scored candidates above the margin; more than `accepted` when a round passes more than needed
+    accepted: int = 0  # passed candidates kept (the first `num_samples`)
     rounds: int = 0
 
     @property
     def acceptance_rate(self) -> float:
-        return self.accepted / self.scored if self.scored else 0.0
+        """The filter's pass rate. Not accepted / scored: that falls whenever more pass than are needed."""
+        return self.passed / self.scored if self.scored else 0.0
 
     def to_dict(self) -> dict:
         return {**asdict(self), "acceptance_rate": self.acceptance_rate}
+
+
+def _passes(s: float | None, margin: float) -> bool:
+    # Compared as Python floats both when scoring and when re-taking verdicts from the file: numpy would compare a
+    # float32 score with the margin rounded to float32, and a resumed run could then disagree at the boundary.
+    return s is None or float(s) > margin
 
 
 def _round_size(cfg, need: int, stats: SynthesisStats, budget: int) -> int:
@@ -62,9 +92,98 @@ def _round_size(cfg, need: int, stats: SynthesisStats, budget: int) -> int:
     return min(size, budget - stats.candidates)
 
 
+def _append(path: str, records: list[dict]) -> None:
+    # One write of the whole round, then fsync: a crash leaves at most a torn tail, which the next start cuts off.
+    payload = "".join(json.dumps(r) + "\n" for r in records).encode()
+    with open(path, "ab") as f:
+        f.write(payload)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _short(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _differences(old, new: dict) -> str:
+    if not isinstance(old, dict):
+        return "it has no settings key"
+    missing = object()
+    changed = [k for k in dict.fromkeys([*old, *new]) if old.get(k, missing) != new.get(k, missing)]
+    return ", ".join(f"{k}: {_short(old[k]) if k in old else '(unset)'} → {_short(new[k]) if k in new else '(unset)'}"
+                     for k in changed)
+
+
+def _move_aside(path: str) -> str:
+    n = 1
+    while os.path.exists(f"{path}.stale-{n}"):
+        n += 1
+    os.replace(path, f"{path}.stale-{n}")
+    return f"{path}.stale-{n}"
+
+
+def _read_progress(path: str, key: dict | None, write: bool) -> list[dict]:
+    """The records of the complete rounds in `path` (header first, if any); `[]` to start afresh.
+
+    A file made under another settings key is moved aside (main process only, as is every change to the file).
+    A torn last line and the records of a round without its stats line are cut off, so that appending continues
+    from the last complete round.
+
+    Raises:
+        `SynthesisError`: a line before the last one is not a JSON record (the file was damaged, not torn).
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    lines = []  # (line number, record or None, offset just past the line, ends with a newline)
+    start = 0
+    for number, raw in enumerate(data.split(b"\n"), 1):
+        end = min(start + len(raw) + 1, len(data))
+        if raw.strip():
+            try:
+                record = json.loads(raw)
+            except ValueError:  # JSONDecodeError and UnicodeDecodeError (a multi-byte character cut in two)
+                record = None
+            lines.append((number, record if isinstance(record, dict) else None, end, end > start + len(raw)))
+        start = end
+    if lines and lines[-1][1] is None:
+        logger.warning("%s: line %d was cut off mid-write (the run was interrupted); it is ignored.",
+                       path, lines.pop()[0])
+    header = lines[0][1] if lines and lines[0][1] is not None and "progress_key" in lines[0][1] else None
+    if key is not None and lines and (header is None or header["progress_key"] != key):
+        old = header["progress_key"] if header else None
+        if write:
+            logger.warning("%s was made with other settings (%s); moved it to %s and synthesizing afresh.",
+                           path, _differences(old, key), _move_aside(path))
+        return []
+    damaged = next((number for number, record, _, _ in lines if record is None), None)
+    if damaged is not None:
+        raise SynthesisError(
+            f"The synthesis progress file {path} is damaged: line {damaged} is not a JSON record. Delete the file "
+            "(or start with `overwrite`) to synthesize from scratch."
+        )
+    last = max((i for i, (_, record, _, _) in enumerate(lines) if "stats" in record), default=0 if header else -1)
+    complete = lines[: last + 1]
+    if len(lines) > len(complete):
+        logger.warning("%s: round %d was interrupted after %d of its records; it is redone.", path,
+                       lines[len(complete)][1].get("round", 0), len(lines) - len(complete))
+    if write:
+        cut = complete[-1][2] if complete else 0
+        if cut < len(data) or (complete and not complete[-1][3]):
+            with open(path, "r+b") as f:
+                f.truncate(cut)
+                if complete and not complete[-1][3]:  # a whole last record whose newline was lost
+                    f.seek(cut)
+                    f.write(b"\n")
+                f.flush()
+                os.fsync(f.fileno())
+    return [record for _, record, _, _ in complete]
+
+
 def synthesize(cfg, generator, generator_tokenizer, seeds: list[str], *, discriminator=None,
                discriminator_tokenizer=None, num_samples: int | None = None, candidate_budget: int | None = None,
-               references: list[str] | None = None, progress_path: str | None = None, show_progress: bool = True):
+               references: list[str] | None = None, progress_path: str | None = None,
+               progress_key: dict | None = None, fresh: bool = False, show_progress: bool = True):
     """Collect `num_samples` accepted synthetic inputs.
 
     Args:
@@ -76,35 +195,62 @@ def synthesize(cfg, generator, generator_tokenizer, seeds: list[str], *, discrim
         num_samples, candidate_budget (`int`, *optional*): override the config's.
         references (`list[str]`, *optional*): real inputs (seeds, held-out data) that no candidate may reproduce
             nearly (`cfg.leak_threshold`); near-copies are dropped before scoring and counted as `leaks`.
-        progress_path (`str`, *optional*): JSONL file of every scored candidate so far; read back on resume.
+        progress_path (`str`, *optional*): JSONL file of every scored candidate so far; read back on resume (the
+            format is in the module's docstring).
+        progress_key (`dict`, *optional*): JSON-serialisable settings and input hashes that determine the
+            candidates (generator, seeds, sampling, `seed`, references, discriminator...). Written as the file's
+            first line; a file with another key (or none) is moved aside to `<progress_path>.stale-<n>` and
+            synthesis starts afresh. Leave out `filter_margin`, `num_samples` and `candidate_budget`: a restart
+            that changes only those reuses the stored candidates (the verdicts are re-taken from the stored scores,
+            and a larger budget or sample count continues with more rounds).
+        fresh (`bool`, *optional*, defaults to `False`): delete the progress file and start from nothing
+            (`--overwrite`).
 
     Returns:
         `(rows, stats)`: one row per scored candidate (`input`, `score`, `passed`, `accepted`, `round`) and the counts.
 
     Raises:
-        `SynthesisError`: the generator's output never parses, or the budget ran out before enough were accepted.
+        `SynthesisError`: the generator's output never parses, the budget ran out before enough were accepted, or
+        the progress file is damaged.
     """
     use_filter = discriminator is not None
     num_samples = num_samples or cfg.num_samples
     budget = candidate_budget or cfg.candidate_budget
+    key = json.loads(json.dumps(progress_key)) if progress_key is not None else None  # as it reads back
+    write = progress_path is not None and is_main_process()
+    records = []
+    if progress_path and os.path.exists(progress_path):
+        if fresh:
+            if write:
+                os.remove(progress_path)
+        else:
+            records = _read_progress(progress_path, key, write)
+    header_due = key is not None and not records  # written with the first round, never alone
+
     stats, rows = SynthesisStats(), []
     dedup = Deduplicator(seeds)
-    if progress_path and os.path.exists(progress_path):
-        with open(progress_path) as f:
-            saved = [json.loads(line) for line in f if line.strip()]
-        for rec in saved:
-            if "stats" in rec:
-                stats = SynthesisStats(**rec["stats"])
-            else:
-                rows.append(rec)
-                dedup.add(rec["input"])
-        rows = [r for r in rows if r["round"] < stats.rounds]  # rows of a round whose stats line is missing are redone
-        # The verdicts are re-taken from the stored scores, so a start with another margin reuses the candidates.
-        stats.accepted = 0
+    known = {f.name for f in fields(SynthesisStats)}
+    for rec in records:
+        if "stats" in rec:
+            stats = SynthesisStats(**{k: v for k, v in rec["stats"].items() if k in known})
+        elif "input" in rec:
+            rows.append(rec)
+            dedup.add(rec["input"])
+        elif "leak" in rec:  # the original run's dedup saw it too; without it a redone round would differ
+            dedup.add(rec["leak"])
+    if rows:
+        # The verdicts are re-taken from the stored scores, so a start with another margin reuses the candidates;
+        # `passed` is recounted too (files from before it was stored lack it).
+        stats.passed = stats.accepted = 0
         for r in rows:
-            r["passed"] = r["score"] is None or r["score"] > cfg.filter_margin
+            r["passed"] = _passes(r["score"], cfg.filter_margin)
             r["accepted"] = r["passed"] and stats.accepted < num_samples
+            stats.passed += r["passed"]
             stats.accepted += r["accepted"]
+    if stats.rounds and is_main_process():
+        logger.info("synthesis resumed from %s: %d rounds, %d of %d accepted, %d candidates spent", progress_path,
+                    stats.rounds, stats.accepted, num_samples, stats.candidates)
+
     stop = generator_stop_strings(seeds, cfg.num_seeds)
     while stats.accepted < num_samples and stats.candidates < budget:
         round_rng = random.Random(cfg.seed * 100_003 + stats.rounds)
@@ -119,40 +265,41 @@ def synthesize(cfg, generator, generator_tokenizer, seeds: list[str], *, discrim
             desc=f"generate (round {stats.rounds + 1})", show_progress=show_progress and is_main_process(),
         ), prompts)
         stats.candidates += n
-        fresh = []
+        unseen, leaked = [], []
         before = dict(dedup.dropped)
         for text, finished in outputs:
             item = parse_candidate(text, finished=finished, max_chars=cfg.max_candidate_chars)
             if item is None:
                 stats.unparsable += 1
             elif dedup.add(item):
-                fresh.append(item)
+                unseen.append(item)
         stats.duplicates += dedup.dropped["duplicate"] - before["duplicate"]
         stats.seed_copies += dedup.dropped["seed_copy"] - before["seed_copy"]
-        if references and cfg.leak_threshold is not None and fresh:
-            fresh, leaked = filter_leaks(fresh, references, threshold=cfg.leak_threshold)
+        if references and cfg.leak_threshold is not None and unseen:
+            unseen, leaked = filter_leaks(unseen, references, threshold=cfg.leak_threshold)
             stats.leaks += len(leaked)
         if use_filter:
             scores = np.asarray(map_across_processes(lambda shard: score(
                 discriminator, discriminator_tokenizer, shard, cfg.task_name, batch_size=cfg.filter_batch_size,
-                desc="filter", show_progress=show_progress and is_main_process()).tolist(), fresh), dtype=np.float32)
+                desc="filter", show_progress=show_progress and is_main_process()).tolist(), unseen), dtype=np.float32)
         else:
-            scores = np.full(len(fresh), np.inf, dtype=np.float32)
+            scores = [None] * len(unseen)  # unfiltered: every candidate passes
         new_rows = []
-        for item, s in zip(fresh, scores):
-            passed = bool(s > cfg.filter_margin)
+        for item, s in zip(unseen, scores):
+            s = None if s is None else float(s)  # a non-finite score stays one (json writes NaN/-Infinity)
+            passed = _passes(s, cfg.filter_margin)
             ok = passed and stats.accepted < num_samples  # a round may pass more than are still needed
+            stats.passed += passed
             stats.accepted += ok
-            new_rows.append({"input": item, "score": float(s) if np.isfinite(s) else None, "passed": passed,
-                             "accepted": ok, "round": stats.rounds})
-        stats.scored += len(fresh)
+            new_rows.append({"input": item, "score": s, "passed": passed, "accepted": ok, "round": stats.rounds})
+        stats.scored += len(unseen)
+        leak_records = [{"leak": text, "round": stats.rounds} for text in leaked]
         stats.rounds += 1
         rows.extend(new_rows)
-        if progress_path and is_main_process():
-            with open(progress_path, "a") as f:
-                for r in new_rows:
-                    f.write(json.dumps(r) + "\n")
-                f.write(json.dumps({"stats": {k: v for k, v in asdict(stats).items()}}) + "\n")
+        if write:
+            header = [{"progress_key": key}] if header_due else []
+            _append(progress_path, header + new_rows + leak_records + [{"stats": asdict(stats)}])
+            header_due = False
         parsed = stats.candidates - stats.unparsable
         if stats.candidates >= max(2 * cfg.generation_batch_size, 64) and parsed < 0.01 * stats.candidates:
             raise SynthesisError(
@@ -165,8 +312,8 @@ def synthesize(cfg, generator, generator_tokenizer, seeds: list[str], *, discrim
     if stats.accepted < num_samples:
         raise SynthesisError(
             f"Only {stats.accepted} of num_samples={num_samples} candidates were accepted after spending the "
-            f"candidate_budget of {budget} ({stats.scored} scored, acceptance rate "
-            f"{stats.acceptance_rate:.1%}, {stats.unparsable} unparsable, {stats.duplicates} duplicates, "
+            f"candidate_budget of {budget} ({stats.scored} scored, {stats.passed} passed the filter: acceptance "
+            f"rate {stats.acceptance_rate:.1%}; {stats.unparsable} unparsable, {stats.duplicates} duplicates, "
             f"{stats.leaks} near-copies of real inputs). Raise "
             "`candidate_budget`, lower `filter_margin` or `num_samples`, or check the discriminator (its held-out "
             "accuracy is in the run's discriminator/metrics.json). What was generated is kept"

@@ -8,8 +8,9 @@ import torch
 
 from peft_transfer import Transfer
 from peft_transfer.data import DataError
-from peft_transfer.modeling import AdapterMismatchError
-from peft_transfer.pipeline import STAGES
+from peft_transfer.modeling import AdapterMismatchError, ModelPool
+from peft_transfer.stages import STAGE_NAMES
+from peft_transfer.stages import stage as stage_row
 from peft_transfer.synthesis import SynthesisError
 
 
@@ -34,9 +35,9 @@ def test_cross_family_transfer_runs_every_stage(make_config, run_dir, tiny_world
     config = make_config(output_dir=str(run_dir))
     report = _run(config)
 
-    for stage in STAGES:
-        assert os.path.isdir(run_dir / stage), stage
-        assert not os.path.exists(run_dir / f"{stage}.incomplete")
+    for name in STAGE_NAMES:
+        assert os.path.isdir(run_dir / name), name
+        assert not os.path.exists(run_dir / f"{name}.incomplete")
     assert report["stages"]["source_adapter"]["skipped"] and report["stages"]["discriminator"]["skipped"]
 
     accepted = load_from_disk(str(run_dir / "synthesis" / "accepted"))
@@ -71,12 +72,12 @@ def test_interrupted_stage_is_redone_and_finished_stages_are_kept(make_config, r
     _run(config, stages=("synthesis",))
     kept = {p: _mtime(run_dir / p / "stage.json") for p in ("source_adapter", "discriminator", "synthesis")}
 
-    def crash(self, out):
+    def crash(run, out):
         with open(os.path.join(out, "partial.txt"), "w") as f:
             f.write("half done")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(Transfer, "_labels", crash)
+    monkeypatch.setattr(stage_row("labels"), "body", crash)
     with pytest.raises(KeyboardInterrupt):
         _run(config)
     assert os.path.isdir(run_dir / "labels.incomplete") and not os.path.exists(run_dir / "labels")
@@ -113,7 +114,7 @@ def test_missing_seed_file(make_config, tmp_path):
     config = make_config(seed_file=str(tmp_path / "nope.jsonl"))
     with pytest.raises(DataError, match="does not exist"):
         _run(config)
-    assert not any(os.path.isdir(os.path.join(config.output_dir, s)) for s in STAGES)
+    assert not any(os.path.isdir(os.path.join(config.output_dir, s)) for s in STAGE_NAMES)
 
 
 def test_malformed_seed_file(make_config, tmp_path):
@@ -225,12 +226,12 @@ def test_bases_stay_loaded_between_stages_without_changing_results(make_config, 
     from datasets import load_from_disk
 
     loads = {True: [], False: []}
-    real_load = Transfer._load
+    real_load = ModelPool.load
     reports = {}
     for keep in (True, False):
         run = tmp_path / f"keep-{keep}"
         shutil.copytree(base_run, run)
-        monkeypatch.setattr(Transfer, "_load", lambda self, ref, keep=keep: loads[keep].append(ref) or real_load(self, ref))
+        monkeypatch.setattr(ModelPool, "load", lambda self, ref, keep=keep: loads[keep].append(ref) or real_load(self, ref))
         reports[keep] = _run(make_config(output_dir=str(run), keep_models_loaded=keep))
         reports[keep]["labels"] = load_from_disk(str(run / "labels"))["completion"]
     # synthesis (target + source), labels (source), distillation (target), evaluation (source, target x2)

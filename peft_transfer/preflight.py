@@ -1,0 +1,120 @@
+"""Checks made before the first stage, so that a mistake costs seconds, not hours of generation.
+
+Each reads only what is cheap: files, tokenizers, model configs (a Hub base is downloaded here rather than after
+synthesis, which would need it anyway), adapter configs. Every failure is a `UserError` that names the problem and
+the fix; nothing in the run directory is touched.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+
+from .data import generator_prompt, load_examples
+from .errors import PreflightError
+
+
+def check_output_dir(path: str) -> None:
+    """`output_dir` exists (or can be made) and takes files."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
+            pass
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise PreflightError(f"The output_dir {path!r} cannot be written to ({reason}): give a folder you can write "
+                             "to with `--output_dir`.") from None
+
+
+def check(run, todo) -> None:
+    """Everything about the stages in `todo` that can be known before they start (see the module docstring)."""
+    cfg = run.config
+    names = {s.name for s in todo}
+    run.seeds  # noqa: B018 — reads and checks the seed file (DataError)
+    if names & {"source_adapter", "discriminator"}:
+        load_examples(cfg.train_file, require_target="source_adapter" in names, what="train_file")
+    if cfg.eval_file:
+        load_examples(cfg.eval_file, require_target=True, what="eval_file")
+    if cfg.source_adapter and names & {"labels", "target_adapter", "evaluation"}:
+        _check_adapter(cfg.source_adapter, cfg.source_model, "source_adapter", "source_model", cfg.hub_token)
+    if cfg.discriminator_adapter and "synthesis" in names and cfg.filter_mode == "discriminator":
+        _check_adapter(cfg.discriminator_adapter, cfg.discriminator_base, "discriminator_adapter",
+                       "discriminator_model", cfg.hub_token)
+    if "synthesis" in names:
+        _check_prompt_fits(cfg, cfg.generator, run.seeds, "seeds", "generator")
+    if "discriminator" in names:  # its negatives come from numbered-list prompts of real inputs, on the source base
+        real = list(dict.fromkeys(e["input"] for e in load_examples(cfg.train_file, what="train_file")))
+        _check_prompt_fits(cfg, cfg.source_model, real, "train_file inputs", "source_model")
+    if "target_adapter" in names and cfg.loss_type != "sequence":
+        _check_shared_vocabulary(cfg)
+
+
+def _check_adapter(ref: str, base: str, setting: str, base_setting: str, token) -> None:
+    from types import SimpleNamespace
+
+    from .hub import resolve_pretrained
+    from .modeling import check_adapter_base
+
+    looks_local = ref.startswith(("/", ".", "~")) or ref.count("/") > 1  # a Hub id is `namespace/name`
+    if looks_local and not os.path.exists(os.path.expanduser(ref)):
+        raise PreflightError(f"The {setting} {ref!r} does not exist: give the folder of a saved PEFT adapter "
+                             "(with adapter_config.json) or a Hub repo id.")
+    local = resolve_pretrained(ref, token=token)
+    if not os.path.isfile(os.path.join(local, "adapter_config.json")):
+        raise PreflightError(f"The {setting} {ref!r} holds no adapter_config.json: give the folder a PEFT adapter "
+                             "was saved to (`model.save_pretrained(...)`).")
+    config = _model_config(base, token)
+    # The same comparison the load makes, on the base's config alone (no weights loaded).
+    check_adapter_base(ref, SimpleNamespace(config=config), base, token=token, local=local)
+
+
+def _model_config(ref: str, token):
+    from transformers import AutoConfig
+
+    from .hub import resolve_pretrained
+
+    return AutoConfig.from_pretrained(resolve_pretrained(ref, token=token))
+
+
+def _context_length(config) -> int | None:
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None) or getattr(getattr(config, "text_config", None), name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _check_prompt_fits(cfg, model_ref: str, inputs: list[str], what: str, setting: str) -> None:
+    """The longest numbered-list prompt (the `num_seeds` longest inputs) plus the new tokens fits the context."""
+    from .modeling import load_tokenizer
+
+    context = _context_length(_model_config(model_ref, cfg.hub_token))
+    if context is None:
+        return
+    tokenizer = load_tokenizer(model_ref, trust_remote_code=cfg.trust_remote_code, token=cfg.hub_token)
+    lengths = {x: len(tokenizer(x, add_special_tokens=False)["input_ids"]) for x in inputs}
+    longest = sorted(inputs, key=lengths.get, reverse=True)[: cfg.num_seeds]
+    prompt = generator_prompt(longest, random.Random(0), cfg.num_seeds)
+    need = len(tokenizer(prompt)["input_ids"]) + cfg.max_candidate_tokens
+    if need > context:
+        worst = longest[0]
+        raise PreflightError(
+            f"The generation prompt does not fit the {setting}'s context of {context} tokens: with the "
+            f"{min(cfg.num_seeds, len(inputs))} longest {what} it takes {need - cfg.max_candidate_tokens} tokens, "
+            f"plus max_candidate_tokens={cfg.max_candidate_tokens}. The longest is {lengths[worst]} tokens "
+            f"({worst[:60]!r}...). Shorten or drop the longest {what}, lower num_seeds, or lower max_candidate_tokens."
+        )
+
+
+def _check_shared_vocabulary(cfg) -> None:
+    from .losses import assert_same_vocabulary
+    from .modeling import load_tokenizer
+
+    teacher = load_tokenizer(cfg.source_model, trust_remote_code=cfg.trust_remote_code, token=cfg.hub_token)
+    student = load_tokenizer(cfg.target_model, trust_remote_code=cfg.trust_remote_code, token=cfg.hub_token)
+    try:
+        assert_same_vocabulary(teacher, student)
+    except ValueError as e:
+        raise PreflightError(f"loss_type={cfg.loss_type!r} with source_model {cfg.source_model!r} and target_model "
+                             f"{cfg.target_model!r}: {e}") from None

@@ -1,0 +1,360 @@
+"""The stages of a transfer: one table, one function per stage.
+
+    source_adapter   train θs on the task data (only when no source adapter is given)
+    discriminator    train the yes/no adapter on real inputs vs source-generated ones (only when none is given)
+    synthesis        generate -> filter until `num_samples` are accepted
+    labels           the teacher (source base + θs) answers every accepted input
+    target_adapter   distil into a fresh θt on the target base
+    evaluation       source+θs / target / target+θt on held-out data
+
+Each row of `STAGES` says when the stage runs, which artifacts and inputs it reads, which settings its result
+depends on (its fingerprint, see `pipeline`), which bases it uses, and whether a change of those settings redoes it
+(the training and evaluation stages) or stops the run (the data stages, which are never redone silently). Settings
+that change only speed (inference batch of the filter, `keep_models_loaded`, logging) are in no fingerprint; the
+candidate budget is not either, since a finished stage did not run out of it.
+
+A body `fn(run, out)` reads through `run` (the `Transfer`: its config, run directory, model pool and seeds) and
+writes its artifacts into the folder `out` — on the main process only; every process runs it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import random
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import numpy as np
+
+from . import rundir
+from .config import LINEAGE_FILE, TransferConfig
+from .data import load_examples, task_prompt
+from .distributed import is_main_process, map_across_processes, wait_for_everyone
+from .modeling import peft_config_from
+from .rundir import read_json, write_json
+
+logger = logging.getLogger(__name__)
+
+
+# -- the bodies -----------------------------------------------------------------------------------------------------
+
+def _train(run, out: str, trainer) -> None:
+    """Train, resuming from the last checkpoint in the stage's folder when a killed run left one."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    folder = rundir.RunDir.trainer(out)
+    last = get_last_checkpoint(folder) if os.path.isdir(folder) else None
+    if last and is_main_process():
+        logger.info("  resuming training from %s", os.path.relpath(last, run.config.output_dir))
+    trainer.train(resume_from_checkpoint=last)
+
+
+def source_adapter(run, out: str) -> None:
+    from datasets import Dataset
+
+    from .pipeline import training_args
+    from .trainer import DistillationTrainer
+
+    cfg = run.config
+    args = training_args(cfg, rundir.RunDir.trainer(out), show_progress=run.show_progress,
+                         learning_rate=cfg.source_learning_rate, num_train_epochs=cfg.source_epochs)
+    peft_config = peft_config_from(cfg, cfg.source_model, peft_type=cfg.source_peft_type)
+    with run.pool.lease(cfg.source_model) as lease:
+        rows = [{"prompt": task_prompt(lease.tokenizer, e["input"], cfg.prompt_template), "completion": " " + e["target"]}
+                for e in load_examples(cfg.train_file, require_target=True, what="train_file")]
+        trainer = DistillationTrainer(model=lease.model, args=args, train_dataset=Dataset.from_list(rows),
+                                      processing_class=lease.tokenizer, peft_config=peft_config)
+        lease.model = trainer.model
+        _train(run, out, trainer)
+        if is_main_process():
+            trainer.model.save_pretrained(out)
+            shutil.rmtree(rundir.RunDir.trainer(out), ignore_errors=True)
+        del trainer
+
+
+def discriminator(run, out: str) -> None:
+    from .discriminator import score, train_discriminator
+    from .metrics import discriminator_report
+    from .pipeline import training_args
+    from .synthesis import synthesize
+
+    cfg = run.config
+    real = list(dict.fromkeys(e["input"] for e in load_examples(cfg.train_file, what="train_file")))
+    random.Random(cfg.seed).shuffle(real)
+    # Negatives: what the source base makes of the stage-3 prompt, seeded with random real inputs.
+    n_neg = cfg.discriminator_negatives or len(real)
+    with run.pool.lease(cfg.source_model) as lease:
+        rows, _ = synthesize(cfg, lease.model, lease.tokenizer, real, num_samples=n_neg,
+                             candidate_budget=max(cfg.candidate_budget, 4 * n_neg), show_progress=run.show_progress)
+    real_set = set(real)
+    negatives = [r["input"] for r in rows if r["accepted"] and r["input"] not in real_set]
+    # Hold out a fifth of both sides to measure the discriminator on data it has not seen.
+    n_pos_held, n_neg_held = max(1, len(real) // 5), max(1, len(negatives) // 5)
+    held_pos, train_pos = real[:n_pos_held], real[n_pos_held:]
+    held_neg, train_neg = negatives[:n_neg_held], negatives[n_neg_held:]
+    peft_config = peft_config_from(cfg, cfg.discriminator_base, peft_type="lora")
+    args = training_args(cfg, rundir.RunDir.trainer(out), show_progress=run.show_progress,
+                         learning_rate=cfg.discriminator_learning_rate, num_train_epochs=cfg.discriminator_epochs,
+                         max_length=None)
+    with run.pool.lease(cfg.discriminator_base) as lease:
+        lease.model = model = train_discriminator(lease.model, lease.tokenizer, train_pos, train_neg,
+                                                  task_name=cfg.task_name, args=args, peft_config=peft_config,
+                                                  train=lambda trainer: _train(run, out, trainer))
+        pos_scores = score(model, lease.tokenizer, held_pos, cfg.task_name, batch_size=cfg.filter_batch_size)
+        neg_scores = score(model, lease.tokenizer, held_neg, cfg.task_name, batch_size=cfg.filter_batch_size)
+        if is_main_process():
+            model.save_pretrained(out)
+        del model
+    metrics = discriminator_report(pos_scores, neg_scores, margin=cfg.filter_margin)
+    metrics.update(num_positives=len(train_pos), num_negatives=len(train_neg), task_name=cfg.task_name,
+                   base_model=cfg.discriminator_base,
+                   held_out_negative_scores=[round(float(x), 4) for x in neg_scores])  # numbers only, no text
+    if metrics.get("near_chance"):
+        logger.warning("The discriminator is near chance on held-out data (ROC-AUC %.3f): the filter will barely "
+                       "help. Train it longer or on more data.", metrics["roc_auc"])
+    if is_main_process():
+        shutil.rmtree(rundir.RunDir.trainer(out), ignore_errors=True)
+        write_json(os.path.join(out, rundir.METRICS), metrics)
+
+
+def synthesis(run, out: str) -> None:
+    from datasets import Dataset
+
+    from .metrics import calibrate_margin
+    from .synthesis import synthesize
+
+    cfg = run.config
+    if cfg.target_false_accept_rate is not None:
+        negatives = read_json(run.dirs.discriminator_metrics).get("held_out_negative_scores") or []
+        if not negatives:
+            raise ValueError("target_false_accept_rate needs the held-out negative scores in "
+                             f"{run.dirs.discriminator_metrics}: train the discriminator in this run.")
+        margin = calibrate_margin(negatives, cfg.target_false_accept_rate)
+        logger.info("filter margin %.4f lets at most %.1f%% of %d held-out negatives through", margin,
+                    100 * cfg.target_false_accept_rate, len(negatives))
+        cfg = dataclasses.replace(cfg, filter_margin=margin)
+    use_filter = cfg.filter_mode == "discriminator"
+    with contextlib.ExitStack() as stack:
+        generator = stack.enter_context(run.pool.lease(cfg.generator))
+        disc = stack.enter_context(run.pool.lease(cfg.discriminator_base, run.discriminator_adapter)) if use_filter \
+            else SimpleNamespace(model=None, tokenizer=None)
+        rows, stats = synthesize(cfg, generator.model, generator.tokenizer, run.seeds, discriminator=disc.model,
+                                 discriminator_tokenizer=disc.tokenizer, references=run.real_inputs(),
+                                 progress_path=run.dirs.progress, progress_key=run.progress_key(),
+                                 fresh=cfg.overwrite,
+                                 show_progress=run.show_progress)
+        if is_main_process():
+            Dataset.from_list(rows).save_to_disk(os.path.join(out, rundir.CANDIDATES))
+            Dataset.from_list([r for r in rows if r["accepted"]]).save_to_disk(os.path.join(out, rundir.ACCEPTED))
+            write_json(os.path.join(out, rundir.STATS), {**stats.to_dict(), "filter_margin": cfg.filter_margin})
+        if cfg.compute_mmd:
+            diagnostics = _diagnostics(run, rows, generator.model, generator.tokenizer, out)
+            if is_main_process():
+                write_json(os.path.join(out, rundir.DIAGNOSTICS), diagnostics)
+    wait_for_everyone()
+    if is_main_process() and os.path.exists(run.dirs.progress):
+        os.remove(run.dirs.progress)
+
+
+def _diagnostics(run, rows: list[dict], model, tokenizer, out: str) -> dict:
+    """Paper Table 9: MMD to real inputs of the accepted and of the unfiltered candidates (same bandwidth)."""
+    from .metrics import distinct_n, embed_texts, median_heuristic_bandwidth, mmd2, plot_projection
+
+    cfg = run.config
+    rng = random.Random(cfg.seed)
+    real = run.real_inputs()
+    real = rng.sample(real, min(len(real), 500))
+    accepted = [r["input"] for r in rows if r["accepted"]]
+    unfiltered = [r["input"] for r in rows]
+    unfiltered = rng.sample(unfiltered, min(len(unfiltered), max(len(accepted), 500)))
+    rejected = [r["input"] for r in rows if not r["passed"]][:500]
+    embed = dict(sentence_model=cfg.embedding_model, model=None if cfg.embedding_model else model,
+                 tokenizer=None if cfg.embedding_model else tokenizer, batch_size=cfg.filter_batch_size)
+
+    def embed_all(texts):  # each process embeds a shard (pooling is padding-invariant, so shards agree)
+        return np.asarray(map_across_processes(lambda shard: list(embed_texts(shard, **embed)), texts))
+
+    real_e, acc_e, unf_e = (embed_all(t) for t in (real, accepted, unfiltered))
+    bandwidth = median_heuristic_bandwidth(np.concatenate([real_e, unf_e]))
+    result = {
+        "num_real": len(real),
+        "embedding": cfg.embedding_model or f"mean-pooled hidden states of {cfg.generator}",
+        "bandwidth": bandwidth,
+        "mmd_accepted": mmd2(acc_e, real_e, bandwidth=bandwidth) if len(real) > 1 and len(accepted) > 1 else None,
+        "mmd_unfiltered": mmd2(unf_e, real_e, bandwidth=bandwidth) if len(real) > 1 else None,
+        "distinct_2_accepted": distinct_n(accepted, 2),
+        "distinct_2_unfiltered": distinct_n(unfiltered, 2),
+    }
+    if len(real) < 20:
+        result["note"] = "few real inputs (give eval_file): the MMD estimates are noisy"
+    if cfg.plot_projection and rejected:
+        plot_projection(real_e, acc_e, embed_all(rejected), os.path.join(out, rundir.PROJECTION),
+                        title=f"{cfg.task_name}: real vs accepted vs rejected")
+    return result
+
+
+def labels(run, out: str) -> None:
+    from datasets import Dataset, load_from_disk
+
+    from .synthesis import label
+
+    cfg = run.config
+    accepted = load_from_disk(run.dirs.accepted)["input"]
+    with run.pool.lease(cfg.source_model, run.source_adapter) as teacher:
+        rows = label(cfg, teacher.model, teacher.tokenizer, list(accepted), show_progress=run.show_progress)
+    empty = sum(1 for r in rows if not r["answer"])
+    if empty:
+        logger.warning("%d of %d teacher answers are empty; they are kept as the teacher's behaviour.", empty, len(rows))
+    if is_main_process():
+        Dataset.from_list(rows).save_to_disk(out)
+
+
+def target_adapter(run, out: str) -> None:
+    from datasets import Dataset, load_from_disk
+
+    from .pipeline import training_args
+    from .trainer import DistillationTrainer
+
+    cfg = run.config
+    data = load_from_disk(run.dirs.labels)
+    args = training_args(cfg, rundir.RunDir.trainer(out), show_progress=run.show_progress, kd_loss=cfg.loss_type,
+                         sequence_weight=cfg.sequence_weight if cfg.loss_type != "sequence" else 0.0,
+                         beta=cfg.beta, kd_temperature=cfg.kd_temperature)
+    with contextlib.ExitStack() as stack:
+        student = stack.enter_context(run.pool.lease(cfg.target_model))
+        teacher = SimpleNamespace(model=None, tokenizer=None)
+        if cfg.loss_type != "sequence":  # token-level KD runs the teacher during training
+            teacher = stack.enter_context(run.pool.lease(cfg.source_model, run.source_adapter))
+        rows = [{"prompt": task_prompt(student.tokenizer, x, cfg.prompt_template), "completion": c}
+                for x, c in zip(data["input"], data["completion"])]
+        trainer = DistillationTrainer(model=student.model, teacher_model=teacher.model, args=args,
+                                      train_dataset=Dataset.from_list(rows), processing_class=student.tokenizer,
+                                      peft_config=peft_config_from(cfg, cfg.target_model),
+                                      teacher_processing_class=teacher.tokenizer, lineage=run.lineage())
+        student.model = trainer.model
+        _train(run, out, trainer)
+        if is_main_process():
+            trainer.model.save_pretrained(out)
+            shutil.rmtree(rundir.RunDir.trainer(out), ignore_errors=True)
+            write_json(os.path.join(out, LINEAGE_FILE), run.lineage())
+        del trainer
+
+
+def evaluation(run, out: str) -> None:
+    results = run.evaluate()
+    summary = {k: v["accuracy"] for k, v in results.items()}
+    summary["num_samples"] = next(iter(results.values()))["num_samples"]
+    if is_main_process():
+        write_json(os.path.join(out, rundir.EVALUATION), summary)
+        write_json(os.path.join(out, rundir.PREDICTIONS), {k: v["predictions"] for k, v in results.items()})
+
+
+# -- one line per finished stage ------------------------------------------------------------------------------------
+
+def _synthesis_summary(dirs: rundir.RunDir) -> str:
+    stats = read_json(dirs.synthesis_stats)
+    return (f"accepted {stats.get('accepted', 0)} of {stats.get('candidates', 0)} candidates "
+            f"(filter passed {stats.get('acceptance_rate', 0):.0%})")
+
+
+def _discriminator_summary(dirs: rundir.RunDir) -> str:
+    return f"held-out ROC-AUC {read_json(dirs.discriminator_metrics).get('roc_auc', float('nan')):.3f}"
+
+
+def _evaluation_summary(dirs: rundir.RunDir) -> str:
+    return ", ".join(f"{k} {v:.1%}" for k, v in read_json(dirs.evaluation).items() if k != "num_samples")
+
+
+# -- the table ------------------------------------------------------------------------------------------------------
+
+_SEED = ("dtype", "seed")
+_ADAPTER = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "num_virtual_tokens",
+            "prompt_tuning_init_text")
+_TRAINING = ("per_device_train_batch_size", "gradient_accumulation_steps", "max_length")
+_SAMPLING = ("num_seeds", "generation_batch_size", "max_candidate_tokens", "max_candidate_chars", "do_sample",
+             "temperature", "top_p", "top_k")
+_TOKEN_KD = ("forward_kl", "reverse_kl", "jsd")
+
+
+@dataclass
+class Stage:
+    name: str
+    body: Callable  # body(run, out)
+    needed: Callable[[TransferConfig], bool]  # False: the user gave its artifact, or the run does not need it
+    reads: Callable[[TransferConfig], tuple[str, ...]]  # artifacts of other stages (or the user's, when given)
+    inputs: tuple[str, ...]  # files and seeds it reads: keys of `Transfer.input_hashes`
+    settings: Callable[[TransferConfig], tuple[str, ...]]  # what its result depends on: TransferConfig names
+    bases: Callable[[TransferConfig], set[str]]
+    redone_on_change: bool  # a change of its settings redoes it (else: the run stops and says so)
+    resumable: bool = False  # keeps its `.incomplete` folder (training checkpoints) for the next start
+    summary: Callable[[rundir.RunDir], str] | None = None
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("source_adapter", source_adapter,
+          needed=lambda c: not c.source_adapter,
+          reads=lambda c: (),
+          inputs=("train_file",),
+          settings=lambda c: ("source_model", "prompt_template", "source_peft_type", *_ADAPTER, "source_learning_rate",
+                              "source_epochs", *_TRAINING, *_SEED),
+          bases=lambda c: {c.source_model},
+          redone_on_change=False, resumable=True),
+    Stage("discriminator", discriminator,
+          needed=lambda c: c.filter_mode == "discriminator" and not c.discriminator_adapter,
+          reads=lambda c: (),
+          inputs=("train_file",),
+          settings=lambda c: ("source_model", "discriminator_base", "task_name", *_SAMPLING, "discriminator_negatives",
+                              *_ADAPTER[:4], "discriminator_learning_rate", "discriminator_epochs", *_TRAINING[:2],
+                              *_SEED),
+          bases=lambda c: {c.source_model, c.discriminator_base},
+          redone_on_change=False, resumable=True, summary=_discriminator_summary),
+    Stage("synthesis", synthesis,
+          needed=lambda c: True,
+          reads=lambda c: ("discriminator",) if c.filter_mode == "discriminator" else (),
+          inputs=("seeds", "eval_file"),
+          settings=lambda c: ("generator", "filter_mode", "task_name", "filter_margin", "target_false_accept_rate",
+                              "num_samples", *_SAMPLING, "leak_threshold",
+                              *(("discriminator_base",) if c.filter_mode == "discriminator" else ()),
+                              "compute_mmd", "embedding_model", "plot_projection", *_SEED),
+          bases=lambda c: {c.generator} | ({c.discriminator_base} if c.filter_mode == "discriminator" else set()),
+          redone_on_change=False, summary=_synthesis_summary),
+    Stage("labels", labels,
+          needed=lambda c: True,
+          reads=lambda c: ("synthesis", "source_adapter"),
+          inputs=(),
+          settings=lambda c: ("source_model", "prompt_template", "label_max_new_tokens", "label_do_sample",
+                              "answer_stop", "generation_batch_size", *_SEED),
+          bases=lambda c: {c.source_model},
+          redone_on_change=False),
+    Stage("target_adapter", target_adapter,
+          needed=lambda c: True,
+          reads=lambda c: ("labels",) + (("source_adapter",) if c.loss_type in _TOKEN_KD else ()),
+          inputs=(),
+          settings=lambda c: ("target_model", "prompt_template", "peft_type", *_ADAPTER, "loss_type", "learning_rate",
+                              "num_train_epochs", *_TRAINING, *_SEED)
+          + (("source_model", "sequence_weight", "beta", "kd_temperature") if c.loss_type in _TOKEN_KD else ()),
+          bases=lambda c: {c.target_model} | ({c.source_model} if c.loss_type in _TOKEN_KD else set()),
+          redone_on_change=True, resumable=True),
+    Stage("evaluation", evaluation,
+          needed=lambda c: bool(c.eval_file),
+          reads=lambda c: ("target_adapter", "source_adapter"),
+          inputs=("eval_file",),
+          settings=lambda c: ("source_model", "target_model", "prompt_template", "answer_stop", "label_max_new_tokens",
+                              "generation_batch_size", "max_eval_samples", "dtype"),
+          bases=lambda c: {c.source_model, c.target_model},
+          redone_on_change=True, summary=_evaluation_summary),
+)
+
+STAGE_NAMES = tuple(s.name for s in STAGES)
+
+
+def stage(name: str) -> Stage:
+    for s in STAGES:
+        if s.name == name:
+            return s
+    raise ValueError(f"Unknown stage {name!r}: use one of {STAGE_NAMES}.")
