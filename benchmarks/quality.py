@@ -203,16 +203,23 @@ def _pretraining_record(path: str) -> dict:
 # One task's rows
 
 
-def _prepare(row_dir: str, inputs: list[str], stats: dict, labels=None) -> None:
-    """Write the artifacts of finished synthesis (and labels) stages, so that `Transfer.run()` skips them."""
+def _prepare(cfg, inputs: list[str], stats: dict, labels=None, *, made_by: str) -> None:
+    """Put the synthesis (and labels) stages of `cfg`'s run in place from `inputs` (and `labels`), recorded as
+    provided by `made_by`, so that `Transfer.run()` takes them as done and its report says where they came from."""
     from datasets import Dataset
 
-    os.makedirs(os.path.join(row_dir, "synthesis"), exist_ok=True)
-    Dataset.from_dict({"input": list(inputs)}).save_to_disk(os.path.join(row_dir, "synthesis", "accepted"))
-    with open(os.path.join(row_dir, "synthesis", "stats.json"), "w") as f:
-        json.dump(stats, f, indent=1)
+    from peft_transfer import Transfer
+    from peft_transfer.rundir import ACCEPTED, STATS, write_json
+
+    transfer = Transfer(cfg, show_progress=False)
+
+    def write_synthesis(folder):
+        Dataset.from_dict({"input": list(inputs)}).save_to_disk(os.path.join(folder, ACCEPTED))
+        write_json(os.path.join(folder, STATS), stats)
+
+    transfer.provide("synthesis", write_synthesis, made_by=made_by)
     if labels is not None:
-        labels.save_to_disk(os.path.join(row_dir, "labels"))
+        transfer.provide("labels", labels.save_to_disk, made_by=made_by)
 
 
 def random_text(n: int, seed: int, max_chars: int = 80) -> list[str]:
@@ -246,6 +253,7 @@ def run_task(task_dir: str, task_name: str, description: str, size_name: str, ba
 
     from peft_transfer import Transfer, TransferConfig
     from peft_transfer.data import load_examples
+    from peft_transfer.rundir import RunDir
     from peft_transfer.synthesis import SynthesisError
 
     if not torch.cuda.is_available():
@@ -307,25 +315,27 @@ def run_task(task_dir: str, task_name: str, description: str, size_name: str, ba
 
     def subset_row(row: str, pool_dir: str, k: int, **overrides) -> str:
         """A row trained on the pool's first `k` accepted inputs and their labels."""
-        out = os.path.join(task_dir, row)
-        if not os.path.isdir(os.path.join(out, "labels")):
-            labels = load_from_disk(os.path.join(pool_dir, "labels"))
-            with open(os.path.join(pool_dir, "synthesis", "stats.json")) as f:
+        cfg = config(row, **overrides)
+        if not os.path.isdir(RunDir(cfg.output_dir).labels):
+            pool_run = RunDir(pool_dir)
+            labels = load_from_disk(pool_run.labels)
+            with open(pool_run.synthesis_stats) as f:
                 stats = json.load(f)
             k = min(k, len(labels))
             stats["extra"] = {**stats.get("extra", {}), "subset_of": pool_dir, "pool_accepted": stats["accepted"]}
             stats["accepted"] = k
-            _prepare(out, labels["input"][:k], stats, labels.select(range(k)))
-        return out
+            _prepare(cfg, labels["input"][:k], stats, labels.select(range(k)), made_by=f"first {k} of {pool_dir}")
+        return cfg.output_dir
 
     # 1. The pool: source adapter, discriminator, max(scaling) accepted and labelled (same-family generator).
     pool_n = max(size["scaling"] + [n])
     pool = config("pool-same", num_samples=pool_n, candidate_budget=max(common["candidate_budget"], 8 * pool_n))
     run("pool-same", pool, pair="same", setting="pool", stages=("source_adapter", "discriminator", "synthesis", "labels"))
-    if not all(os.path.isdir(pool.path(stage)) for stage in ("source_adapter", "discriminator")):
+    pool_run = RunDir(pool.output_dir)
+    if not all(pool_run.finished(stage) for stage in ("source_adapter", "discriminator")):
         return _save_rows(task_dir, rows)  # nothing below can run without the shared adapters
-    shared.update(source_adapter=pool.path("source_adapter"), discriminator=pool.path("discriminator"))
-    if not os.path.isdir(pool.path("labels")):
+    shared.update(source_adapter=pool_run.source_adapter, discriminator=pool_run.discriminator)
+    if not pool_run.finished("labels"):
         # The same-family generator could not fill the pool: the same-family rows cannot run, the cross pair can.
         # Table 1 still gets the source adapter's and the target bases' accuracy for every transfer that failed.
         same = config("translora-same", num_samples=n)
@@ -337,7 +347,7 @@ def run_task(task_dir: str, task_name: str, description: str, size_name: str, ba
         return _save_rows(task_dir, rows)
 
     # 2. Table 1: same family (a subset of the pool) and cross family (its own synthesis with the target generator).
-    subset_row("translora-same", pool.output_dir, n)
+    subset_row("translora-same", pool.output_dir, n, num_samples=n)
     run("translora-same", config("translora-same", num_samples=n), pair="same", setting="filtered")
     run("translora-cross", config("translora-cross", target_model=bases[CROSS], num_samples=n), pair="cross",
         setting="filtered")
@@ -346,27 +356,30 @@ def run_task(task_dir: str, task_name: str, description: str, size_name: str, ba
     run("unfiltered-same", config("unfiltered-same", filter_mode="none", discriminator_adapter=None, compute_mmd=False),
         pair="same", setting="unfiltered")
     seeds = [s["input"] for s in load_examples(common["seed_file"], what="seed_file")]
-    seeds_dir = os.path.join(task_dir, "seeds-only-same")
-    if not os.path.isdir(os.path.join(seeds_dir, "synthesis")):
-        _prepare(seeds_dir, seeds, {"accepted": len(seeds), "candidates": 0, "extra": {"made_by": "seeds only"}})
-    run("seeds-only-same", config("seeds-only-same", num_samples=len(seeds)), pair="same", setting="seeds only")
-    text_dir = os.path.join(task_dir, "random-text-same")
-    if not os.path.isdir(os.path.join(text_dir, "synthesis")):
-        _prepare(text_dir, random_text(n, seed), {"accepted": n, "candidates": 0, "extra": {"made_by": "random text"}})
-    run("random-text-same", config("random-text-same"), pair="same", setting="random text")
+    seeds_cfg = config("seeds-only-same", num_samples=len(seeds))
+    if not RunDir(seeds_cfg.output_dir).finished("synthesis"):
+        _prepare(seeds_cfg, seeds, {"accepted": len(seeds), "candidates": 0, "extra": {"made_by": "seeds only"}},
+                 made_by="the seeds only (Table 5 ablation)")
+    run("seeds-only-same", seeds_cfg, pair="same", setting="seeds only")
+    text_cfg = config("random-text-same")
+    if not RunDir(text_cfg.output_dir).finished("synthesis"):
+        _prepare(text_cfg, random_text(n, seed), {"accepted": n, "candidates": 0, "extra": {"made_by": "random text"}},
+                 made_by="random generic text (Table 5 ablation)")
+    run("random-text-same", text_cfg, pair="same", setting="random text")
 
     # 4. Table 6: other PEFT types for the new adapter, on translora-same's synthetic set and labels.
     for peft_type, row, lr in (("dora", "dora-same", common["learning_rate"]),
                                ("prompt_tuning", "prompt-tuning-same", size["prompt_tuning_learning_rate"])):
-        out = os.path.join(task_dir, row)
-        if not os.path.isdir(os.path.join(out, "labels")):
-            os.makedirs(out, exist_ok=True)
-            for stage in ("synthesis", "labels"):
-                shutil.copytree(os.path.join(task_dir, "translora-same", stage), os.path.join(out, stage))
+        out = RunDir(os.path.join(task_dir, row))
+        if not out.finished("labels"):
+            os.makedirs(out.root, exist_ok=True)
+            done = RunDir(os.path.join(task_dir, "translora-same"))
+            for stage in ("synthesis", "labels"):  # made by the same settings: the fingerprints carry over
+                shutil.copytree(done.stage(stage), out.stage(stage))
         run(row, config(row, peft_type=peft_type, learning_rate=lr), pair="same", setting=peft_type)
 
     # 5. Table 7: a second hop from translora-same's adapter to the other family, with the first discriminator.
-    same_adapter = os.path.join(task_dir, "translora-same", "target_adapter")
+    same_adapter = RunDir(os.path.join(task_dir, "translora-same")).target_adapter
     if os.path.isdir(same_adapter):
         run("chain-hop2", config("chain-hop2", source_model=bases[SAME], source_adapter=same_adapter,
                                  target_model=bases[CROSS], discriminator_model=bases[SOURCE]),
@@ -377,7 +390,7 @@ def run_task(task_dir: str, task_name: str, description: str, size_name: str, ba
         if k == n:
             continue
         row = f"scaling-same-N{k}"
-        subset_row(row, pool.output_dir, k)
+        subset_row(row, pool.output_dir, k, num_samples=k)
         run(row, config(row, num_samples=k), pair="same", setting=f"N={k}", num_samples=k)
     return _save_rows(task_dir, rows)
 

@@ -84,6 +84,7 @@ def run_task(task_dir: str, task_name: str, description: str, pairs: list[str], 
     """Every row of one task over `pairs`; each row's record is kept in `<row>/row.json` (resume per row)."""
     from peft_transfer import Transfer, TransferConfig
     from peft_transfer.data import load_examples
+    from peft_transfer.rundir import RunDir
 
     data = os.path.join(task_dir, "data")
     common = dict(SETTINGS["transfer"], task_name=description, seed=seed,
@@ -141,8 +142,9 @@ def run_task(task_dir: str, task_name: str, description: str, pairs: list[str], 
         cfg = TransferConfig(**common, source_model=MODELS[source], target_model=MODELS[source],
                              output_dir=os.path.join(task_dir, f"owner-{source}"))
         run(f"owner-{source}", cfg, pair=source, setting="owner", stages=("source_adapter", "discriminator"))
-        if all(os.path.isdir(cfg.path(s)) for s in ("source_adapter", "discriminator")):
-            owners[source] = (cfg.path("source_adapter"), cfg.path("discriminator"))
+        owner = RunDir(cfg.output_dir)
+        if owner.finished("source_adapter") and owner.finished("discriminator"):
+            owners[source] = (owner.source_adapter, owner.discriminator)
 
     seeds = [s["input"] for s in load_examples(common["seed_file"], what="seed_file")]
     n = common["num_samples"]
@@ -163,9 +165,9 @@ def run_task(task_dir: str, task_name: str, description: str, pairs: list[str], 
             pair=pair, setting="unfiltered")
         for setting, inputs in (("seeds-only", seeds), ("random-text", random_text(n, seed))):
             cfg = config(f"{setting}-{pair}", num_samples=len(inputs), compute_mmd=False)
-            if not os.path.isdir(cfg.path("synthesis")):
-                _prepare(cfg.output_dir, inputs, {"accepted": len(inputs), "candidates": 0,
-                                                  "extra": {"made_by": setting}})
+            if not RunDir(cfg.output_dir).finished("synthesis"):
+                _prepare(cfg, inputs, {"accepted": len(inputs), "candidates": 0, "extra": {"made_by": setting}},
+                         made_by=f"{setting} (Table 5 ablation)")
             run(f"{setting}-{pair}", cfg, pair=pair, setting=setting)
     with open(os.path.join(task_dir, "rows.json"), "w") as f:
         json.dump(rows, f, indent=1)

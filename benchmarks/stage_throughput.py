@@ -451,7 +451,7 @@ def run_train(model, tokenizer, cfg, args, words, preset, peak_tflops) -> dict:
     from transformers import TrainerCallback
 
     from peft_transfer.data import task_prompt
-    from peft_transfer.pipeline import training_args
+    from peft_transfer.stages import training_args
     from peft_transfer.trainer import DistillationTrainer
 
     cuda = torch.device(args.device).type == "cuda"

@@ -122,9 +122,21 @@ def run_cli(run: Callable[[TransferConfig], object], argv: list[str] | None = No
     except KeyboardInterrupt:
         if debug:
             raise
-        where = f" Finished stages are kept in {config.output_dir}; run the same command to resume." if config else ""
-        _say(f"Interrupted.{where}")
+        _say(f"Interrupted.{_kept(config.output_dir) if config else ''}")
         return INTERRUPTED_STATUS
+
+
+def _kept(output_dir: str) -> str:
+    """What an interrupted run leaves for the next start, in words."""
+    from .rundir import RunDir
+    from .stages import STAGE_NAMES
+
+    dirs = RunDir(output_dir)
+    done = [name for name in STAGE_NAMES if dirs.finished(name)]
+    kept = ", ".join(done) if done else "no finished stage yet"
+    if os.path.exists(dirs.progress):
+        kept += " and the synthesis progress so far"
+    return f" Finished stages are kept in {output_dir} ({kept}); run the same command to resume."
 
 
 def _say(message: str) -> None:

@@ -285,3 +285,24 @@ class ModelPool:
         for ref in [r for r in self._models if r not in refs]:
             del self._models[ref]
         free_memory()
+
+
+def reset_peak_rss() -> None:
+    """Start a new peak-RSS window for this process (Linux: writing 5 to clear_refs resets VmHWM)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_rss_gb() -> float | None:
+    """This process's peak resident memory since the last `reset_peak_rss`, in GB (None where unknown)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) * 1024 / 1e9, 2)
+    except OSError:
+        pass
+    return None

@@ -6,10 +6,11 @@ inputs it read (files, seeds, a given adapter's files) and of the fingerprints o
 the same command reuses the finished stages whose fingerprints match and goes on from the first unfinished one
 (training resumes from its last checkpoint, synthesis from its progress file). When settings changed:
 
-- a training or evaluation stage whose settings changed is redone, with a line that says what changed;
-- a data stage (source adapter, discriminator, synthesis, labels) is never redone silently: the run stops before
-  any work with a message that names the changed settings and the two ways out (`overwrite`, or another
-  `output_dir`).
+- the data owner's adapters (source adapter, discriminator) trained in the run are kept, as given adapters would
+  be, with a warning that names the change (the later stages see them under their recorded fingerprints);
+- a data stage (synthesis, labels) is never redone silently: the run stops before any work with a message that
+  names the changed settings and the two ways out (`overwrite`, or another `output_dir`);
+- the distillation and the evaluation are redone, with a line that says what changed.
 
 `overwrite=True` redoes every stage, the progress file included. The report and the lineage are written from the
 records of what made the artifacts.
@@ -25,7 +26,6 @@ import os
 import shutil
 import time
 
-import torch
 
 from . import preflight
 from .config import LINEAGE_FILE, TransferConfig
@@ -33,7 +33,7 @@ from .data import load_examples
 from .distributed import is_main_process, state, wait_for_everyone
 from .errors import SettingsChangedError
 from .evaluation import evaluate, format_report
-from .modeling import ModelPool, free_memory, split_revision
+from .modeling import ModelPool, free_memory, peak_rss_gb, reset_peak_rss, split_revision
 from .rundir import RunDir, hash_path, read_json, write_json
 from .stages import STAGE_NAMES, STAGES, stage
 
@@ -97,7 +97,7 @@ class Transfer:
         """`(stage, action)` for each stage to run: "reuse", "run" or "redo" (with the reason logged).
 
         Raises:
-            `SettingsChangedError`: a finished data stage was made with other settings than the given ones.
+            `SettingsChangedError`: a finished data stage (synthesis, labels) was made with other settings.
         """
         cfg, records = self.config, self.records()
         plan, conflicts = [], []
@@ -108,11 +108,15 @@ class Transfer:
             if cfg.overwrite:
                 plan.append((s, "redo"))
                 continue
-            made = self.dirs.read_record(s.name)
-            changes = describe_changes(made, records[s.name])
+            changes = describe_changes(self.dirs.read_record(s.name), records[s.name])
             if not changes:
                 plan.append((s, "reuse"))
-            elif s.redone_on_change:
+            elif s.on_change == "keep":
+                if is_main_process():
+                    logger.warning("  %-15s kept, made with other settings (%s); --overwrite true retrains it",
+                                   s.name, "; ".join(changes))
+                plan.append((s, "reuse"))
+            elif s.on_change == "redo":
                 if is_main_process():
                     logger.info("  %-15s redone: %s", s.name, "; ".join(changes))
                 plan.append((s, "redo"))
@@ -153,10 +157,10 @@ class Transfer:
         wait_for_everyone()
         if main:
             logger.info("▸ %s ...", s.name)
-        _reset_peak_rss()
+        reset_peak_rss()
         start = time.perf_counter()
         s.body(self, tmp)
-        info = {"seconds": time.perf_counter() - start, "peak_rss_gb": _peak_rss_gb()}
+        info = {"seconds": time.perf_counter() - start, "peak_rss_gb": peak_rss_gb()}
         wait_for_everyone()
         if main:
             write_json(dirs.stage_record(s.name, incomplete=True), {"stage": s.name, **info, **record})
@@ -169,10 +173,30 @@ class Transfer:
             logger.info("✓ %-15s %7.1f s  %-17s %s", s.name, info["seconds"], rss,
                         s.summary(dirs) if s.summary else "")
 
+    def provide(self, name: str, write, *, made_by: str) -> None:
+        """Put a stage's artifacts in place from elsewhere (an ablation's inputs, a subset of another run's).
+
+        `write(folder)` writes them as the stage would. The record carries the fingerprint of the current settings,
+        so the later stages take it as done, and says `made_by` instead of a time: the report shows where the
+        artifacts came from.
+        """
+        s, dirs = stage(name), self.dirs
+        tmp = dirs.incomplete(name)
+        if is_main_process():
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(dirs.stage(name), ignore_errors=True)
+            os.makedirs(tmp)
+            write(tmp)
+            write_json(dirs.stage_record(name, incomplete=True),
+                       {"stage": s.name, "seconds": 0.0, "provided": made_by, **self.records()[name]})
+            os.replace(tmp, dirs.stage(name))
+        wait_for_everyone()
+
     # -- fingerprints ----------------------------------------------------------------------------------------------
 
     def records(self) -> dict[str, dict]:
-        """For each stage: `fingerprint`, and the `settings`, `inputs` and `reads` it is the hash of."""
+        """For each stage: `fingerprint`, and the `settings`, `inputs` and `reads` it is the hash of (what these
+        settings would make; a kept owner stage is read by the later stages under its recorded fingerprint)."""
         if self._records is None:
             cfg, hashes, records = self.config, self.input_hashes(), {}
             for s in STAGES:
@@ -187,11 +211,15 @@ class Transfer:
         return self._records
 
     def _artifact_fingerprint(self, name: str, records: dict) -> str:
-        """The fingerprint of what a stage reads as `name`: the stage's own, or the given adapter's files."""
+        """The fingerprint of what a stage reads as `name`: the given adapter's files, the record of a finished
+        stage that is kept whatever its settings, or what the current settings make."""
         given = {"source_adapter": self.config.source_adapter, "discriminator": self.config.discriminator_adapter}
         if given.get(name):
             ref = given[name]
             return hash_path(ref) if os.path.isdir(ref) else ref  # a Hub ref names its revision, or follows main
+        made = self.dirs.read_record(name) if self.dirs.finished(name) else {}
+        if stage(name).on_change == "keep" and not self.config.overwrite and made.get("fingerprint"):
+            return made["fingerprint"]
         return records[name]["fingerprint"]
 
     def input_hashes(self) -> dict[str, str | None]:
@@ -333,7 +361,7 @@ class Transfer:
             "evaluation": read_json(dirs.evaluation),
             "stages": self.timings,
             # What made each finished stage: its fingerprint and the settings and inputs it is the hash of.
-            "made_by": {name: {k: rec.get(k) for k in ("fingerprint", "settings", "inputs", "reads")}
+            "made_by": {name: {k: rec[k] for k in ("provided", "fingerprint", "settings", "inputs", "reads") if k in rec}
                         for name, rec in made.items()},
             "target_adapter": dirs.target_adapter,
         }
@@ -370,36 +398,6 @@ def _plain(value):
 
 def _stage_info(record: dict) -> dict:
     return {"seconds": record.get("seconds", 0.0), "peak_rss_gb": record.get("peak_rss_gb")}
-
-
-def training_args(config: TransferConfig, output_dir: str, *, show_progress: bool = True, **overrides):
-    """The `DistillationConfig` every training stage starts from: the paper's optimiser settings (AdamW without
-    weight decay, linear schedule without warm-up) and the config's batch, length and logging; `overrides` win."""
-    from .trainer import DistillationConfig
-
-    kwargs = dict(
-        output_dir=output_dir,
-        learning_rate=config.learning_rate,
-        num_train_epochs=config.num_train_epochs,
-        per_device_train_batch_size=config.per_device_train_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        lr_scheduler_type="linear",
-        warmup_steps=0,
-        weight_decay=0.0,
-        max_length=config.max_length,
-        gradient_checkpointing=config.gradient_checkpointing,
-        logging_steps=config.logging_steps,
-        report_to=list(config.report_to),
-        save_strategy="steps" if config.save_steps else "no",
-        save_steps=config.save_steps or 500,
-        save_total_limit=1,  # the last checkpoint is all a resume needs
-        seed=config.seed,
-        bf16=torch.cuda.is_available() and config.dtype in ("auto", "bfloat16"),
-        use_cpu=not torch.cuda.is_available(),  # also what makes CPU-only processes form a gloo group
-        disable_tqdm=not show_progress,
-    )
-    kwargs.update(overrides)
-    return DistillationConfig(**kwargs)
 
 
 def run_transfer(config: TransferConfig, *, show_progress: bool = True, print_report: bool = True) -> dict:
@@ -442,24 +440,3 @@ def chain_configs(config: TransferConfig) -> list[TransferConfig]:
         ))
     hops[-1] = dataclasses.replace(hops[-1], push_to_hub=config.push_to_hub, hub_dataset_id=config.hub_dataset_id)
     return hops
-
-
-def _reset_peak_rss() -> None:
-    """Start a new peak-RSS window for this process (Linux: writing 5 to clear_refs resets VmHWM)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-
-
-def _peak_rss_gb() -> float | None:
-    """This process's peak resident memory since the last `_reset_peak_rss`, in GB (None where unknown)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return round(int(line.split()[1]) * 1024 / 1e9, 2)
-    except OSError:
-        pass
-    return None

@@ -65,8 +65,49 @@ def _check_adapter(ref: str, base: str, setting: str, base_setting: str, token) 
         raise PreflightError(f"The {setting} {ref!r} holds no adapter_config.json: give the folder a PEFT adapter "
                              "was saved to (`model.save_pretrained(...)`).")
     config = _model_config(base, token)
-    # The same comparison the load makes, on the base's config alone (no weights loaded).
+    # The same comparison the load makes, on the base's config alone (no weights loaded)...
     check_adapter_base(ref, SimpleNamespace(config=config), base, token=token, local=local)
+    # ...and the adapter's weight shapes against the base's modules, built on the meta device (no memory): this
+    # also catches an adapter whose recorded base is missing or unreadable.
+    _check_adapter_shapes(local, config, ref, base, setting, base_setting)
+
+
+def _check_adapter_shapes(local: str, config, ref: str, base: str, setting: str, base_setting: str) -> None:
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    from .modeling import AdapterMismatchError
+
+    weights = os.path.join(local, "adapter_model.safetensors")
+    if not os.path.isfile(weights):
+        return
+    try:
+        with torch.device("meta"):
+            modules = dict(AutoModelForCausalLM.from_config(config).named_modules())
+    except Exception:  # noqa: BLE001 — an architecture that cannot be built here is left to the load
+        return
+    hidden = getattr(config, "hidden_size", None) or getattr(getattr(config, "text_config", None), "hidden_size", None)
+    with safe_open(weights, "pt") as f:
+        for key in f.keys():
+            shape = f.get_slice(key).get_shape()
+            problem = None
+            if ".lora_A." in key or ".lora_B." in key:
+                name = key.split(".lora_")[0].removeprefix("base_model.model.")
+                module = modules.get(name)
+                if module is None:
+                    problem = f"it adapts {name!r}, which {base!r} does not have"
+                elif ".lora_A." in key and getattr(module, "in_features", shape[-1]) != shape[-1]:
+                    problem = f"{name} takes {module.in_features} features in {base!r}, {shape[-1]} in the adapter"
+                elif ".lora_B." in key and getattr(module, "out_features", shape[0]) != shape[0]:
+                    problem = f"{name} gives {module.out_features} features in {base!r}, {shape[0]} in the adapter"
+            elif key.endswith("prompt_embeddings") and hidden and shape[-1] != hidden:
+                problem = f"its virtual tokens have {shape[-1]} dimensions, the base's embeddings {hidden}"
+            if problem:
+                raise AdapterMismatchError(
+                    f"The {setting} {ref!r} does not fit the {base_setting} {base!r}: {problem}. Set "
+                    f"`{base_setting}` to the base the adapter was trained on, or give an adapter trained on this base."
+                )
 
 
 def _model_config(ref: str, token):

@@ -8,8 +8,10 @@
     evaluation       source+θs / target / target+θt on held-out data
 
 Each row of `STAGES` says when the stage runs, which artifacts and inputs it reads, which settings its result
-depends on (its fingerprint, see `pipeline`), which bases it uses, and whether a change of those settings redoes it
-(the training and evaluation stages) or stops the run (the data stages, which are never redone silently). Settings
+depends on (its fingerprint, see `pipeline`), which bases it uses, and what a change of those settings does: the
+data owner's adapters (source adapter, discriminator) are kept, as a given adapter would be, with a line naming the
+change; the data stages (synthesis, labels) are never redone silently: the run stops; the distillation and the
+evaluation are redone. Settings
 that change only speed (inference batch of the filter, `keep_models_loaded`, logging) are in no fingerprint; the
 candidate budget is not either, since a finished stage did not run out of it.
 
@@ -30,6 +32,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 
 import numpy as np
+import torch
 
 from . import rundir
 from .config import LINEAGE_FILE, TransferConfig
@@ -57,7 +60,6 @@ def _train(run, out: str, trainer) -> None:
 def source_adapter(run, out: str) -> None:
     from datasets import Dataset
 
-    from .pipeline import training_args
     from .trainer import DistillationTrainer
 
     cfg = run.config
@@ -80,7 +82,6 @@ def source_adapter(run, out: str) -> None:
 def discriminator(run, out: str) -> None:
     from .discriminator import score, train_discriminator
     from .metrics import discriminator_report
-    from .pipeline import training_args
     from .synthesis import synthesize
 
     cfg = run.config
@@ -217,7 +218,6 @@ def labels(run, out: str) -> None:
 def target_adapter(run, out: str) -> None:
     from datasets import Dataset, load_from_disk
 
-    from .pipeline import training_args
     from .trainer import DistillationTrainer
 
     cfg = run.config
@@ -252,6 +252,36 @@ def evaluation(run, out: str) -> None:
     if is_main_process():
         write_json(os.path.join(out, rundir.EVALUATION), summary)
         write_json(os.path.join(out, rundir.PREDICTIONS), {k: v["predictions"] for k, v in results.items()})
+
+
+def training_args(config: TransferConfig, output_dir: str, *, show_progress: bool = True, **overrides):
+    """The `DistillationConfig` every training stage starts from: the paper's optimiser settings (AdamW without
+    weight decay, linear schedule without warm-up) and the config's batch, length and logging; `overrides` win."""
+    from .trainer import DistillationConfig
+
+    kwargs = dict(
+        output_dir=output_dir,
+        learning_rate=config.learning_rate,
+        num_train_epochs=config.num_train_epochs,
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        weight_decay=0.0,
+        max_length=config.max_length,
+        gradient_checkpointing=config.gradient_checkpointing,
+        logging_steps=config.logging_steps,
+        report_to=list(config.report_to),
+        save_strategy="steps" if config.save_steps else "no",
+        save_steps=config.save_steps or 500,
+        save_total_limit=1,  # the last checkpoint is all a resume needs
+        seed=config.seed,
+        bf16=torch.cuda.is_available() and config.dtype in ("auto", "bfloat16"),
+        use_cpu=not torch.cuda.is_available(),  # also what makes CPU-only processes form a gloo group
+        disable_tqdm=not show_progress,
+    )
+    kwargs.update(overrides)
+    return DistillationConfig(**kwargs)
 
 
 # -- one line per finished stage ------------------------------------------------------------------------------------
@@ -290,7 +320,7 @@ class Stage:
     inputs: tuple[str, ...]  # files and seeds it reads: keys of `Transfer.input_hashes`
     settings: Callable[[TransferConfig], tuple[str, ...]]  # what its result depends on: TransferConfig names
     bases: Callable[[TransferConfig], set[str]]
-    redone_on_change: bool  # a change of its settings redoes it (else: the run stops and says so)
+    on_change: str  # when its settings changed: "keep" it (and say so), "redo" it, or "stop" the run before work
     resumable: bool = False  # keeps its `.incomplete` folder (training checkpoints) for the next start
     summary: Callable[[rundir.RunDir], str] | None = None
 
@@ -303,7 +333,7 @@ STAGES: tuple[Stage, ...] = (
           settings=lambda c: ("source_model", "prompt_template", "source_peft_type", *_ADAPTER, "source_learning_rate",
                               "source_epochs", *_TRAINING, *_SEED),
           bases=lambda c: {c.source_model},
-          redone_on_change=False, resumable=True),
+          on_change="keep", resumable=True),
     Stage("discriminator", discriminator,
           needed=lambda c: c.filter_mode == "discriminator" and not c.discriminator_adapter,
           reads=lambda c: (),
@@ -312,7 +342,7 @@ STAGES: tuple[Stage, ...] = (
                               *_ADAPTER[:4], "discriminator_learning_rate", "discriminator_epochs", *_TRAINING[:2],
                               *_SEED),
           bases=lambda c: {c.source_model, c.discriminator_base},
-          redone_on_change=False, resumable=True, summary=_discriminator_summary),
+          on_change="keep", resumable=True, summary=_discriminator_summary),
     Stage("synthesis", synthesis,
           needed=lambda c: True,
           reads=lambda c: ("discriminator",) if c.filter_mode == "discriminator" else (),
@@ -322,7 +352,7 @@ STAGES: tuple[Stage, ...] = (
                               *(("discriminator_base",) if c.filter_mode == "discriminator" else ()),
                               "compute_mmd", "embedding_model", "plot_projection", *_SEED),
           bases=lambda c: {c.generator} | ({c.discriminator_base} if c.filter_mode == "discriminator" else set()),
-          redone_on_change=False, summary=_synthesis_summary),
+          on_change="stop", summary=_synthesis_summary),
     Stage("labels", labels,
           needed=lambda c: True,
           reads=lambda c: ("synthesis", "source_adapter"),
@@ -330,7 +360,7 @@ STAGES: tuple[Stage, ...] = (
           settings=lambda c: ("source_model", "prompt_template", "label_max_new_tokens", "label_do_sample",
                               "answer_stop", "generation_batch_size", *_SEED),
           bases=lambda c: {c.source_model},
-          redone_on_change=False),
+          on_change="stop"),
     Stage("target_adapter", target_adapter,
           needed=lambda c: True,
           reads=lambda c: ("labels",) + (("source_adapter",) if c.loss_type in _TOKEN_KD else ()),
@@ -339,7 +369,7 @@ STAGES: tuple[Stage, ...] = (
                               "num_train_epochs", *_TRAINING, *_SEED)
           + (("source_model", "sequence_weight", "beta", "kd_temperature") if c.loss_type in _TOKEN_KD else ()),
           bases=lambda c: {c.target_model} | ({c.source_model} if c.loss_type in _TOKEN_KD else set()),
-          redone_on_change=True, resumable=True),
+          on_change="redo", resumable=True),
     Stage("evaluation", evaluation,
           needed=lambda c: bool(c.eval_file),
           reads=lambda c: ("target_adapter", "source_adapter"),
@@ -347,7 +377,7 @@ STAGES: tuple[Stage, ...] = (
           settings=lambda c: ("source_model", "target_model", "prompt_template", "answer_stop", "label_max_new_tokens",
                               "generation_batch_size", "max_eval_samples", "dtype"),
           bases=lambda c: {c.source_model, c.target_model},
-          redone_on_change=True, summary=_evaluation_summary),
+          on_change="redo", summary=_evaluation_summary),
 )
 
 STAGE_NAMES = tuple(s.name for s in STAGES)

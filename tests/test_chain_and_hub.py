@@ -65,7 +65,7 @@ def test_transfer_pushes_adapter_discriminator_and_synthetic_set_and_pulls_them_
             tok = load_tokenizer(target)
             ids = tok("Sort these letters: d c a\\nAnswer:", return_tensors="pt").input_ids
             with torch.no_grad():
-                local = load_adapter(load_base(target), config.path("target_adapter"), target)(ids).logits
+                local = load_adapter(load_base(target), report["target_adapter"], target)(ids).logits
                 pulled = load_adapter(load_base(target), "tester/tiny-gemma-sorting", target)(ids).logits
             result["same_logits"] = bool(torch.equal(local, pulled))
             # And the discriminator (a private repo: this client has the token).

@@ -150,8 +150,12 @@ def test_ctrl_c_says_where_the_finished_stages_are(tmp_path, capsys, monkeypatch
     out = str(tmp_path / "run")
     assert main(["run", "--demo", "true", "--output_dir", out]) == 130
     assert capsys.readouterr().err == (
-        f"Interrupted. Finished stages are kept in {out}; run the same command to resume.\n"
+        f"Interrupted. Finished stages are kept in {out} (no finished stage yet); run the same command to resume.\n"
     )
+    os.makedirs(os.path.join(out, "source_adapter"))
+    open(os.path.join(out, "synthesis_progress.jsonl"), "w").close()
+    assert main(["run", "--demo", "true", "--output_dir", out]) == 130
+    assert "(source_adapter and the synthesis progress so far); run the same" in capsys.readouterr().err
     with pytest.raises(KeyboardInterrupt):
         main(["run", "--demo", "true", "--output_dir", out, "--debug"])
 

@@ -142,8 +142,8 @@ def test_adapter_of_another_base_is_refused(make_config, run_dir, tiny_world):
                          discriminator_model=tiny_world["source_model"], eval_file=None)
     with pytest.raises(AdapterMismatchError, match="was trained on"):
         _run(config)
-    # Synthesis (which does not use the source adapter) finished and is kept for the next start.
-    assert os.path.isdir(run_dir / "other" / "synthesis")
+    # Refused before any work: synthesis did not start.
+    assert not os.path.exists(run_dir / "other" / "synthesis") and not (run_dir / "other" / "synthesis.incomplete").exists()
 
 
 def test_tokenizer_without_pad_token(tiny_world, tmp_path):
