@@ -23,6 +23,7 @@ against the memory-bound floor (weights read once per decode step at the measure
 
     python benchmarks/speed.py --world real --out benchmarks/results/speed           # SmolLM2 -> Gemma-3, N = 64
     python benchmarks/speed.py --world tiny --candidates 16 --samples 8 --epochs 1   # random tiny models (smoke)
+    python benchmarks/speed.py --world random --preset 7b --out $OUT/speed-7b        # random 7B models on a GPU
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # stage_throughput, for the random world
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
@@ -52,7 +54,10 @@ REPLY_TOKENS = 4  # a sampled yes/no reply of the paper-style discriminator
 
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--world", choices=("real", "tiny"), default="real")
+    p.add_argument("--world", choices=("real", "tiny", "random"), default="real",
+                   help="real: the packaged models; tiny: random tiny families; random: random-weight Llama "
+                        "models of --preset's shapes, built in memory (7b on a GPU)")
+    p.add_argument("--preset", default="7b", help="shapes of the random world (benchmarks/stage_throughput.py)")
     p.add_argument("--candidates", type=int, default=64, help="C: candidates generated and scored")
     p.add_argument("--samples", type=int, default=64, help="N: candidates labelled and trained on")
     p.add_argument("--epochs", type=float, default=2, help="E: training epochs over the N rows")
@@ -89,6 +94,38 @@ def tiny_world(folder: str) -> dict:
                 label_max_new_tokens=8, batch_size=8, learning_rate=2e-3)
 
 
+def random_world(folder: str, preset_name: str) -> dict:
+    """Source and target: random-weight Llama models of a preset's shapes, built on the device (no files); random
+    LoRA adapters for the teacher and the discriminator. For timing only."""
+    from peft import LoraConfig, get_peft_model
+
+    from peft_transfer.modeling import default_device, torch_dtype
+    from stage_throughput import PRESETS, Words, build_base, build_tokenizer
+
+    preset = PRESETS[preset_name]
+    tokenizer = build_tokenizer(preset, Words(0))
+    device, dtype = default_device(), torch_dtype("auto")
+    models = {name: build_base(preset, tokenizer, dtype=dtype, device=device, seed=seed)
+              for name, seed in (("source", 0), ("target", 1))}
+    adapters = {}
+    for name in ("source_adapter", "discriminator"):
+        lora = get_peft_model(models["source"], LoraConfig(r=8, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                           task_type="CAUSAL_LM"), adapter_name=name)
+        lora.save_pretrained(os.path.join(folder, name), selected_adapters=[name])
+        models["source"] = lora.unload()
+        adapters[name] = os.path.join(folder, name, name)
+    words = Words(1)
+    seeds = os.path.join(folder, "seeds.jsonl")
+    with open(seeds, "w") as f:
+        for _ in range(5):
+            f.write(json.dumps({"input": words.text(12)}) + "\n")
+    return dict(source=f"random {preset_name} (seed 0)", target=f"random {preset_name} (seed 1)",
+                loaded={"source": (models["source"], tokenizer), "target": (models["target"], tokenizer)},
+                source_adapter=adapters["source_adapter"], discriminator=adapters["discriminator"], seeds=seeds,
+                task_name="synthetic benchmark", max_candidate_tokens=32, label_max_new_tokens=16, batch_size=16,
+                learning_rate=2e-4)
+
+
 def matmul_params(model) -> dict:
     """Weights of the matrix multiplies: the body's and the output layer's (the input embedding is a lookup)."""
     embed = model.get_input_embeddings().weight
@@ -101,29 +138,32 @@ def matmul_params(model) -> dict:
 # -- the machine ----------------------------------------------------------------------------------------------------
 
 def _seconds(fn) -> float:
+    _sync()
     start = time.perf_counter()
     fn()
+    _sync()
     return time.perf_counter() - start
 
 
-def measure_peak(dtype: torch.dtype, shapes: dict[str, tuple[int, int, int]]) -> dict:
-    """Matmul GFLOP/s at each (m, k, n) and the copy bandwidth, best of a few repeats (this process, these threads)."""
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def measure_peak(dtype: torch.dtype, device: torch.device, shapes: dict[str, tuple[int, int, int]]) -> dict:
+    """Matmul GFLOP/s at each (m, k, n) and the copy bandwidth, medians of repeats (this process, these threads)."""
     out = {}
     for name, (m, k, n) in shapes.items():
-        a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+        a, b = torch.randn(m, k, dtype=dtype, device=device), torch.randn(k, n, dtype=dtype, device=device)
         torch.matmul(a, b)
         # Median of repeats lasting at least 0.2 s each (short ones are within timer and frequency noise).
         reps = max(1, int(0.2 / _seconds(lambda: torch.matmul(a, b))))
         times = sorted(_seconds(lambda: [torch.matmul(a, b) for _ in range(reps)]) / reps for _ in range(5))
         out[name] = {"shape": [m, k, n], "gflops": round(2 * m * k * n / times[2] / 1e9, 1)}
-    x = torch.empty(256 * 2**20 // 4, dtype=torch.float32)  # 256 MiB
+    x = torch.empty(256 * 2**20 // 4, dtype=torch.float32, device=device)  # 256 MiB
     y = torch.empty_like(x)
     y.copy_(x)
-    best = float("inf")
-    for _ in range(5):
-        start = time.perf_counter()
-        y.copy_(x)
-        best = min(best, time.perf_counter() - start)
+    best = min(_seconds(lambda: y.copy_(x)) for _ in range(5))
     out["copy_gb_s"] = round(2 * x.numel() * 4 / best / 1e9, 1)  # read + write
     return out
 
@@ -131,8 +171,10 @@ def measure_peak(dtype: torch.dtype, shapes: dict[str, tuple[int, int, int]]) ->
 # -- the stages, both ways ------------------------------------------------------------------------------------------
 
 def _timed(fn):
+    _sync()
     start = time.perf_counter()
     result = fn()
+    _sync()
     return result, time.perf_counter() - start
 
 
@@ -218,7 +260,7 @@ def main(argv=None) -> dict:
     from peft_transfer.modeling import load_adapter, load_base, load_tokenizer, strip_adapters, torch_dtype
 
     tmp = tempfile.mkdtemp(prefix="speed-")
-    cfg = dict(REAL) if args.world == "real" else tiny_world(tmp)
+    cfg = dict(REAL) if args.world == "real" else tiny_world(tmp) if args.world == "tiny" else random_world(tmp, args.preset)
     seeds = load_seeds(cfg["seeds"], 5)
     cfg["stop"] = generator_stop_strings(seeds, 5)
     rng = random.Random(0)
@@ -228,12 +270,15 @@ def main(argv=None) -> dict:
               "threads": torch.get_num_threads(), "dtype": str(dtype).replace("torch.", ""),
               "models": {"source": cfg["source"], "target": cfg["target"]}, "stages": {}, "versions": _versions()}
 
-    target, target_tok = load_base(cfg["target"]), load_tokenizer(cfg["target"])
-    source, source_tok = load_base(cfg["source"]), load_tokenizer(cfg["source"])
+    loaded = cfg.pop("loaded", None) or {k: (load_base(cfg[k]), load_tokenizer(cfg[k])) for k in ("target", "source")}
+    (target, target_tok), (source, source_tok) = loaded["target"], loaded["source"]
+    del loaded
     shapes = {"target": matmul_params(target), "source": matmul_params(source)}
     report["params"] = shapes
     t, s = shapes["target"], shapes["source"]
-    report["peak"] = measure_peak(dtype, {
+    device = next(target.parameters()).device
+    report["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    report["peak"] = measure_peak(dtype, device, {
         "decode (64 x d x 4d)": (64, t["hidden"], 4 * t["hidden"]),
         "train body (2048 x d x 4d)": (2048, t["hidden"], 4 * t["hidden"]),
         "output layer (256 x d x V)": (256, t["hidden"], t["vocab"]),
@@ -254,8 +299,9 @@ def main(argv=None) -> dict:
         outs, sec = _timed(lambda: generate_both(side, target, target_tok, prompts, cfg, args.generation_batch_size))
         new = sum(len(target_tok(o, add_special_tokens=False)["input_ids"]) for o, _ in outs)
         flops = 2 * (t["body"] * (sum(prompt_tokens) + new) + t["head"] * (len(prompts) + new))
-        # the memory-bound floor of decoding: the weights read once per decode step of each batch
-        steps = cfg["max_candidate_tokens"] * (len(prompts) if side == "paper" else -(-len(prompts) // args.generation_batch_size))
+        # The memory-bound floor of decoding: the weights read once per decode step. Batch 1 takes one step per new
+        # token; a batch runs until its last row stops (at most max_candidate_tokens steps: this floor is a bound).
+        steps = new if side == "paper" else cfg["max_candidate_tokens"] * -(-len(prompts) // args.generation_batch_size)
         floor = steps * (t["body"] + t["head"]) * dtype.itemsize / (report["peak"]["copy_gb_s"] / 2 * 1e9)
         record("generate", side, sec, flops, new_tokens=new, candidates_per_s=round(len(prompts) / sec, 2),
                tokens_per_s=round(new / sec, 1), memory_floor_s=round(floor, 2))

@@ -7,8 +7,41 @@ need little left padding, and stop strings end each row as soon as its item or a
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from tqdm.auto import tqdm
+
+_multinomial = torch.multinomial
+
+
+def inverse_cdf_multinomial(probs: torch.Tensor, num_samples: int = 1, replacement: bool = False, *,
+                            generator=None, out=None) -> torch.Tensor:
+    """`torch.multinomial(probs, 1)` for a `(batch, vocab)` tensor by inverse-CDF sampling: one uniform draw per row
+    against the row's cumulative sum. The same distribution (a different random stream) as torch's, which on CPU
+    draws one exponential per vocabulary entry (the exponential race): for Gemma's 262k-entry vocabulary at batch
+    32 that draw took 0.35 s per decode step here, a third of the generation time; the cumulative sum takes a few
+    ms. Anything else (more samples, 1-D input, `out=`) goes to torch's own."""
+    if num_samples != 1 or probs.dim() != 2 or out is not None:
+        return _multinomial(probs, num_samples, replacement, generator=generator, out=out)
+    cdf = probs.float().cumsum(-1)
+    u = torch.rand(probs.shape[0], 1, device=probs.device, generator=generator) * cdf[:, -1:]
+    # The first entry whose cumulative sum exceeds u: entries of probability 0 are never picked.
+    return torch.searchsorted(cdf, u, right=True).clamp_(max=probs.shape[1] - 1)
+
+
+@contextlib.contextmanager
+def cpu_sampling(device: torch.device):
+    """Sample with `inverse_cdf_multinomial` inside `model.generate` on CPU (transformers calls `torch.multinomial`
+    once per decode step); CUDA keeps torch's, which is fast there."""
+    if torch.device(device).type != "cpu":
+        yield
+        return
+    torch.multinomial = inverse_cdf_multinomial
+    try:
+        yield
+    finally:
+        torch.multinomial = _multinomial
 
 
 @torch.no_grad()
@@ -66,15 +99,16 @@ def generate(
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True).to(device)
-            out = model.generate(
-                **enc,
-                max_new_tokens=max_new_tokens,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=eos_ids,
-                stop_strings=stop_strings or None,
-                tokenizer=tokenizer if stop_strings else None,
-                **sampling,
-            )
+            with cpu_sampling(device) if do_sample else contextlib.nullcontext():
+                out = model.generate(
+                    **enc,
+                    max_new_tokens=max_new_tokens,
+                    pad_token_id=tokenizer.pad_token_id,
+                    eos_token_id=eos_ids,
+                    stop_strings=stop_strings or None,
+                    tokenizer=tokenizer if stop_strings else None,
+                    **sampling,
+                )
             new = out[:, enc["input_ids"].shape[1] :]
             for row, i in enumerate(idx):
                 ids = new[row].tolist()

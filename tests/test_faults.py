@@ -110,10 +110,13 @@ def uninterrupted(tiny_world, base_run, tmp_path_factory):
 
 
 @pytest.mark.parametrize("point,count", [
+    ("round", 1),  # synthesis: inside round 1 (nothing in the progress file yet)
     ("round", 2),  # synthesis: inside round 2 (round 1 is in the progress file)
-    ("label", 5),  # labelling: the fifth batch of teacher answers
+    ("label", 1),  # labelling: the first batch of teacher answers
+    ("label", 5),  # labelling: the fifth batch
+    ("step", 2),  # distillation: step 2, before the first checkpoint
     ("step", 5),  # distillation: step 5, after the checkpoint of step 4
-], ids=["synthesis", "labels", "training"])
+], ids=["synthesis-1", "synthesis-2", "labels-1", "labels-5", "training-2", "training-5"])
 def test_killed_run_resumes_to_the_same_artifacts(point, count, uninterrupted, tiny_world, base_run, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(base_run, out)
@@ -121,13 +124,13 @@ def test_killed_run_resumes_to_the_same_artifacts(point, count, uninterrupted, t
     _killed(settings, point, count)
     dirs = RunDir(str(out))
     if point == "round":
-        assert os.path.exists(dirs.progress) and not dirs.finished("synthesis")
+        assert os.path.exists(dirs.progress) == (count > 1) and not dirs.finished("synthesis")
     if point == "label":
         assert dirs.finished("synthesis") and not dirs.finished("labels")
     if point == "step":
         checkpoints = [d for d in os.listdir(RunDir.trainer(dirs.incomplete("target_adapter")))
                        if d.startswith("checkpoint-")]
-        assert checkpoints == ["checkpoint-4"], checkpoints
+        assert checkpoints == ([f"checkpoint-{2 * ((count - 1) // 2)}"] if count > 2 else []), checkpoints
 
     report = Transfer(TransferConfig(**settings), show_progress=False).run()
     again = _artifacts(out)
