@@ -212,7 +212,7 @@ def tables(rows: list[dict]) -> dict:
                                      "tasks_averaged": len(complete)}
     table9 = {pair: {t: {"accepted": get(t, f"translora-{pair}", "mmd_accepted"),
                          "unfiltered": get(t, f"translora-{pair}", "mmd_unfiltered"),
-                         "acceptance_rate": get(t, f"translora-{pair}", "acceptance_rate")} for t in tasks}
+                         "acceptance_rate": get(t, f"translora-{pair}", "pass_rate")} for t in tasks}
               for pair in pairs}
     return {"tasks": tasks, "pairs": pairs, "table1": table1, "table5": table5, "table9": table9}
 
@@ -324,7 +324,22 @@ def collect(run_root: str) -> list[dict]:
             if os.path.exists(path):
                 with open(path) as f:
                     rows.append(json.load(f))
+                rows[-1]["pass_rate"] = _pass_rate(os.path.join(folder, row))
     return rows
+
+
+def _pass_rate(row_dir: str) -> float | None:
+    """The filter's pass rate, counted from the stored candidates. (Rows made before the stats counted `passed`
+    recorded accepted/scored as the acceptance rate: N over everything scored, whatever passed.)"""
+    from peft_transfer.rundir import RunDir
+
+    candidates = RunDir(row_dir).candidates
+    if not os.path.isdir(candidates):
+        return None
+    from datasets import load_from_disk
+
+    passed = load_from_disk(candidates)["passed"]
+    return sum(passed) / len(passed) if passed else None
 
 
 def write_outputs(out: str, rows: list[dict], meta: dict) -> dict:
