@@ -47,14 +47,32 @@ logger = logging.getLogger(__name__)
 # -- the bodies -----------------------------------------------------------------------------------------------------
 
 def _train(run, out: str, trainer) -> None:
-    """Train, resuming from the last checkpoint in the stage's folder when a killed run left one."""
+    """Train, resuming from the last checkpoint in the stage's folder when a killed run left one.
+
+    The Trainer prints its closing summary (`{'train_runtime': ...}`) through its progress or printer callback; the
+    stage's own line says what a user needs, so that dict is dropped (loss logs every `logging_steps` stay).
+    """
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from transformers.trainer_utils import get_last_checkpoint
 
+    for kind in (ProgressCallback, PrinterCallback):
+        if any(type(c) is kind for c in trainer.callback_handler.callbacks):
+            trainer.remove_callback(kind)
+            trainer.add_callback(_without_summary(kind)())
     folder = rundir.RunDir.trainer(out)
     last = get_last_checkpoint(folder) if os.path.isdir(folder) else None
     if last and is_main_process():
         logger.info("  resuming training from %s", os.path.relpath(last, run.config.output_dir))
     trainer.train(resume_from_checkpoint=last)
+
+
+def _without_summary(kind):
+    class WithoutSummary(kind):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "train_runtime" not in logs:
+                super().on_log(args, state, control, logs=logs, **kwargs)
+
+    return WithoutSummary
 
 
 def source_adapter(run, out: str) -> None:

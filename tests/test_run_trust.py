@@ -76,7 +76,7 @@ def test_another_target_model_is_not_reused_silently(make_config, finished, tiny
         _run(make_config(output_dir=str(finished), eval_file=None, target_model=tiny_world["source_model"]))
 
 
-def test_changed_training_setting_redoes_only_the_later_stages(make_config, finished, caplog):
+def test_changed_training_setting_redoes_only_the_later_stages(make_config, finished, caplog, capsys):
     import logging
 
     kept = {name: _mtime(finished / name / "stage.json") for name in ("synthesis", "labels")}
@@ -90,6 +90,9 @@ def test_changed_training_setting_redoes_only_the_later_stages(make_config, fini
     # The report says what made each artifact.
     assert report["made_by"]["target_adapter"]["settings"]["num_train_epochs"] == 2
     assert report["made_by"]["synthesis"]["settings"]["num_samples"] == 12
+    # The Trainer's closing summary dict is not printed: the stage line says what a user needs.
+    captured = capsys.readouterr()
+    assert "train_runtime" not in captured.out + captured.err
 
 
 def test_same_settings_reuse_everything_and_overwrite_redoes_it(make_config, finished):
