@@ -82,7 +82,7 @@ class Transfer:
             write_json(self.dirs.config, cfg.to_dict())
         for i, (s, action) in enumerate(plan):
             # Keep only the bases that this and the later stages use.
-            self.pool.keep_only(set().union(*(later.bases(cfg) for later, act in plan[i:] if act != "reuse")))
+            self.pool.keep_only(set().union(*(later.bases(cfg) for later, act in plan[i:] if act in ("run", "redo"))))
             self._stage(s, action)
         self.pool.keep_only(set())
         if stages is None and (cfg.push_to_hub or cfg.hub_discriminator_id or cfg.hub_dataset_id) and is_main_process():
@@ -94,7 +94,8 @@ class Transfer:
         return report
 
     def plan(self, todo) -> list[tuple]:
-        """`(stage, action)` for each stage to run: "reuse", "run" or "redo" (with the reason logged).
+        """`(stage, action)` for each stage: "reuse", "keep" (made with other settings, kept: logged), "run" or
+        "redo" (the reason logged).
 
         Raises:
             `SettingsChangedError`: a finished data stage (synthesis, labels) was made with other settings.
@@ -115,7 +116,7 @@ class Transfer:
                 if is_main_process():
                     logger.warning("  %-15s kept, made with other settings (%s); --overwrite true retrains it",
                                    s.name, "; ".join(changes))
-                plan.append((s, "reuse"))
+                plan.append((s, "keep"))
             elif s.on_change == "redo":
                 if is_main_process():
                     logger.info("  %-15s redone: %s", s.name, "; ".join(changes))
@@ -123,7 +124,7 @@ class Transfer:
             else:
                 conflicts.append(f"{s.name}: " + "; ".join(changes))
         if conflicts:
-            redo = [s.name for s, act in plan if act != "reuse"]
+            redo = [s.name for s, act in plan if act in ("run", "redo")]
             raise SettingsChangedError(
                 f"{cfg.output_dir} holds stages made with other settings than these:\n  "
                 + "\n  ".join(conflicts)
@@ -140,8 +141,8 @@ class Transfer:
         final, tmp = dirs.stage(s.name), dirs.incomplete(s.name)
         wait_for_everyone()  # every process sees the same folders before deciding
         main = is_main_process()  # one line per stage, not one per process
-        if action == "reuse":
-            if main:
+        if action in ("reuse", "keep"):  # "keep" was announced by `plan`, with what changed
+            if main and action == "reuse":
                 logger.info("  %-15s done earlier with these settings, kept", s.name)
             self.timings[s.name] = {**_stage_info(dirs.read_record(s.name)), "skipped": True}
             return

@@ -125,6 +125,8 @@ def test_owner_adapters_are_kept_with_a_warning_when_their_settings_change(make_
     assert any("source_adapter" in m and "kept" in m and "source_epochs 2 -> 5" in m and "train_file changed" in m
                for m in warned), warned
     assert any("discriminator" in m and "train_file changed" in m for m in warned), warned
+    said = [r.getMessage() for r in caplog.records]
+    assert not any("source_adapter" in m and "with these settings" in m for m in said), said
     # Nothing was retrained or redone, and the report still says what made the adapters.
     assert {name: _mtime(finished / name / "stage.json") for name in stamps} == stamps
     assert report["made_by"]["source_adapter"]["settings"]["source_epochs"] == 2
