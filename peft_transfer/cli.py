@@ -141,25 +141,12 @@ def _kept(output_dir: str) -> str:
 
 def _say(message: str) -> None:
     """`message` as the last thing this process writes (stdout flushed first, so it cannot land after it)."""
-    if not _is_main_process():
+    from .distributed import is_main_process
+
+    if not is_main_process():
         return
     sys.stdout.flush()
     print(message, file=sys.stderr, flush=True)
-
-
-def _is_main_process() -> bool:
-    # `distributed.is_main_process()` builds accelerate's `PartialState`, which under `accelerate launch` with
-    # several processes calls `init_process_group`: a rendezvous with every rank, which could hang here when the
-    # error came before the ranks met (a bad recipe) or after some of them died. Ask it only once the group exists.
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        from .distributed import is_main_process
-
-        return is_main_process()
-    from accelerate.utils import get_cpu_distributed_information
-
-    return get_cpu_distributed_information().rank == 0  # RANK (torchrun) or the MPI ranks, as accelerate reads them
 
 
 def quiet_libraries() -> None:

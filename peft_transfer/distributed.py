@@ -23,7 +23,17 @@ def state():
 
 
 def is_main_process() -> bool:
-    return state().is_main_process
+    """Whether this is the main process. Before the process group exists it answers from the launcher's rank
+    variables instead of building `PartialState`: under `accelerate launch` with several processes that would call
+    `init_process_group`, a rendezvous with every rank that hangs when the question comes before the ranks met (a
+    bad recipe) or after some of them died."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return state().is_main_process
+    from accelerate.utils import get_cpu_distributed_information
+
+    return get_cpu_distributed_information().rank == 0  # RANK (torchrun) or the MPI ranks, as accelerate reads them
 
 
 def wait_for_everyone() -> None:

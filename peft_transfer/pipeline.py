@@ -65,6 +65,7 @@ class Transfer:
             self._fill_demo_settings()
         self._seeds = None
         self._records = None
+        self._hashes: dict[str, str] = {}
 
     # -- the run ---------------------------------------------------------------------------------------------------
 
@@ -164,8 +165,7 @@ class Transfer:
         info = {"seconds": time.perf_counter() - start, "peak_rss_gb": peak_rss_gb()}
         wait_for_everyone()
         if main:
-            write_json(dirs.stage_record(s.name, incomplete=True), {"stage": s.name, **info, **record})
-            os.replace(tmp, final)
+            self._finish(s.name, {**info, **record})
         wait_for_everyone()
         self.timings[s.name] = info
         free_memory()
@@ -181,17 +181,20 @@ class Transfer:
         so the later stages take it as done, and says `made_by` instead of a time: the report shows where the
         artifacts came from.
         """
-        s, dirs = stage(name), self.dirs
-        tmp = dirs.incomplete(name)
+        stage(name)  # an unknown name is refused
+        dirs = self.dirs
         if is_main_process():
-            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(dirs.incomplete(name), ignore_errors=True)
             shutil.rmtree(dirs.stage(name), ignore_errors=True)
-            os.makedirs(tmp)
-            write(tmp)
-            write_json(dirs.stage_record(name, incomplete=True),
-                       {"stage": s.name, "seconds": 0.0, "provided": made_by, **self.records()[name]})
-            os.replace(tmp, dirs.stage(name))
+            os.makedirs(dirs.incomplete(name))
+            write(dirs.incomplete(name))
+            self._finish(name, {"seconds": 0.0, "provided": made_by, **self.records()[name]})
         wait_for_everyone()
+
+    def _finish(self, name: str, record: dict) -> None:
+        """Write the stage's record into its `.incomplete` folder and rename the folder into place (main process)."""
+        write_json(self.dirs.stage_record(name, incomplete=True), {"stage": name, **record})
+        os.replace(self.dirs.incomplete(name), self.dirs.stage(name))
 
     # -- fingerprints ----------------------------------------------------------------------------------------------
 
@@ -216,12 +219,18 @@ class Transfer:
         stage that is kept whatever its settings, or what the current settings make."""
         given = {"source_adapter": self.config.source_adapter, "discriminator": self.config.discriminator_adapter}
         if given.get(name):
-            ref = given[name]
-            return hash_path(ref) if os.path.isdir(ref) else ref  # a Hub ref names its revision, or follows main
+            return self._adapter_hash(given[name])
         made = self.dirs.read_record(name) if self.dirs.finished(name) else {}
         if stage(name).on_change == "keep" and not self.config.overwrite and made.get("fingerprint"):
             return made["fingerprint"]
         return records[name]["fingerprint"]
+
+    def _adapter_hash(self, ref: str) -> str:
+        """A local adapter's files hashed (once per run), or a Hub ref as given (it names its revision, or follows
+        main)."""
+        if ref not in self._hashes:
+            self._hashes[ref] = hash_path(ref) if os.path.isdir(ref) else ref
+        return self._hashes[ref]
 
     def input_hashes(self) -> dict[str, str | None]:
         cfg = self.config
@@ -302,23 +311,13 @@ class Transfer:
 
     def _evaluation_cache_path(self, base: str, adapter: str | None, examples: list[dict]) -> str | None:
         """Where an evaluation that does not depend on this run is kept, keyed by everything it depends on."""
-        import hashlib
-
         cfg = self.config
         if not cfg.evaluation_cache_dir:
             return None
-        key = hashlib.sha256(json.dumps(
-            [base, cfg.dtype, examples, cfg.prompt_template, cfg.answer_stop, cfg.label_max_new_tokens],
-            sort_keys=True).encode())
-        if adapter:
-            # The adapter's files, not its path: a retrained adapter in the same folder is another model.
-            folder = adapter if os.path.isdir(adapter) else None
-            key.update(adapter.encode())
-            for name in sorted(os.listdir(folder)) if folder else ():
-                if name.endswith((".safetensors", ".json")) and name != "stage.json":
-                    with open(os.path.join(folder, name), "rb") as f:
-                        key.update(name.encode() + f.read())
-        return os.path.join(cfg.evaluation_cache_dir, key.hexdigest()[:32] + ".json")
+        # The adapter's files, not its path: a retrained adapter in the same folder is another model.
+        key = json.dumps([base, cfg.dtype, examples, cfg.prompt_template, cfg.answer_stop, cfg.label_max_new_tokens,
+                          adapter, self._adapter_hash(adapter) if adapter else None], sort_keys=True)
+        return os.path.join(cfg.evaluation_cache_dir, hashlib.sha256(key.encode()).hexdigest()[:32] + ".json")
 
     # -- Hub and report --------------------------------------------------------------------------------------------
 
@@ -375,12 +374,12 @@ def describe_changes(made: dict, now: dict) -> list[str]:
     if "fingerprint" not in made:
         return ["made by an earlier version that did not record its settings"]
     out = []
-    for group in ("settings", "inputs"):
+    for group, form in (("settings", "{key} {was} -> {now}"), ("inputs", "{key} changed ({was} -> {now})")):
         old, new = made.get(group, {}), now[group]
         for key in sorted(set(old) | set(new)):
-            if old.get(key, "<unset>") != new.get(key, "<unset>"):
-                what = f"{key} {_short(old.get(key, '<unset>'))} -> {_short(new.get(key, '<unset>'))}"
-                out.append(what if group == "settings" else f"{key} changed ({what.split(' ', 1)[1]})")
+            was, is_ = old.get(key, "<unset>"), new.get(key, "<unset>")
+            if was != is_:
+                out.append(form.format(key=key, was=_short(was), now=_short(is_)))
     for key in sorted(set(made.get("reads", {})) | set(now["reads"])):
         if made.get("reads", {}).get(key) != now["reads"].get(key):
             out.append(f"its input {key} is another one")

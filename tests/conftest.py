@@ -77,3 +77,35 @@ def run_dir(base_run, tmp_path):
     dst = tmp_path / "run"
     shutil.copytree(base_run, dst)
     return dst
+
+
+@pytest.fixture(scope="module")
+def untrained():
+    """Tiny untrained bases of the two families, with their own tokenizers (no pretraining: cheap per module).
+
+    An untrained generator would almost never end an item, so this one treats a quarter of its vocabulary as
+    end-of-sequence: its candidates are short random strings that parse. Teacher and discriminator are Llama-style
+    on the source tokenizer, the generator Gemma-style on the target one.
+    """
+    from peft_transfer.corpus import generic_corpus
+    from peft_transfer.testing import FAMILIES, build_model, build_tokenizer
+
+    docs = generic_corpus(num_docs=300, seed=0, doc_chars=300)
+    source_tok = build_tokenizer("byte_bpe", 384, docs)
+    target_tok = build_tokenizer("metaspace_bpe", 448, docs)
+    generator = build_model(FAMILIES["tiny-gemma"], target_tok, seed=1).eval()
+    generator.generation_config.eos_token_id = list(range(3, len(target_tok) // 4))
+    return dict(source_tok=source_tok, target_tok=target_tok, generator=generator,
+                teacher=build_model(FAMILIES["tiny-llama"], source_tok, seed=2).eval(),
+                discriminator=build_model(FAMILIES["tiny-llama"], source_tok, seed=3).eval())
+
+
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    """Every base load fails: a check that should stop a run before any work must come first."""
+    from peft_transfer.modeling import ModelPool
+
+    def refuse(self, ref):
+        raise AssertionError(f"a base was loaded ({ref}) before the check that should have stopped the run")
+
+    monkeypatch.setattr(ModelPool, "load", refuse)

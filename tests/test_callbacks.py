@@ -21,20 +21,8 @@ SETTINGS = dict(task_name="sort_letters", num_samples=8, candidate_budget=400, g
 
 
 @pytest.fixture(scope="module")
-def models():
-    from peft_transfer.corpus import generic_corpus
-    from peft_transfer.testing import FAMILIES, build_model, build_tokenizer
-
-    docs = generic_corpus(num_docs=300, seed=0, doc_chars=300)
-    source_tok = build_tokenizer("byte_bpe", 384, docs)
-    target_tok = build_tokenizer("metaspace_bpe", 448, docs)
-    generator = build_model(FAMILIES["tiny-gemma"], target_tok, seed=1).eval()
-    generator.generation_config.eos_token_id = list(range(3, len(target_tok) // 4))
-    return dict(
-        source_tok=source_tok, target_tok=target_tok, generator=generator,
-        teacher=build_model(FAMILIES["tiny-llama"], source_tok, seed=2).eval(),
-        discriminator=build_model(FAMILIES["tiny-llama"], source_tok, seed=3).eval(),
-    )
+def models(untrained):
+    return untrained
 
 
 def make_callback(models, **overrides):

@@ -134,7 +134,7 @@ def test_fewer_seeds_than_configured(make_config, tmp_path):
         _run(make_config(seed_file=str(few)))
 
 
-def test_adapter_of_another_base_is_refused(make_config, run_dir, tiny_world):
+def test_adapter_of_another_base_is_refused(make_config, run_dir, tiny_world, no_model_loads):
     # The source adapter was trained on the Llama-style base; applying it to the Gemma-style one must fail clearly.
     config = make_config(output_dir=str(run_dir / "other"), source_model=tiny_world["target_model"],
                          source_adapter=str(run_dir / "source_adapter"),

@@ -41,18 +41,9 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def models():
-    from peft_transfer.corpus import generic_corpus
-    from peft_transfer.testing import FAMILIES, build_model, build_tokenizer
-
-    docs = generic_corpus(num_docs=300, seed=0, doc_chars=300)
-    source_tok = build_tokenizer("byte_bpe", 384, docs)
-    target_tok = build_tokenizer("metaspace_bpe", 448, docs)
-    generator = build_model(FAMILIES["tiny-gemma"], target_tok, seed=1).eval()
-    generator.generation_config.eos_token_id = list(range(3, len(target_tok) // 4))
-    discriminator = build_model(FAMILIES["tiny-llama"], source_tok, seed=3).eval()
-    return {"generator": generator, "generator_tokenizer": target_tok, "discriminator": discriminator,
-            "discriminator_tokenizer": source_tok}
+def models(untrained):
+    return {"generator": untrained["generator"], "generator_tokenizer": untrained["target_tok"],
+            "discriminator": untrained["discriminator"], "discriminator_tokenizer": untrained["source_tok"]}
 
 
 def run(models, path, cfg=None, **kwargs):
