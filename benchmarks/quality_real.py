@@ -169,9 +169,28 @@ def run_task(task_dir: str, task_name: str, description: str, pairs: list[str], 
                 _prepare(cfg, inputs, {"accepted": len(inputs), "candidates": 0, "extra": {"made_by": setting}},
                          made_by=f"{setting} (Table 5 ablation)")
             run(f"{setting}-{pair}", cfg, pair=pair, setting=setting)
+        # Where the gap to the source comes from: the same distillation from the real train inputs, labelled by the
+        # teacher (what synthesis costs) and with their own targets (what the teacher's labels cost).
+        real = load_examples(common["train_file"], require_target=True, what="train_file")
+        for setting, labelled in (("real-inputs", None), ("real-data", real)):
+            cfg = config(f"{setting}-{pair}", num_samples=len(real), compute_mmd=False)
+            if not RunDir(cfg.output_dir).finished("synthesis"):
+                _prepare(cfg, [e["input"] for e in real], {"accepted": len(real), "candidates": 0,
+                                                             "extra": {"made_by": setting}},
+                         labels=None if labelled is None else _gold_labels(labelled),
+                         made_by=f"{setting} (where the gap comes from)")
+            run(f"{setting}-{pair}", cfg, pair=pair, setting=setting)
     with open(os.path.join(task_dir, "rows.json"), "w") as f:
         json.dump(rows, f, indent=1)
     return rows
+
+
+def _gold_labels(examples: list[dict]):
+    """The labels stage's dataset made from the examples' own targets, as the teacher's answers are stored."""
+    from datasets import Dataset
+
+    return Dataset.from_list([{"input": e["input"], "completion": " " + e["target"], "answer": e["target"]}
+                              for e in examples])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -214,7 +233,17 @@ def tables(rows: list[dict]) -> dict:
                          "unfiltered": get(t, f"translora-{pair}", "mmd_unfiltered"),
                          "acceptance_rate": get(t, f"translora-{pair}", "pass_rate")} for t in tasks}
               for pair in pairs}
-    return {"tasks": tasks, "pairs": pairs, "table1": table1, "table5": table5, "table9": table9}
+    gap = {pair: {t: {
+        "source_lora": get(t, f"translora-{pair}", "source_adapter"),
+        "translora": get(t, f"translora-{pair}", "transferred"),
+        "in_format": get(t, f"translora-{pair}", "in_format"),
+        "labels_correct": get(t, f"translora-{pair}", "labels_correct"),
+        "agrees_with_teacher": get(t, f"translora-{pair}", "agrees_with_teacher"),
+        "real_inputs": get(t, f"real-inputs-{pair}", "transferred"),
+        "real_inputs_labels_correct": get(t, f"real-inputs-{pair}", "labels_correct"),
+        "real_data": get(t, f"real-data-{pair}", "transferred"),
+    } for t in tasks} for pair in pairs}
+    return {"tasks": tasks, "pairs": pairs, "table1": table1, "table5": table5, "table9": table9, "gap": gap}
 
 
 def claims(t: dict) -> dict:
@@ -273,6 +302,22 @@ def markdown(result: dict) -> str:
             lines.append(f"| {name} | " + " | ".join(_pct(v["per_task"][k]) for k in t["tasks"]) +
                          f" | {_pct(v['average'])} ({v['tasks_averaged']} tasks with every setting) |")
     lines += table9_lines(t["table9"], "## Table 9: MMD² to real inputs (all-MiniLM-L6-v2), accepted vs unfiltered")
+    lines += ["", "## Where the gap to the source comes from", "",
+              "Counted from each row's stored inputs, labels and predictions by the task's own solver: the share of "
+              "Trans-LoRA's synthetic inputs that are in the task's format (its templates and vocabulary), the share "
+              "of the teacher's labels of those that are right, and the share of held-out inputs on which the "
+              "transferred adapter answers as the teacher does. Then the same distillation from the 250 real train "
+              "inputs, labelled by the teacher (what synthesis costs; the teacher was trained on these inputs, so its "
+              "labels there are better than on new ones) and with their own targets (what the teacher's labels "
+              "cost; this row is the target trained on the data itself).", "",
+              "| task | pair | source+LoRA | Trans-LoRA | synthetic in format | teacher right (synthetic) | "
+              "agrees with teacher | real inputs, teacher labels | teacher right (real) | real data |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for pair, per_task in t["gap"].items():
+        for task, v in per_task.items():
+            lines.append(f"| {task} | {pair} | " + " | ".join(_pct(v[k]) for k in (
+                "source_lora", "translora", "in_format", "labels_correct", "agrees_with_teacher", "real_inputs",
+                "real_inputs_labels_correct", "real_data")) + " |")
     lines += ["", "## Claims", ""] + claims_ab_lines(c, len(t["tasks"]))
     for pair, v in c["c_filtered_above_ablations"].items():
         lines.append(f"- (c) {pair}: filtered above unfiltered, seeds only and random text on average: "
@@ -325,7 +370,34 @@ def collect(run_root: str) -> list[dict]:
                 with open(path) as f:
                     rows.append(json.load(f))
                 rows[-1]["pass_rate"] = _pass_rate(os.path.join(folder, row))
+                rows[-1].update(_label_quality(task, os.path.join(folder, row)))
     return rows
+
+
+def _label_quality(task: str, row_dir: str) -> dict:
+    """Counted from a row's stored artifacts (no model runs): how many of the inputs it trained on are in the task's
+    format (`in_format`, by the task's solver), how many of the teacher's labels of those are right
+    (`labels_correct`), and on how many held-out inputs the transferred adapter answers as the teacher does
+    (`agrees_with_teacher`: how faithfully the distillation copied the teacher, right or wrong)."""
+    from benchmarks.real_tasks import SOLVERS, solve
+    from peft_transfer.rundir import RunDir
+
+    dirs, out = RunDir(row_dir), {}
+    if task in SOLVERS and os.path.isdir(dirs.labels):
+        from datasets import load_from_disk
+
+        labels = load_from_disk(dirs.labels)
+        answers = [solve(task, x) for x in labels["input"]]
+        in_format = [(a, y) for a, y in zip(answers, labels["answer"]) if a is not None]
+        out.update(num_labels=len(answers), in_format=len(in_format) / len(answers) if answers else None,
+                   labels_correct=sum(a == y.strip() for a, y in in_format) / len(in_format) if in_format else None)
+    if os.path.exists(dirs.predictions):
+        with open(dirs.predictions) as f:
+            p = json.load(f)
+        if p.get("transferred") and p.get("source_adapter"):
+            pairs = list(zip(p["transferred"], p["source_adapter"]))
+            out["agrees_with_teacher"] = sum(a.strip() == b.strip() for a, b in pairs) / len(pairs)
+    return out
 
 
 def _pass_rate(row_dir: str) -> float | None:

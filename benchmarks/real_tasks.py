@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import re
 
 from peft_transfer.tasks import TASKS, Task, write_task
 
@@ -77,6 +78,93 @@ REAL_TASKS = {
        for name in ("boolean_expressions", "multistep_arithmetic", "dyck_languages", "weekday_arithmetic",
                     "last_letters")},
 }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Solvers: the correct answer of any input written in a task's format (a model's synthetic input included), or
+# None for an input the task's format does not cover. They tell a wrong teacher label from an input off the task.
+
+_WEEKDAYS = "Monday Tuesday Wednesday Thursday Friday Saturday Sunday".split()
+_CLOSE = {"(": ")", "[": "]", "{": "}", "<": ">"}
+_NUMBER_WORDS = {"a": 1, "an": 1, "one": 1, **{w: n for n, w in _COUNT_WORDS.items()}}
+_CATEGORY_OF = {**{n: c for c, ns in _CATEGORIES.items() for n in ns},
+                **{_PLURAL.get(n, n + "s"): c for c, ns in _CATEGORIES.items() for n in ns}}
+
+
+def _solve_addition(text):
+    m = re.fullmatch(r"What is (\d+) \+ (\d+)\?", text)
+    return str(int(m[1]) + int(m[2])) if m else None
+
+
+def _solve_word_sorting(text):
+    m = re.fullmatch(r"Sort the following words alphabetically: List: ([a-z]+(?: [a-z]+)*)", text)
+    return " ".join(sorted(m[1].split())) if m else None
+
+
+def _solve_object_counting(text):
+    m = re.fullmatch(r"I have (.+)\. How many (.+) do I have\?", text)
+    if not m or m[2] not in _CATEGORIES:
+        return None
+    total = 0
+    for phrase in re.split(r", and |, | and ", m[1]):
+        count, _, name = phrase.partition(" ")
+        if count not in _NUMBER_WORDS or name not in _CATEGORY_OF:
+            return None
+        total += _NUMBER_WORDS[count] if _CATEGORY_OF[name] == m[2] else 0
+    return str(total)
+
+
+def _solve_boolean_expressions(text):
+    m = re.fullmatch(r"((?:True|False|not|and|or|\(|\)| )+) is", text)
+    if not m:
+        return None
+    try:  # only the five words and parentheses reach eval
+        value = eval(m[1], {"__builtins__": {}})
+    except (SyntaxError, TypeError, MemoryError):
+        return None
+    return str(value) if isinstance(value, bool) else None
+
+
+def _solve_multistep_arithmetic(text):
+    m = re.fullmatch(r"([-+*() 0-9]+) =", text)
+    if not m or "**" in m[1].replace(" ", ""):  # no powers: an input must not make eval run for ever
+        return None
+    try:  # digits, signs and parentheses only
+        value = eval(m[1], {"__builtins__": {}})
+    except (SyntaxError, TypeError, MemoryError):
+        return None
+    return str(value) if isinstance(value, int) else None
+
+
+def _solve_dyck_languages(text):
+    m = re.fullmatch(r"Complete the brackets: ([()\[\]{}<>](?: [()\[\]{}<>])*)", text)
+    if not m:
+        return None
+    stack = []
+    for b in m[1].split():
+        if b in _CLOSE:
+            stack.append(b)
+        elif not stack or _CLOSE[stack.pop()] != b:
+            return None
+    return " ".join(_CLOSE[b] for b in reversed(stack)) if stack else None
+
+
+def _solve_weekday_arithmetic(text):
+    m = re.fullmatch(rf"Today is ({'|'.join(_WEEKDAYS)})\. What day is it (\d+) days from now\?", text)
+    return _WEEKDAYS[(_WEEKDAYS.index(m[1]) + int(m[2])) % 7] if m else None
+
+
+def _solve_last_letters(text):
+    m = re.fullmatch(r"Take the last letter of each word: ([A-Za-z]+(?: [A-Za-z]+)*)", text)
+    return "".join(w[-1] for w in m[1].split()) if m else None
+
+
+SOLVERS = {name: globals()[f"_solve_{name}"] for name in REAL_TASKS}
+
+
+def solve(name: str, text: str) -> str | None:
+    """The correct answer of `text` as an input of task `name`, or None when `text` is not in the task's format."""
+    return SOLVERS[name](text.strip())
 
 
 def make_real_task(name: str, *, n_train: int = 250, n_test: int = 300, n_seeds: int = 5, seed: int = 0) -> Task:
