@@ -6,7 +6,7 @@ import re
 import pytest
 
 from benchmarks import quality_real
-from benchmarks.real_tasks import REAL_TASKS, make_real_task
+from benchmarks.real_tasks import REAL_TASKS, make_real_task, solve
 
 
 @pytest.mark.parametrize("name", list(REAL_TASKS))
@@ -35,6 +35,47 @@ def test_task_answers_are_right():
         items = re.sub(r"^I have |\. How many.*$", "", s["input"]).replace(", and ", ", ").split(", ")
         parsed = [(counts[i.split(" ", 1)[0]], category[i.split(" ", 1)[1]]) for i in items]
         assert s["target"] == str(sum(n for n, c in parsed if c == asked))
+
+
+@pytest.mark.parametrize("name", list(REAL_TASKS))
+def test_solver_answers_every_input_of_its_task(name):
+    task = make_real_task(name, n_train=100, n_test=0, seed=3)
+    assert [solve(name, s["input"]) for s in task.train] == [s["target"] for s in task.train]
+    others = [make_real_task(other, n_train=5, n_test=0).train[0]["input"] for other in REAL_TASKS if other != name]
+    assert [solve(name, x) for x in others] == [None] * len(others)  # another task's input is not in this format
+
+
+def test_solver_refuses_off_format_inputs():
+    assert solve("addition", "What is 12 + 30?") == "42"  # in the template, whatever the digits
+    assert solve("addition", "What's 12 + 30?") is None
+    assert solve("object_counting", "I have a cat and two drosophilas. How many animals do I have?") is None
+    assert solve("object_counting", "I have a cat, two pianos, and a dog. How many animals do I have?") == "2"
+    assert solve("boolean_expressions", "( ) is") is None and solve("boolean_expressions", "not True or ( True ) is") == "True"
+    assert solve("multistep_arithmetic", "((9 ** 9) ** 9) =") is None  # no powers reach eval
+    assert solve("multistep_arithmetic", "((-3 * 2) - (4 + -1)) =") == "-9"
+    assert solve("dyck_languages", "Complete the brackets: ( [ ) ]") is None  # not a prefix of a balanced word
+    assert solve("dyck_languages", "Complete the brackets: ( [ ] {") == "} )"
+    assert solve("weekday_arithmetic", "Today is Monday. What day is it 8 days from now?") == "Tuesday"
+
+
+def test_label_quality_is_counted_from_a_rows_artifacts(tmp_path):
+    from datasets import Dataset
+
+    from peft_transfer.rundir import RunDir
+
+    dirs = RunDir(str(tmp_path / "row"))
+    Dataset.from_list([{"input": "What is 1 + 2?", "completion": " 3", "answer": "3"},
+                       {"input": "What is 2 + 2?", "completion": " 5", "answer": "5"},
+                       {"input": "How much is 2 + 2?", "completion": " 4", "answer": "4"}]).save_to_disk(dirs.labels)
+    import json
+    import os
+
+    os.makedirs(os.path.dirname(dirs.predictions))
+    with open(dirs.predictions, "w") as f:
+        json.dump({"source_adapter": ["3", "7", "1"], "transferred": [" 3", "8", "1"]}, f)
+    q = quality_real._label_quality("addition", str(tmp_path / "row"))
+    assert q["num_labels"] == 3 and q["in_format"] == pytest.approx(2 / 3)
+    assert q["labels_correct"] == pytest.approx(0.5) and q["agrees_with_teacher"] == pytest.approx(2 / 3)
 
 
 def test_wilson_interval():
@@ -84,3 +125,15 @@ def test_tables_and_claims_on_hand_made_rows(tmp_path):
     text = (tmp_path / "results.md").read_text()
     assert "SynthesisError: budget" in text and "## Table 9" in text
     assert result["tables"]["table1"]["smollm2-gemma3"]["per_task"]["t1"]["source_lora"] == 0.5
+
+
+def test_gap_table_reads_the_diagnostic_rows():
+    rows = _rows({"translora": 0.3}, tasks=("t1",))
+    rows[0].update(in_format=0.9, labels_correct=0.6, agrees_with_teacher=0.4)
+    rows += [{"task": "t1", "row": f"{s}-smollm2-gemma3", "pair": "smollm2-gemma3", "setting": s, "transferred": x}
+             for s, x in (("real-inputs", 0.45), ("real-data", 0.55))]
+    gap = quality_real.tables(rows)["gap"]["smollm2-gemma3"]["t1"]
+    assert (gap["translora"], gap["source_lora"], gap["in_format"], gap["labels_correct"]) == (0.3, 0.5, 0.9, 0.6)
+    assert (gap["real_inputs"], gap["real_data"]) == (0.45, 0.55)
+    assert "| t1 | smollm2-gemma3 | 50.0 | 30.0 | 90.0 | 60.0 | 40.0 | 45.0 | — | 55.0 |" in quality_real.markdown(
+        {"tables": quality_real.tables(rows), "claims": quality_real.claims(quality_real.tables(rows)), "rows": rows})
