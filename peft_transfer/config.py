@@ -129,6 +129,17 @@ class TransferConfig:
     # Labelling with the teacher
     label_max_new_tokens: int = field(default=64, metadata={"help": "New tokens per teacher answer."})
     label_do_sample: bool = field(default=False, metadata={"help": "Sample teacher answers (default greedy)."})
+    label_votes: int = field(
+        default=1,
+        metadata={"help": "Teacher answers per input (self-consistency): above 1, label_votes - 1 answers are sampled "
+                          "at label_temperature beside the first, and the most frequent answer is the label (ties: the "
+                          "first). 1 is the paper's single answer."},
+    )
+    label_temperature: float = field(default=0.7, metadata={"help": "Sampling temperature of the extra votes."})
+    label_min_agreement: float = field(
+        default=0.0,
+        metadata={"help": "With label_votes > 1: drop the inputs whose label won less than this share of the votes."},
+    )
     answer_stop: str | None = field(default="\n", metadata={"help": "Answers are cut at this string (None: keep all)."})
 
     # Distillation (stage 6) and the other trainings
@@ -237,6 +248,13 @@ class TransferConfig:
             problems.append(f"beta must lie in [0, 1] (got {self.beta}).")
         if self.temperature <= 0 or self.kd_temperature <= 0:
             problems.append("temperature and kd_temperature must be positive.")
+        if self.label_votes < 1 or self.label_temperature <= 0:
+            problems.append(f"label_votes must be at least 1 and label_temperature positive (got {self.label_votes}, "
+                            f"{self.label_temperature}).")
+        if not 0.0 <= self.label_min_agreement <= 1.0:
+            problems.append(f"label_min_agreement must lie in [0, 1] (got {self.label_min_agreement}).")
+        elif self.label_min_agreement > 0 and self.label_votes == 1:
+            problems.append("label_min_agreement needs label_votes > 1 (a single answer always agrees with itself).")
         if not 0.0 < self.top_p <= 1.0:
             problems.append(f"top_p must lie in (0, 1] (got {self.top_p}).")
         if "{input}" not in self.prompt_template:

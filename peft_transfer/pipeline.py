@@ -356,6 +356,7 @@ class Transfer:
             "discriminator": read_json(os.path.join(self.discriminator_adapter, "metrics.json"))
             if os.path.isdir(self.discriminator_adapter) else {},
             "synthesis": read_json(dirs.synthesis_stats),
+            "labels": read_json(dirs.label_stats),
             "diagnostics": read_json(dirs.diagnostics),
             "pushed": read_json(dirs.push_record),
             "evaluation": read_json(dirs.evaluation),

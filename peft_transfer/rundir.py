@@ -10,7 +10,7 @@
       source_adapter/              θs (when trained here)
       discriminator/               the yes/no adapter, metrics.json
       synthesis/                   candidates/, accepted/, stats.json, diagnostics.json, projection.png
-      labels/                      the teacher's answers (a `datasets` folder)
+      labels/                      the teacher's answers (a `datasets` folder), label_stats.json
       target_adapter/              θt, transfer.json (its lineage)
       evaluation/                  evaluation.json, predictions.json
 
@@ -29,6 +29,7 @@ STAGE_RECORD = "stage.json"
 # What a stage writes inside its folder (the stage bodies join these to the folder they are given).
 METRICS, ACCEPTED, CANDIDATES, STATS = "metrics.json", "accepted", "candidates", "stats.json"
 DIAGNOSTICS, PROJECTION, EVALUATION, PREDICTIONS = "diagnostics.json", "projection.png", "evaluation.json", "predictions.json"
+LABEL_STATS = "label_stats.json"
 
 
 class RunDir:
@@ -115,6 +116,10 @@ class RunDir:
     @property
     def labels(self) -> str:
         return self.stage("labels")
+
+    @property
+    def label_stats(self) -> str:
+        return self("labels", LABEL_STATS)
 
     @property
     def target_adapter(self) -> str:

@@ -38,6 +38,7 @@ from . import rundir
 from .config import LINEAGE_FILE, TransferConfig
 from .data import load_examples, task_prompt
 from .distributed import is_main_process, map_across_processes, wait_for_everyone
+from .errors import UserError
 from .modeling import peft_config_from
 from .rundir import read_json, write_json
 
@@ -229,8 +230,18 @@ def labels(run, out: str) -> None:
     empty = sum(1 for r in rows if not r["answer"])
     if empty:
         logger.warning("%d of %d teacher answers are empty; they are kept as the teacher's behaviour.", empty, len(rows))
+    stats = {"votes": cfg.label_votes, "labelled": len(rows)}
+    if cfg.label_votes > 1:
+        kept = [r for r in rows if r["agreement"] >= cfg.label_min_agreement]
+        stats.update(agreement=sum(r["agreement"] for r in rows) / len(rows), unanimous=sum(
+            r["agreement"] == 1.0 for r in rows) / len(rows), dropped=len(rows) - len(kept))
+        if not kept:
+            raise UserError(f"label_min_agreement={cfg.label_min_agreement} dropped all {len(rows)} inputs (the "
+                            f"teacher's mean agreement is {stats['agreement']:.0%}): lower it.")
+        rows = kept
     if is_main_process():
         Dataset.from_list(rows).save_to_disk(out)
+        write_json(os.path.join(out, rundir.LABEL_STATS), stats)
 
 
 def target_adapter(run, out: str) -> None:
@@ -310,6 +321,14 @@ def _synthesis_summary(dirs: rundir.RunDir) -> str:
             f"(filter passed {stats.get('acceptance_rate', 0):.0%})")
 
 
+def _labels_summary(dirs: rundir.RunDir) -> str:
+    stats = read_json(dirs.label_stats)
+    if stats.get("votes", 1) == 1:
+        return f"{stats.get('labelled', 0)} answers"
+    return (f"{stats['labelled']} inputs, {stats['votes']} votes each: agreement {stats['agreement']:.0%}, "
+            f"unanimous {stats['unanimous']:.0%}, dropped {stats['dropped']}")
+
+
 def _discriminator_summary(dirs: rundir.RunDir) -> str:
     return f"held-out ROC-AUC {read_json(dirs.discriminator_metrics).get('roc_auc', float('nan')):.3f}"
 
@@ -376,9 +395,10 @@ STAGES: tuple[Stage, ...] = (
           reads=lambda c: ("synthesis", "source_adapter"),
           inputs=(),
           settings=lambda c: ("source_model", "prompt_template", "label_max_new_tokens", "label_do_sample",
-                              "answer_stop", "generation_batch_size", *_SEED),
+                              "answer_stop", "generation_batch_size", *_SEED)
+          + (("label_votes", "label_temperature", "label_min_agreement") if c.label_votes > 1 else ()),
           bases=lambda c: {c.source_model},
-          on_change="stop"),
+          on_change="stop", summary=_labels_summary),
     Stage("target_adapter", target_adapter,
           needed=lambda c: True,
           reads=lambda c: ("labels",) + (("source_adapter",) if c.loss_type in _TOKEN_KD else ()),

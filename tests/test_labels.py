@@ -1,0 +1,81 @@
+"""The teacher's labels: one answer (the paper's), or self-consistency over several votes."""
+
+import pytest
+
+from peft_transfer import Transfer
+from peft_transfer.errors import ConfigError
+from peft_transfer.rundir import RunDir, read_json
+
+
+def _scripted_generate(script):
+    """A `generate` that answers each prompt from `script[prompt]`, one answer per call in turn."""
+    calls = []
+
+    def generate(model, tokenizer, prompts, *, do_sample=False, temperature=1.0, **kwargs):
+        calls.append((len(prompts), do_sample, temperature))
+        return [(" " + script[p].pop(0) + "\n", True) for p in prompts]
+
+    return generate, calls
+
+
+def test_votes_pick_the_most_frequent_answer_ties_to_the_first(make_config, monkeypatch):
+    from peft_transfer import synthesis
+
+    cfg = make_config(label_votes=4, label_temperature=0.5, prompt_template="{input}")
+    script = {"a": ["1", "2", "2", "3"], "b": ["7", "8", "8", "7"], "c": ["5", "5", "5", "5"]}
+    generate, calls = _scripted_generate(script)
+    monkeypatch.setattr(synthesis, "generate", generate)
+    monkeypatch.setattr(synthesis, "task_prompt", lambda tok, x, template: x)
+    rows = synthesis.label(cfg, None, None, ["a", "b", "c"], show_progress=False)
+    assert [(r["answer"], r["agreement"]) for r in rows] == [("2", 0.5), ("7", 0.5), ("5", 1.0)]
+    assert rows[0]["completion"] == " 2"  # as the teacher wrote it
+    # The first answer greedy (the paper's), the 3 further votes sampled at label_temperature, batched over inputs.
+    assert calls == [(3, False, 1.0), (9, True, 0.5)]
+
+
+def test_one_vote_is_the_papers_single_answer(make_config, monkeypatch):
+    from peft_transfer import synthesis
+
+    generate, calls = _scripted_generate({"a": ["4"]})
+    monkeypatch.setattr(synthesis, "generate", generate)
+    monkeypatch.setattr(synthesis, "task_prompt", lambda tok, x, template: x)
+    rows = synthesis.label(make_config(), None, None, ["a"], show_progress=False)
+    assert rows == [{"input": "a", "completion": " 4", "answer": "4"}] and calls == [(1, False, 1.0)]
+
+
+@pytest.mark.parametrize("overrides", [dict(label_votes=0), dict(label_votes=3, label_temperature=0.0),
+                                       dict(label_votes=3, label_min_agreement=1.5), dict(label_min_agreement=0.5)])
+def test_vote_settings_are_checked(make_config, overrides):
+    with pytest.raises(ConfigError):
+        make_config(**overrides)
+
+
+def test_labels_stage_drops_disagreed_inputs_and_reports_agreement(make_config, run_dir, monkeypatch):
+    from datasets import load_from_disk
+
+    from peft_transfer import synthesis
+    from peft_transfer.errors import UserError
+
+    cfg = make_config(output_dir=str(run_dir), eval_file=None, label_votes=3, label_min_agreement=0.6,
+                      label_temperature=0.3)
+    Transfer(cfg, show_progress=False).run(stages=("synthesis", "labels"))
+    dirs = RunDir(str(run_dir))
+    stats, kept = read_json(dirs.label_stats), load_from_disk(dirs.labels)
+    assert stats["votes"] == 3 and stats["labelled"] == cfg.num_samples
+    assert stats["dropped"] == cfg.num_samples - len(kept) and all(a >= 0.6 for a in kept["agreement"])
+    assert stats["unanimous"] <= stats["agreement"] <= 1.0
+    assert Transfer(cfg, show_progress=False).report()["labels"] == stats
+    # The vote settings are part of the labels' fingerprint: other votes are other labels.
+    assert read_json(dirs.stage_record("labels"))["settings"]["label_votes"] == 3
+
+    # A teacher that never agrees with itself: one clear error, the synthesis kept, no labels left half-made.
+    def disagreeing(cfg, teacher, tokenizer, inputs, **kwargs):
+        return [{"input": x, "completion": " 1", "answer": "1", "agreement": 1 / 3} for x in inputs]
+
+    import shutil
+
+    monkeypatch.setattr(synthesis, "label", disagreeing)
+    shutil.rmtree(dirs.labels)
+    with pytest.raises(UserError, match="dropped all 12 inputs"):
+        Transfer(cfg, show_progress=False).run(stages=("labels",))
+    assert dirs.finished("synthesis") and not dirs.finished("labels")
