@@ -56,6 +56,18 @@ MODELS = {
 PAIRS = {"smollm2-gemma3": ("smollm2", "gemma3"), "smollm2-qwen": ("smollm2", "qwen"),
          "qwen-smollm2": ("qwen", "smollm2")}
 ABLATIONS = ("translora", "unfiltered", "seeds-only", "random-text")  # paper Table 5 order
+GAP_ROWS = ("real-inputs", "real-data")
+# Each change alone against the paper's method: its settings, and the translora row's stages it reuses unchanged
+# (the same synthetic inputs, or the same inputs and labels), so that only the change differs.
+IMPROVEMENTS = {
+    "self-consistency": (dict(label_votes=5, label_min_agreement=0.6), ("synthesis",)),
+    "token-selection": (dict(token_selection_ratio=0.5), ("synthesis", "labels")),
+    # TiTok's curriculum as its paper describes it: the source with its adapter writes the inputs, no filter, loss
+    # on the top half of the tokens by the adapter's contrastive excess.
+    "titok": (dict(generate_with_source_adapter=True, filter_mode="none", discriminator_adapter=None,
+                   token_selection_ratio=0.5), ()),
+}
+ROWS = (*ABLATIONS, *GAP_ROWS, *IMPROVEMENTS)
 
 # Chosen by measurement on 2 CPU cores (bf16): LoRA r=8 on q/v, lr 2e-3 (the paper's 2e-5 is for 7B models and 20
 # epochs; it barely moves a 135M-630M model in the few hundred steps a CPU affords), batch 16.
@@ -80,8 +92,10 @@ def wilson(p: float | None, n: int | None, z: float = 1.96) -> list[float] | Non
     return [round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)]
 
 
-def run_task(task_dir: str, task_name: str, description: str, pairs: list[str], seed: int) -> list[dict]:
-    """Every row of one task over `pairs`; each row's record is kept in `<row>/row.json` (resume per row)."""
+def run_task(task_dir: str, task_name: str, description: str, pairs: list[str], seed: int,
+             only: tuple[str, ...] = ROWS) -> list[dict]:
+    """The rows of one task over `pairs` (those named in `only`, and the owner and translora rows they need); each
+    row's record is kept in `<row>/row.json` (resume per row)."""
     from peft_transfer import Transfer, TransferConfig
     from peft_transfer.data import load_examples
     from peft_transfer.rundir import RunDir
@@ -124,7 +138,7 @@ def run_task(task_dir: str, task_name: str, description: str, pairs: list[str], 
                 num_accepted=syn.get("accepted"), num_candidates=syn.get("candidates"),
                 acceptance_rate=syn.get("acceptance_rate"), mmd_accepted=diag.get("mmd_accepted"),
                 mmd_unfiltered=diag.get("mmd_unfiltered"), seconds=round(time.perf_counter() - start, 1),
-                stages=report.get("stages"),
+                stages=report.get("stages"), label_stats=report.get("labels") or None,
             )
             if report.get("discriminator"):
                 record["discriminator_roc_auc"] = report["discriminator"].get("roc_auc")
@@ -161,9 +175,12 @@ def run_task(task_dir: str, task_name: str, description: str, pairs: list[str], 
             return TransferConfig(**settings)
 
         run(f"translora-{pair}", config(f"translora-{pair}"), pair=pair, setting="translora")
-        run(f"unfiltered-{pair}", config(f"unfiltered-{pair}", filter_mode="none", discriminator_adapter=None),
-            pair=pair, setting="unfiltered")
+        if "unfiltered" in only:
+            run(f"unfiltered-{pair}", config(f"unfiltered-{pair}", filter_mode="none", discriminator_adapter=None),
+                pair=pair, setting="unfiltered")
         for setting, inputs in (("seeds-only", seeds), ("random-text", random_text(n, seed))):
+            if setting not in only:
+                continue
             cfg = config(f"{setting}-{pair}", num_samples=len(inputs), compute_mmd=False)
             if not RunDir(cfg.output_dir).finished("synthesis"):
                 _prepare(cfg, inputs, {"accepted": len(inputs), "candidates": 0, "extra": {"made_by": setting}},
@@ -173,6 +190,8 @@ def run_task(task_dir: str, task_name: str, description: str, pairs: list[str], 
         # teacher (what synthesis costs) and with their own targets (what the teacher's labels cost).
         real = load_examples(common["train_file"], require_target=True, what="train_file")
         for setting, labelled in (("real-inputs", None), ("real-data", real)):
+            if setting not in only:
+                continue
             cfg = config(f"{setting}-{pair}", num_samples=len(real), compute_mmd=False)
             if not RunDir(cfg.output_dir).finished("synthesis"):
                 _prepare(cfg, [e["input"] for e in real], {"accepted": len(real), "candidates": 0,
@@ -180,9 +199,31 @@ def run_task(task_dir: str, task_name: str, description: str, pairs: list[str], 
                          labels=None if labelled is None else _gold_labels(labelled),
                          made_by=f"{setting} (where the gap comes from)")
             run(f"{setting}-{pair}", cfg, pair=pair, setting=setting)
+        paper = RunDir(os.path.join(task_dir, f"translora-{pair}"))
+        for setting, (overrides, reused) in IMPROVEMENTS.items():
+            if setting not in only or not all(paper.finished(s) for s in reused):
+                continue
+            cfg = config(f"{setting}-{pair}", **overrides)
+            _reuse(cfg, paper, reused, made_by=f"the translora-{pair} row (only {setting} differs)")
+            run(f"{setting}-{pair}", cfg, pair=pair, setting=setting)
     with open(os.path.join(task_dir, "rows.json"), "w") as f:
         json.dump(rows, f, indent=1)
     return rows
+
+
+def _reuse(cfg, source, stages: tuple[str, ...], *, made_by: str) -> None:
+    """Put `stages` of `source` (a finished row's `RunDir`) in place in `cfg`'s run, where not done yet."""
+    import shutil
+
+    from peft_transfer import Transfer
+    from peft_transfer.rundir import STAGE_RECORD, RunDir
+
+    transfer, dirs = Transfer(cfg, show_progress=False), RunDir(cfg.output_dir)
+    for name in stages:
+        if not dirs.finished(name):
+            transfer.provide(name, lambda folder, name=name: shutil.copytree(
+                source.stage(name), folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns(STAGE_RECORD)),
+                made_by=made_by)
 
 
 def _gold_labels(examples: list[dict]):
@@ -243,7 +284,10 @@ def tables(rows: list[dict]) -> dict:
         "real_inputs_labels_correct": get(t, f"real-inputs-{pair}", "labels_correct"),
         "real_data": get(t, f"real-data-{pair}", "transferred"),
     } for t in tasks} for pair in pairs}
-    return {"tasks": tasks, "pairs": pairs, "table1": table1, "table5": table5, "table9": table9, "gap": gap}
+    improvements = {pair: {t: {s: get(t, f"{s}-{pair}", "transferred") for s in ("translora", *IMPROVEMENTS)}
+                           for t in tasks} for pair in pairs}
+    return {"tasks": tasks, "pairs": pairs, "table1": table1, "table5": table5, "table9": table9, "gap": gap,
+            "improvements": improvements}
 
 
 def claims(t: dict) -> dict:
@@ -318,6 +362,16 @@ def markdown(result: dict) -> str:
             lines.append(f"| {task} | {pair} | " + " | ".join(_pct(v[k]) for k in (
                 "source_lora", "translora", "in_format", "labels_correct", "agrees_with_teacher", "real_inputs",
                 "real_inputs_labels_correct", "real_data")) + " |")
+    lines += ["", "## Each change alone against the paper's method", "",
+              "self-consistency: 5 teacher votes per input, inputs whose label won under 60% of them dropped; "
+              "token-selection: the loss on the top 50% of each completion's tokens by the teacher's contrastive "
+              "excess over the source base; titok: TiTok's curriculum (the source with its adapter writes the inputs, "
+              "no filter, token selection). The first two reuse the translora row's synthetic inputs (and labels).",
+              "", "| task | pair | " + " | ".join(("translora", *IMPROVEMENTS)) + " |",
+              "|---|---|" + "---|" * (1 + len(IMPROVEMENTS))]
+    for pair, per_task in t["improvements"].items():
+        for task, v in per_task.items():
+            lines.append(f"| {task} | {pair} | " + " | ".join(_pct(x) for x in v.values()) + " |")
     lines += ["", "## Claims", ""] + claims_ab_lines(c, len(t["tasks"]))
     for pair, v in c["c_filtered_above_ablations"].items():
         lines.append(f"- (c) {pair}: filtered above unfiltered, seeds only and random text on average: "
@@ -438,6 +492,8 @@ def main(argv=None):
     parser.add_argument("--test-file", help="the external task's held-out split")
     parser.add_argument("--task-name", help="the external task's name (default: the train file's folder)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rows", nargs="*", default=list(ROWS), choices=list(ROWS),
+                        help="which rows to run beside the owner and translora rows (default: all)")
     parser.add_argument("--report", help="only write the results of the rows finished so far under this run folder")
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -464,7 +520,7 @@ def main(argv=None):
         task_dir = os.path.join(out, task.name)
         if not os.path.exists(os.path.join(task_dir, "data", "seeds.jsonl")):
             write_task(task, os.path.join(task_dir, "data"))
-        run_task(task_dir, task.name, task.description, args.pairs, args.seed)
+        run_task(task_dir, task.name, task.description, args.pairs, args.seed, only=tuple(args.rows))
         write_outputs(out, collect(out), dict(meta, wall_s=round(time.time() - start, 1)))  # results as it goes
     result = write_outputs(out, collect(out), dict(meta, wall_s=round(time.time() - start, 1)))
     print(markdown(result))

@@ -36,6 +36,11 @@ class TransferConfig:
     generator_model: str | None = field(
         default=None, metadata={"help": "Model that writes candidate inputs; defaults to the target base."}
     )
+    generate_with_source_adapter: bool = field(
+        default=False,
+        metadata={"help": "The source base with the source adapter writes the candidate inputs (TiTok's curriculum) "
+                          "instead of `generator_model`."},
+    )
     discriminator_model: str | None = field(
         default=None, metadata={"help": "Base of the discriminator; defaults to the source base."}
     )
@@ -149,6 +154,12 @@ class TransferConfig:
         metadata={"help": "For token-level losses: weight of the sequence CE in the mix (1 - weight on the divergence)."},
     )
     beta: float = field(default=0.5, metadata={"help": "JSD interpolation (0: forward KL, 1: reverse KL)."})
+    token_selection_ratio: float = field(
+        default=1.0,
+        metadata={"help": "Below 1: the loss only on this share of each completion's tokens, those where the source "
+                          "adapter raises the teacher's log-probability most over the source base (TiTok-style token "
+                          "selection), and on the end of sequence. 1: every completion token (the paper's)."},
+    )
     kd_temperature: float = field(default=1.0, metadata={"help": "Softmax temperature of token-level KD."})
     learning_rate: float | None = field(
         default=None,
@@ -246,6 +257,8 @@ class TransferConfig:
             problems.append(f"sequence_weight must lie in [0, 1] (got {self.sequence_weight}).")
         if not 0.0 <= self.beta <= 1.0:
             problems.append(f"beta must lie in [0, 1] (got {self.beta}).")
+        if not 0.0 < self.token_selection_ratio <= 1.0:
+            problems.append(f"token_selection_ratio must lie in (0, 1] (got {self.token_selection_ratio}).")
         if self.temperature <= 0 or self.kd_temperature <= 0:
             problems.append("temperature and kd_temperature must be positive.")
         if self.label_votes < 1 or self.label_temperature <= 0:
@@ -274,6 +287,9 @@ class TransferConfig:
                 )
             if not self.seed_file and not self.train_file:
                 problems.append("Give `seed_file` (JSONL with an 'input' per line) or `train_file` to take seeds from.")
+        if self.generate_with_source_adapter and self.generator_model not in (None, self.source_model):
+            problems.append("generate_with_source_adapter writes the candidates with the source model: leave "
+                            f"generator_model unset (it is {self.generator_model!r}).")
         if self.push_to_hub and not self.hub_model_id:
             problems.append("push_to_hub needs `hub_model_id` (e.g. 'my-org/gemma-7b-task-translora').")
         if self.hub_discriminator_id and self.discriminator_adapter:
@@ -308,6 +324,8 @@ class TransferConfig:
 
     @property
     def generator(self) -> str:
+        if self.generate_with_source_adapter:
+            return self.source_model
         return self.generator_model or self.target_model
 
     @property

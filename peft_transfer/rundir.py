@@ -11,7 +11,7 @@
       discriminator/               the yes/no adapter, metrics.json
       synthesis/                   candidates/, accepted/, stats.json, diagnostics.json, projection.png
       labels/                      the teacher's answers (a `datasets` folder), label_stats.json
-      target_adapter/              θt, transfer.json (its lineage)
+      target_adapter/              θt, transfer.json (its lineage), selection.json (with token selection)
       evaluation/                  evaluation.json, predictions.json
 
 The pipeline, the benchmarks and the tests all take their paths from `RunDir`.
@@ -29,7 +29,7 @@ STAGE_RECORD = "stage.json"
 # What a stage writes inside its folder (the stage bodies join these to the folder they are given).
 METRICS, ACCEPTED, CANDIDATES, STATS = "metrics.json", "accepted", "candidates", "stats.json"
 DIAGNOSTICS, PROJECTION, EVALUATION, PREDICTIONS = "diagnostics.json", "projection.png", "evaluation.json", "predictions.json"
-LABEL_STATS = "label_stats.json"
+LABEL_STATS, SELECTION = "label_stats.json", "selection.json"
 
 
 class RunDir:

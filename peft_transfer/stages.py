@@ -160,7 +160,8 @@ def synthesis(run, out: str) -> None:
         cfg = dataclasses.replace(cfg, filter_margin=margin)
     use_filter = cfg.filter_mode == "discriminator"
     with contextlib.ExitStack() as stack:
-        generator = stack.enter_context(run.pool.lease(cfg.generator))
+        generator = stack.enter_context(run.pool.lease(
+            cfg.generator, run.source_adapter if cfg.generate_with_source_adapter else None))
         disc = stack.enter_context(run.pool.lease(cfg.discriminator_base, run.discriminator_adapter)) if use_filter \
             else SimpleNamespace(model=None, tokenizer=None)
         rows, stats = synthesize(cfg, generator.model, generator.tokenizer, run.seeds, discriminator=disc.model,
@@ -261,6 +262,9 @@ def target_adapter(run, out: str) -> None:
             teacher = stack.enter_context(run.pool.lease(cfg.source_model, run.source_adapter))
         rows = [{"prompt": task_prompt(student.tokenizer, x, cfg.prompt_template), "completion": c}
                 for x, c in zip(data["input"], data["completion"])]
+        if cfg.token_selection_ratio < 1:
+            rows = _selected_rows(run, rows, data["input"], student.tokenizer, out,
+                                  teacher if teacher.model is not None else None)
         trainer = DistillationTrainer(model=student.model, teacher_model=teacher.model, args=args,
                                       train_dataset=Dataset.from_list(rows), processing_class=student.tokenizer,
                                       peft_config=peft_config_from(cfg, cfg.target_model),
@@ -272,6 +276,27 @@ def target_adapter(run, out: str) -> None:
             shutil.rmtree(rundir.RunDir.trainer(out), ignore_errors=True)
             write_json(os.path.join(out, LINEAGE_FILE), run.lineage())
         del trainer
+
+
+def _selected_rows(run, rows: list[dict], inputs: list[str], tokenizer, out: str, teacher=None) -> list[dict]:
+    """The training rows tokenized, with the loss on the completion tokens where the source adapter matters most
+    (`selection.py`); what share of the completion tokens kept the loss goes to `selection.json`."""
+    from .selection import selected_row, token_excess
+
+    cfg = run.config
+    completions = [r["completion"] for r in rows]
+    with contextlib.nullcontext(teacher) if teacher else run.pool.lease(cfg.source_model, run.source_adapter) as teacher:
+        prompts = [task_prompt(teacher.tokenizer, x, cfg.prompt_template) for x in inputs]
+        spans = token_excess(teacher.model, teacher.tokenizer, prompts, completions,
+                             batch_size=cfg.per_device_train_batch_size)
+    selected = [selected_row(tokenizer, r["prompt"], r["completion"], s, cfg.token_selection_ratio)
+                for r, s in zip(rows, spans)]
+    kept = sum(sum(t != -100 for t in r["labels"]) for r in selected)
+    if is_main_process():
+        write_json(os.path.join(out, rundir.SELECTION), {
+            "token_selection_ratio": cfg.token_selection_ratio, "tokens_with_loss": kept,
+            "mean_teacher_excess": float(np.mean([x for s in spans for _, _, x in s])) if any(spans) else None})
+    return selected
 
 
 def evaluation(run, out: str) -> None:
@@ -382,10 +407,12 @@ STAGES: tuple[Stage, ...] = (
           on_change="keep", resumable=True, summary=_discriminator_summary),
     Stage("synthesis", synthesis,
           needed=lambda c: True,
-          reads=lambda c: ("discriminator",) if c.filter_mode == "discriminator" else (),
+          reads=lambda c: (("discriminator",) if c.filter_mode == "discriminator" else ())
+          + (("source_adapter",) if c.generate_with_source_adapter else ()),
           inputs=("seeds", "eval_file"),
           settings=lambda c: ("generator", "filter_mode", "task_name", "filter_margin", "target_false_accept_rate",
                               "num_samples", *_SAMPLING, "leak_threshold",
+                              *(("generate_with_source_adapter",) if c.generate_with_source_adapter else ()),
                               *(("discriminator_base",) if c.filter_mode == "discriminator" else ()),
                               "compute_mmd", "embedding_model", "plot_projection", *_SEED),
           bases=lambda c: {c.generator} | ({c.discriminator_base} if c.filter_mode == "discriminator" else set()),
@@ -401,12 +428,15 @@ STAGES: tuple[Stage, ...] = (
           on_change="stop", summary=_labels_summary),
     Stage("target_adapter", target_adapter,
           needed=lambda c: True,
-          reads=lambda c: ("labels",) + (("source_adapter",) if c.loss_type in _TOKEN_KD else ()),
+          reads=lambda c: ("labels",) + (("source_adapter",) if c.loss_type in _TOKEN_KD
+                                         or c.token_selection_ratio < 1 else ()),
           inputs=(),
           settings=lambda c: ("target_model", "prompt_template", "peft_type", *_ADAPTER, "loss_type", "learning_rate",
                               "num_train_epochs", *_TRAINING, *_SEED)
-          + (("source_model", "sequence_weight", "beta", "kd_temperature") if c.loss_type in _TOKEN_KD else ()),
-          bases=lambda c: {c.target_model} | ({c.source_model} if c.loss_type in _TOKEN_KD else set()),
+          + (("source_model", "sequence_weight", "beta", "kd_temperature") if c.loss_type in _TOKEN_KD else ())
+          + (("source_model", "token_selection_ratio") if c.token_selection_ratio < 1 else ()),
+          bases=lambda c: {c.target_model} | ({c.source_model} if c.loss_type in _TOKEN_KD
+                                              or c.token_selection_ratio < 1 else set()),
           on_change="redo", resumable=True),
     Stage("evaluation", evaluation,
           needed=lambda c: bool(c.eval_file),

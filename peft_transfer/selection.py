@@ -1,0 +1,77 @@
+"""Token selection (TiTok style): the new adapter learns only the completion tokens where the source adapter matters.
+
+Each token of a teacher's completion is scored by its contrastive excess: its log-probability under the source base
+with the adapter minus under the same base with the adapter disabled. Tokens the base would have written anyway
+score low; tokens the adapter put there score high. The target's training rows keep the loss on the top
+`token_selection_ratio` of their completion tokens by that score, and always on the end-of-sequence token, so the
+student still learns where an answer ends.
+
+Teacher and student may tokenize differently: the excess is kept per character span of the completion text, and a
+student token takes the highest excess of the teacher tokens whose spans overlap it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+@torch.no_grad()
+def token_excess(model, tokenizer, prompts: list[str], completions: list[str], *,
+                 batch_size: int = 16) -> list[list[tuple[int, int, float]]]:
+    """Per completion: `(start, end, excess)` for each teacher token, its character span within the completion.
+
+    `model` is a `PeftModel` (the source base with the adapter); the base's log-probabilities come from the same
+    model under `disable_adapter()`.
+    """
+    side, tokenizer.padding_side = tokenizer.padding_side, "right"
+    out = []
+    try:
+        for i in range(0, len(prompts), batch_size):
+            ps, cs = prompts[i:i + batch_size], completions[i:i + batch_size]
+            enc = tokenizer([p + c for p, c in zip(ps, cs)], return_offsets_mapping=True, padding=True,
+                            return_tensors="pt").to(model.device)
+            offsets = enc.pop("offset_mapping").tolist()
+            with_adapter = _next_token_logprobs(model, enc)
+            with model.disable_adapter():
+                base = _next_token_logprobs(model, enc)
+            excess = (with_adapter - base).tolist()
+            mask = enc["attention_mask"].tolist()
+            for row, (p, c) in enumerate(zip(ps, cs)):
+                start = len(p)
+                out.append([(s - start, e - start, excess[row][j - 1])
+                            for j, (s, e) in enumerate(offsets[row])
+                            if j > 0 and mask[row][j] and e > start and e > s])
+    finally:
+        tokenizer.padding_side = side
+    return out
+
+
+def _next_token_logprobs(model, enc) -> torch.Tensor:
+    """`(B, L - 1)`: log p(token j | tokens < j) for j = 1..L-1."""
+    logits = model(**enc).logits[:, :-1].float()
+    return torch.log_softmax(logits, dim=-1).gather(-1, enc["input_ids"][:, 1:, None])[..., 0]
+
+
+def selected_row(tokenizer, prompt: str, completion: str, spans: list[tuple[int, int, float]],
+                 ratio: float) -> dict:
+    """A tokenized training row (`input_ids`, `labels`) whose loss is on the top `ratio` of the completion's tokens
+    by the teacher's excess, and on the end-of-sequence token. Tokenized as `SFTTrainer` does a prompt/completion
+    row: prompt + completion + EOS text, the completion starting where the prompt's own tokens end."""
+    eos = tokenizer.eos_token or ""
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    enc = tokenizer(prompt + completion + eos, return_offsets_mapping=True)
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    first = next((j for j, (a, b) in enumerate(zip(prompt_ids, ids)) if a != b), min(len(prompt_ids), len(ids)))
+    start, end = len(prompt), len(prompt) + len(completion)
+    always, scored = [], []
+    for j in range(first, len(ids)):
+        s, e = offsets[j]
+        if ids[j] == tokenizer.eos_token_id or s >= end:
+            always.append(j)
+            continue
+        overlap = [x for a, b, x in spans if a < e - start and b > s - start]
+        scored.append((max(overlap) if overlap else -math.inf, j))
+    keep = set(always) | {j for _, j in sorted(scored, key=lambda t: -t[0])[:max(1, math.ceil(ratio * len(scored)))]}
+    return {"input_ids": ids, "labels": [t if j in keep else -100 for j, t in enumerate(ids)]}
