@@ -179,6 +179,12 @@ class TransferConfig:
     discriminator_negatives: int | None = field(
         default=None, metadata={"help": "Synthetic negatives for the discriminator; defaults to the number of real inputs."}
     )
+    discriminator_format_negatives: float = field(
+        default=0.0,
+        metadata={"help": "Share of the discriminator's negatives made from real train inputs perturbed in format "
+                          "(truncated, shortened, shuffled, spliced, doubled); the others are the source's imitations. "
+                          "0: only imitations (the paper's)."},
+    )
 
     # Diagnostics
     compute_mmd: bool = field(
@@ -257,6 +263,9 @@ class TransferConfig:
             problems.append(f"sequence_weight must lie in [0, 1] (got {self.sequence_weight}).")
         if not 0.0 <= self.beta <= 1.0:
             problems.append(f"beta must lie in [0, 1] (got {self.beta}).")
+        if not 0.0 <= self.discriminator_format_negatives <= 1.0:
+            problems.append("discriminator_format_negatives must lie in [0, 1] "
+                            f"(got {self.discriminator_format_negatives}).")
         if not 0.0 < self.token_selection_ratio <= 1.0:
             problems.append(f"token_selection_ratio must lie in (0, 1] (got {self.token_selection_ratio}).")
         if self.temperature <= 0 or self.kd_temperature <= 0:

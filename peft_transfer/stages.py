@@ -100,23 +100,32 @@ def source_adapter(run, out: str) -> None:
 
 def discriminator(run, out: str) -> None:
     from .discriminator import score, train_discriminator
-    from .metrics import discriminator_report
+    from .metrics import discriminator_report, roc_auc
     from .synthesis import synthesize
 
     cfg = run.config
     real = list(dict.fromkeys(e["input"] for e in load_examples(cfg.train_file, what="train_file")))
     random.Random(cfg.seed).shuffle(real)
-    # Negatives: what the source base makes of the stage-3 prompt, seeded with random real inputs.
+    # Negatives: what the source base makes of the stage-3 prompt, seeded with random real inputs, and (a setting)
+    # real train inputs perturbed in format.
     n_neg = cfg.discriminator_negatives or len(real)
-    with run.pool.lease(cfg.source_model) as lease:
-        rows, _ = synthesize(cfg, lease.model, lease.tokenizer, real, num_samples=n_neg,
-                             candidate_budget=max(cfg.candidate_budget, 4 * n_neg), show_progress=run.show_progress)
-    real_set = set(real)
-    negatives = [r["input"] for r in rows if r["accepted"] and r["input"] not in real_set]
-    # Hold out a fifth of both sides to measure the discriminator on data it has not seen.
-    n_pos_held, n_neg_held = max(1, len(real) // 5), max(1, len(negatives) // 5)
+    n_format = round(cfg.discriminator_format_negatives * n_neg)
+    n_pos_held = max(1, len(real) // 5)  # a fifth of both sides is held out, to measure on data it has not seen
     held_pos, train_pos = real[:n_pos_held], real[n_pos_held:]
-    held_neg, train_neg = negatives[:n_neg_held], negatives[n_neg_held:]
+    kinds: dict[str, list[str]] = {"imitation": []}
+    if n_neg > n_format:
+        with run.pool.lease(cfg.source_model) as lease:
+            rows, _ = synthesize(cfg, lease.model, lease.tokenizer, real, num_samples=n_neg - n_format,
+                                 candidate_budget=max(cfg.candidate_budget, 4 * n_neg), show_progress=run.show_progress)
+        real_set = set(real)
+        kinds["imitation"] = [r["input"] for r in rows if r["accepted"] and r["input"] not in real_set]
+    from .negatives import format_negatives
+
+    for kind, text in format_negatives(train_pos, n_format, seed=cfg.seed):  # from the train side only
+        kinds.setdefault(kind, []).append(text)
+    held_by_kind = {k: v[:max(1, len(v) // 5)] for k, v in kinds.items() if v}
+    held_neg = [x for v in held_by_kind.values() for x in v]
+    train_neg = [x for k, v in kinds.items() for x in v[len(held_by_kind.get(k, [])):]]
     peft_config = peft_config_from(cfg, cfg.discriminator_base, peft_type="lora")
     args = training_args(cfg, rundir.RunDir.trainer(out), show_progress=run.show_progress,
                          learning_rate=cfg.discriminator_learning_rate, num_train_epochs=cfg.discriminator_epochs,
@@ -131,7 +140,12 @@ def discriminator(run, out: str) -> None:
             model.save_pretrained(out)
         del model
     metrics = discriminator_report(pos_scores, neg_scores, margin=cfg.filter_margin)
+    if len(held_by_kind) > 1:  # the held-out ROC-AUC against each kind of negative
+        bounds = np.cumsum([0] + [len(v) for v in held_by_kind.values()])
+        metrics["roc_auc_by_negative_kind"] = {
+            k: roc_auc(pos_scores, neg_scores[a:b]) for k, a, b in zip(held_by_kind, bounds[:-1], bounds[1:])}
     metrics.update(num_positives=len(train_pos), num_negatives=len(train_neg), task_name=cfg.task_name,
+                   negatives_by_kind={k: len(v) for k, v in kinds.items()},
                    base_model=cfg.discriminator_base,
                    held_out_negative_scores=[round(float(x), 4) for x in neg_scores])  # numbers only, no text
     if metrics.get("near_chance"):
@@ -401,6 +415,7 @@ STAGES: tuple[Stage, ...] = (
           reads=lambda c: (),
           inputs=("train_file",),
           settings=lambda c: ("source_model", "discriminator_base", "task_name", *_SAMPLING, "discriminator_negatives",
+                              *(("discriminator_format_negatives",) if c.discriminator_format_negatives else ()),
                               *_ADAPTER[:4], "discriminator_learning_rate", "discriminator_epochs", *_TRAINING[:2],
                               *_SEED),
           bases=lambda c: {c.source_model, c.discriminator_base},
