@@ -92,7 +92,17 @@ class Transfer:
         report = self.report()
         if is_main_process():
             write_json(self.dirs.report, report)
+            self._write_html(report)
         return report
+
+    def _write_html(self, report: dict) -> None:
+        """`report.html` beside `report.json`: a view of the artifacts; a failure to draw it never fails the run."""
+        from .report_html import write_html_report
+
+        try:
+            write_html_report(self.dirs.root, report)
+        except Exception as e:  # noqa: BLE001 - the run's results are in place; say why the page is missing
+            logger.warning("report.html was not written (%s: %s); report.json has the results.", type(e).__name__, e)
 
     def plan(self, todo) -> list[tuple]:
         """`(stage, action)` for each stage: "reuse", "keep" (made with other settings, kept: logged), "run" or

@@ -3,6 +3,7 @@
     output_dir/
       config.json                  the settings of the last start
       report.json                  what made the artifacts, the figures, the stage times
+      report.html                  the same as a page: accuracy, acceptance, scores, projection, lineage
       push.json                    the Hub commits pushed from this run
       synthesis_progress.jsonl     generate -> filter rounds so far (while the synthesis stage runs)
       <stage>.incomplete/          a stage at work (a training stage keeps its checkpoints here)

@@ -147,7 +147,8 @@ def discriminator(run, out: str) -> None:
     metrics.update(num_positives=len(train_pos), num_negatives=len(train_neg), task_name=cfg.task_name,
                    negatives_by_kind={k: len(v) for k, v in kinds.items()},
                    base_model=cfg.discriminator_base,
-                   held_out_negative_scores=[round(float(x), 4) for x in neg_scores])  # numbers only, no text
+                   held_out_negative_scores=[round(float(x), 4) for x in neg_scores],  # numbers only, no text
+                   held_out_positive_scores=[round(float(x), 4) for x in pos_scores])
     if metrics.get("near_chance"):
         logger.warning("The discriminator is near chance on held-out data (ROC-AUC %.3f): the filter will barely "
                        "help. Train it longer or on more data.", metrics["roc_auc"])
@@ -207,7 +208,7 @@ def _diagnostics(run, rows: list[dict], model, tokenizer, out: str) -> dict:
     accepted = [r["input"] for r in rows if r["accepted"]]
     unfiltered = [r["input"] for r in rows]
     unfiltered = rng.sample(unfiltered, min(len(unfiltered), max(len(accepted), 500)))
-    rejected = [r["input"] for r in rows if not r["passed"]][:500]
+    rejected = [r["input"] for r in rows if not r["passed"]][:300]
     embed = dict(sentence_model=cfg.embedding_model, model=None if cfg.embedding_model else model,
                  tokenizer=None if cfg.embedding_model else tokenizer, batch_size=cfg.filter_batch_size)
 
@@ -227,10 +228,24 @@ def _diagnostics(run, rows: list[dict], model, tokenizer, out: str) -> dict:
     }
     if len(real) < 20:
         result["note"] = "few real inputs (give eval_file): the MMD estimates are noisy"
+    rejected_e = embed_all(rejected) if rejected else np.zeros((0, real_e.shape[1]))
+    result["projection_2d"] = _pca_2d({"real": real_e, "accepted": acc_e, "rejected": rejected_e}, limit=300)
     if cfg.plot_projection and rejected:
-        plot_projection(real_e, acc_e, embed_all(rejected), os.path.join(out, rundir.PROJECTION),
+        plot_projection(real_e, acc_e, rejected_e, os.path.join(out, rundir.PROJECTION),
                         title=f"{cfg.task_name}: real vs accepted vs rejected")
     return result
+
+
+def _pca_2d(groups: dict[str, np.ndarray], *, limit: int) -> dict[str, list]:
+    """The first `limit` points of each group in the two principal components of all of them pooled (numbers only:
+    the report's Fig. 7)."""
+    groups = {k: np.asarray(v, dtype=np.float64)[:limit] for k, v in groups.items()}
+    pooled = np.concatenate([v for v in groups.values() if len(v)])
+    if len(pooled) < 3:
+        return {}
+    centre = pooled.mean(0)
+    _, _, vt = np.linalg.svd(pooled - centre, full_matrices=False)
+    return {k: np.round((v - centre) @ vt[:2].T, 4).tolist() if len(v) else [] for k, v in groups.items()}
 
 
 def labels(run, out: str) -> None:
