@@ -35,6 +35,34 @@ FAST = dict(
 )
 
 
+# The slow lane (`-m slow`; the fast lane is `-m "not slow"`): tests that build the tiny world (two tiny families
+# pretrained here) or a run on it, start subprocesses, run a benchmark, or load the packaged real models.
+SLOW_FIXTURES = {"tiny_world", "base_run", "run_dir", "make_config", "finished_run", "bases", "llama"}
+SLOW_MODULES = {"test_faults", "test_distributed", "test_quality_micro", "test_device_script", "test_speed_benchmark",
+                "test_stage_benchmark", "test_real_models", "test_chain_and_hub", "test_report_html",
+                "test_demo_models"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or item.module.__name__ in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture
+def config_only(tmp_path):
+    """`TransferConfig(**overrides)` with placeholder models and files: for checks of the settings alone, which
+    never load or read them (no tiny world is built)."""
+    from peft_transfer import TransferConfig
+
+    def make(**overrides):
+        return TransferConfig(**{"source_model": "unused/source", "target_model": "unused/target",
+                                 "train_file": str(tmp_path / "unused.jsonl"), "output_dir": str(tmp_path / "run"),
+                                 **overrides})
+
+    return make
+
+
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory):
     from peft_transfer.tasks import make_task

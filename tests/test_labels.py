@@ -18,10 +18,10 @@ def _scripted_generate(script):
     return generate, calls
 
 
-def test_votes_pick_the_most_frequent_answer_ties_to_the_first(make_config, monkeypatch):
+def test_votes_pick_the_most_frequent_answer_ties_to_the_first(config_only, monkeypatch):
     from peft_transfer import synthesis
 
-    cfg = make_config(label_votes=4, label_temperature=0.5, prompt_template="{input}")
+    cfg = config_only(label_votes=4, label_temperature=0.5, prompt_template="{input}")
     script = {"a": ["1", "2", "2", "3"], "b": ["7", "8", "8", "7"], "c": ["5", "5", "5", "5"]}
     generate, calls = _scripted_generate(script)
     monkeypatch.setattr(synthesis, "generate", generate)
@@ -33,21 +33,21 @@ def test_votes_pick_the_most_frequent_answer_ties_to_the_first(make_config, monk
     assert calls == [(3, False, 1.0), (9, True, 0.5)]
 
 
-def test_one_vote_is_the_papers_single_answer(make_config, monkeypatch):
+def test_one_vote_is_the_papers_single_answer(config_only, monkeypatch):
     from peft_transfer import synthesis
 
     generate, calls = _scripted_generate({"a": ["4"]})
     monkeypatch.setattr(synthesis, "generate", generate)
     monkeypatch.setattr(synthesis, "task_prompt", lambda tok, x, template: x)
-    rows = synthesis.label(make_config(), None, None, ["a"], show_progress=False)
+    rows = synthesis.label(config_only(), None, None, ["a"], show_progress=False)
     assert rows == [{"input": "a", "completion": " 4", "answer": "4"}] and calls == [(1, False, 1.0)]
 
 
 @pytest.mark.parametrize("overrides", [dict(label_votes=0), dict(label_votes=3, label_temperature=0.0),
                                        dict(label_votes=3, label_min_agreement=1.5), dict(label_min_agreement=0.5)])
-def test_vote_settings_are_checked(make_config, overrides):
+def test_vote_settings_are_checked(config_only, overrides):
     with pytest.raises(ConfigError):
-        make_config(**overrides)
+        config_only(**overrides)
 
 
 def test_labels_stage_drops_disagreed_inputs_and_reports_agreement(make_config, run_dir, monkeypatch):

@@ -25,11 +25,11 @@ def test_too_little_to_perturb_gives_fewer_not_an_endless_loop():
     assert format_negatives([], 5) == [] and format_negatives(REAL, 0) == []
 
 
-def test_share_is_checked(make_config):
+def test_share_is_checked(config_only):
     from peft_transfer.errors import ConfigError
 
     with pytest.raises(ConfigError, match="discriminator_format_negatives"):
-        make_config(discriminator_format_negatives=1.5)
+        config_only(discriminator_format_negatives=1.5)
 
 
 def test_discriminator_reports_held_out_auc_per_kind(make_config, tmp_path):

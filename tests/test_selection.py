@@ -64,12 +64,12 @@ def test_selected_row_keeps_the_top_tokens_and_the_end_of_sequence(untrained):
     assert all(few["labels"][j] == -100 for j in range(len(tok(prompt)["input_ids"]) - 1))  # never the prompt
 
 
-def test_ratio_is_checked(make_config):
+def test_ratio_is_checked(config_only):
     from peft_transfer.errors import ConfigError
 
     for bad in (0.0, 1.5):
         with pytest.raises(ConfigError, match="token_selection_ratio"):
-            make_config(token_selection_ratio=bad)
+            config_only(token_selection_ratio=bad)
 
 
 def test_transfer_with_token_selection_trains_on_fewer_tokens(make_config, run_dir):
