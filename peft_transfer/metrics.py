@@ -676,7 +676,7 @@ def filter_leaks(
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _pca_2d(arrays: list[np.ndarray]) -> list[np.ndarray]:
+def pca_2d(arrays: list[np.ndarray]) -> list[np.ndarray]:
     """
     Projects each array onto the first two principal axes of all of them pooled.
 
@@ -738,7 +738,7 @@ def plot_projection(real, accepted, rejected, path, *, title: str | None = None)
         raise ValueError("All three embedding arrays are empty: nothing to plot.")
     if len(dims) > 1:
         raise ValueError(f"The embedding arrays have different dimensions: {sorted(dims)}.")
-    projections = iter(_pca_2d([array for array in arrays if array.shape[0]]))
+    projections = iter(pca_2d([array for array in arrays if array.shape[0]]))
     arrays = [next(projections) if array.shape[0] else array for array in arrays]
 
     figure = Figure(figsize=(6, 5), dpi=120)

@@ -199,7 +199,7 @@ def synthesis(run, out: str) -> None:
 
 def _diagnostics(run, rows: list[dict], model, tokenizer, out: str) -> dict:
     """Paper Table 9: MMD to real inputs of the accepted and of the unfiltered candidates (same bandwidth)."""
-    from .metrics import distinct_n, embed_texts, median_heuristic_bandwidth, mmd2, plot_projection
+    from .metrics import distinct_n, embed_texts, median_heuristic_bandwidth, mmd2, pca_2d, plot_projection
 
     cfg = run.config
     rng = random.Random(cfg.seed)
@@ -229,23 +229,14 @@ def _diagnostics(run, rows: list[dict], model, tokenizer, out: str) -> dict:
     if len(real) < 20:
         result["note"] = "few real inputs (give eval_file): the MMD estimates are noisy"
     rejected_e = embed_all(rejected) if rejected else np.zeros((0, real_e.shape[1]))
-    result["projection_2d"] = _pca_2d({"real": real_e, "accepted": acc_e, "rejected": rejected_e}, limit=300)
+    # The report's Fig. 7, numbers only: up to 300 points of each group in two principal components.
+    groups = {k: v[:300] for k, v in (("real", real_e), ("accepted", acc_e), ("rejected", rejected_e)) if len(v)}
+    result["projection_2d"] = {k: np.round(p, 4).tolist() for k, p in zip(groups, pca_2d(list(groups.values())))} \
+        if groups else {}
     if cfg.plot_projection and rejected:
         plot_projection(real_e, acc_e, rejected_e, os.path.join(out, rundir.PROJECTION),
                         title=f"{cfg.task_name}: real vs accepted vs rejected")
     return result
-
-
-def _pca_2d(groups: dict[str, np.ndarray], *, limit: int) -> dict[str, list]:
-    """The first `limit` points of each group in the two principal components of all of them pooled (numbers only:
-    the report's Fig. 7)."""
-    groups = {k: np.asarray(v, dtype=np.float64)[:limit] for k, v in groups.items()}
-    pooled = np.concatenate([v for v in groups.values() if len(v)])
-    if len(pooled) < 3:
-        return {}
-    centre = pooled.mean(0)
-    _, _, vt = np.linalg.svd(pooled - centre, full_matrices=False)
-    return {k: np.round((v - centre) @ vt[:2].T, 4).tolist() if len(v) else [] for k, v in groups.items()}
 
 
 def labels(run, out: str) -> None:

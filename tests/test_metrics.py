@@ -476,7 +476,7 @@ def test_pca_2d_matches_sklearn():
     rng = np.random.default_rng(4)
     groups = [rng.normal(size=(15, 6)) * [5, 3, 1, 1, 0.5, 0.1], rng.normal(1.0, 1.0, size=(9, 6))]
     expected = decomposition.PCA(n_components=2).fit_transform(np.concatenate(groups))
-    projected = np.concatenate(metrics._pca_2d(groups))
+    projected = np.concatenate(metrics.pca_2d(groups))
     # Principal axes are defined up to sign.
     signs = np.sign((projected * expected).sum(0))
     np.testing.assert_allclose(projected * signs, expected, rtol=1e-8, atol=1e-8)
