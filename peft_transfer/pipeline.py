@@ -421,6 +421,9 @@ def run_transfer(config: TransferConfig, *, show_progress: bool = True, print_re
             if len(hops) > 1:
                 print(f"== hop {hops.index(hop) + 1} of {len(hops)}: {hop.source_model} -> {hop.target_model}")
             print(format_report(report))
+            page = RunDir(hop.output_dir).report_html
+            if os.path.exists(page):
+                print(f"Report: {page}")
     return report
 
 

@@ -193,7 +193,7 @@ window.addEventListener("load", () => {{
 </script>
 </body></html>
 """
-    path = os.path.join(root, "report.html")
+    path = dirs.report_html
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(page)

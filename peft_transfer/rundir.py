@@ -55,6 +55,10 @@ class RunDir:
         return self("report.json")
 
     @property
+    def report_html(self) -> str:
+        return self("report.html")
+
+    @property
     def push_record(self) -> str:
         return self("push.json")
 

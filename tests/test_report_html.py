@@ -29,13 +29,13 @@ def _render(path, tmp_path):
     return dom.stdout, shot
 
 
-def test_run_writes_a_report_that_a_browser_shows_with_every_part(make_config, run_dir, tmp_path):
-    from peft_transfer import Transfer
+def test_run_writes_a_report_that_a_browser_shows_with_every_part(make_config, run_dir, tmp_path, capsys):
+    from peft_transfer.pipeline import run_transfer
 
     cfg = make_config(output_dir=str(run_dir), label_votes=3, label_temperature=0.5)
-    report = Transfer(cfg, show_progress=False).run()
+    report = run_transfer(cfg, show_progress=False)
     path = os.path.join(cfg.output_dir, "report.html")
-    assert os.path.exists(path)
+    assert f"Report: {path}" in capsys.readouterr().out  # the printed table says where the page is
     dom, shot = _render(path, tmp_path)
     for part in PARTS:
         assert f'<section id="{part}">' in dom, part
