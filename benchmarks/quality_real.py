@@ -166,6 +166,7 @@ def run_task(task_dir: str, task_name: str, description: str, pairs: list[str], 
             owners[source] = (owner.source_adapter, owner.discriminator)
 
     seeds = [s["input"] for s in load_examples(common["seed_file"], what="seed_file")]
+    real = load_examples(common["train_file"], require_target=True, what="train_file")
     n = common["num_samples"]
     for pair in pairs:
         source, target = PAIRS[pair]
@@ -183,26 +184,20 @@ def run_task(task_dir: str, task_name: str, description: str, pairs: list[str], 
         if "unfiltered" in only:
             run(f"unfiltered-{pair}", config(f"unfiltered-{pair}", filter_mode="none", discriminator_adapter=None),
                 pair=pair, setting="unfiltered")
-        for setting, inputs in (("seeds-only", seeds), ("random-text", random_text(n, seed))):
+        # Rows whose inputs are given rather than synthesized: the Table 5 ablations, and where the gap to the
+        # source comes from: the same distillation from the real train inputs, labelled by the teacher (what
+        # synthesis costs) and with their own targets (what the teacher's labels cost).
+        given = (("seeds-only", seeds, None, "Table 5 ablation"),
+                 ("random-text", random_text(n, seed), None, "Table 5 ablation"),
+                 ("real-inputs", [e["input"] for e in real], None, "where the gap comes from"),
+                 ("real-data", [e["input"] for e in real], _gold_labels(real), "where the gap comes from"))
+        for setting, inputs, labels, why in given:
             if setting not in only:
                 continue
             cfg = config(f"{setting}-{pair}", num_samples=len(inputs), compute_mmd=False)
             if not RunDir(cfg.output_dir).finished("synthesis"):
                 _prepare(cfg, inputs, {"accepted": len(inputs), "candidates": 0, "extra": {"made_by": setting}},
-                         made_by=f"{setting} (Table 5 ablation)")
-            run(f"{setting}-{pair}", cfg, pair=pair, setting=setting)
-        # Where the gap to the source comes from: the same distillation from the real train inputs, labelled by the
-        # teacher (what synthesis costs) and with their own targets (what the teacher's labels cost).
-        real = load_examples(common["train_file"], require_target=True, what="train_file")
-        for setting, labelled in (("real-inputs", None), ("real-data", real)):
-            if setting not in only:
-                continue
-            cfg = config(f"{setting}-{pair}", num_samples=len(real), compute_mmd=False)
-            if not RunDir(cfg.output_dir).finished("synthesis"):
-                _prepare(cfg, [e["input"] for e in real], {"accepted": len(real), "candidates": 0,
-                                                             "extra": {"made_by": setting}},
-                         labels=None if labelled is None else _gold_labels(labelled),
-                         made_by=f"{setting} (where the gap comes from)")
+                         labels=labels, made_by=f"{setting} ({why})")
             run(f"{setting}-{pair}", cfg, pair=pair, setting=setting)
         paper = RunDir(os.path.join(task_dir, f"translora-{pair}"))
         for setting, (overrides, reused) in IMPROVEMENTS.items():

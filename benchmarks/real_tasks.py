@@ -114,26 +114,28 @@ def _solve_object_counting(text):
     return str(total)
 
 
-def _solve_boolean_expressions(text):
-    m = re.fullmatch(r"((?:True|False|not|and|or|\(|\)| )+) is", text)
-    if not m:
+def _evaluated(expression: str | None, kind: type) -> str | None:
+    """`expression`, already checked to hold only the task's words, digits, signs and parentheses, evaluated; None
+    when it is not a well-formed expression of that `kind`."""
+    if expression is None:
         return None
-    try:  # only the five words and parentheses reach eval
-        value = eval(m[1], {"__builtins__": {}})
+    try:
+        value = eval(expression, {"__builtins__": {}})
     except (SyntaxError, TypeError, MemoryError):
         return None
-    return str(value) if isinstance(value, bool) else None
+    return str(value) if isinstance(value, kind) else None
+
+
+def _solve_boolean_expressions(text):
+    m = re.fullmatch(r"((?:True|False|not|and|or|\(|\)| )+) is", text)  # only the five words and parentheses
+    return _evaluated(m[1] if m else None, bool)
 
 
 def _solve_multistep_arithmetic(text):
-    m = re.fullmatch(r"([-+*() 0-9]+) =", text)
-    if not m or "**" in m[1].replace(" ", ""):  # no powers: an input must not make eval run for ever
+    m = re.fullmatch(r"([-+*() 0-9]+) =", text)  # digits, signs and parentheses only
+    if m and "**" in m[1].replace(" ", ""):  # no powers: an input must not make eval run for ever
         return None
-    try:  # digits, signs and parentheses only
-        value = eval(m[1], {"__builtins__": {}})
-    except (SyntaxError, TypeError, MemoryError):
-        return None
-    return str(value) if isinstance(value, int) else None
+    return _evaluated(m[1] if m else None, int)
 
 
 def _solve_dyck_languages(text):

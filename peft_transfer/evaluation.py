@@ -65,10 +65,10 @@ def format_report(report: dict) -> str:
         lines.append(f"  MMD² to {diag['num_real']} real inputs: accepted "
                      f"{'n/a' if accepted is None else f'{accepted:.4f}'}, unfiltered {diag['mmd_unfiltered']:.4f}"
                      " (lower is closer)")
-    lab = report.get("labels") or {}
-    if lab.get("votes", 1) > 1:
-        lines.append(f"Labels: {lab['votes']} teacher votes per input, agreement {lab['agreement']:.1%}, unanimous "
-                     f"{lab['unanimous']:.1%}, dropped {lab['dropped']} of {lab['labelled']}")
+    if (report.get("labels") or {}).get("votes", 1) > 1:
+        from .synthesis import describe_votes
+
+        lines.append(f"Labels: {describe_votes(report['labels'])}")
     disc = report.get("discriminator") or {}
     if "accuracy" in disc:
         lines.append(f"Discriminator held-out accuracy {disc['accuracy']:.1%}, ROC-AUC "

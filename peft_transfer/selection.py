@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 
 import torch
+from trl.data_utils import common_prefix_length
 
 
 @torch.no_grad()
@@ -63,7 +64,7 @@ def selected_row(tokenizer, prompt: str, completion: str, spans: list[tuple[int,
     prompt_ids = tokenizer(prompt)["input_ids"]
     enc = tokenizer(prompt + completion + eos, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
-    first = next((j for j, (a, b) in enumerate(zip(prompt_ids, ids)) if a != b), min(len(prompt_ids), len(ids)))
+    first = common_prefix_length(prompt_ids, ids)
     start, end = len(prompt), len(prompt) + len(completion)
     always, scored = [], []
     for j in range(first, len(ids)):

@@ -123,9 +123,13 @@ def discriminator(run, out: str) -> None:
 
     for kind, text in format_negatives(train_pos, n_format, seed=cfg.seed):  # from the train side only
         kinds.setdefault(kind, []).append(text)
-    held_by_kind = {k: v[:max(1, len(v) // 5)] for k, v in kinds.items() if v}
-    held_neg = [x for v in held_by_kind.values() for x in v]
-    train_neg = [x for k, v in kinds.items() for x in v[len(held_by_kind.get(k, [])):]]
+    held_by_kind, train_neg = {}, []
+    for kind, texts in kinds.items():
+        if texts:
+            n_held = max(1, len(texts) // 5)
+            held_by_kind[kind] = texts[:n_held]
+            train_neg += texts[n_held:]
+    held_neg = [x for texts in held_by_kind.values() for x in texts]
     peft_config = peft_config_from(cfg, cfg.discriminator_base, peft_type="lora")
     args = training_args(cfg, rundir.RunDir.trainer(out), show_progress=run.show_progress,
                          learning_rate=cfg.discriminator_learning_rate, num_train_epochs=cfg.discriminator_epochs,
@@ -141,9 +145,8 @@ def discriminator(run, out: str) -> None:
         del model
     metrics = discriminator_report(pos_scores, neg_scores, margin=cfg.filter_margin)
     if len(held_by_kind) > 1:  # the held-out ROC-AUC against each kind of negative
-        bounds = np.cumsum([0] + [len(v) for v in held_by_kind.values()])
-        metrics["roc_auc_by_negative_kind"] = {
-            k: roc_auc(pos_scores, neg_scores[a:b]) for k, a, b in zip(held_by_kind, bounds[:-1], bounds[1:])}
+        by_kind = np.split(neg_scores, np.cumsum([len(v) for v in held_by_kind.values()])[:-1])
+        metrics["roc_auc_by_negative_kind"] = {k: roc_auc(pos_scores, v) for k, v in zip(held_by_kind, by_kind)}
     metrics.update(num_positives=len(train_pos), num_negatives=len(train_neg), task_name=cfg.task_name,
                    negatives_by_kind={k: len(v) for k, v in kinds.items()},
                    base_model=cfg.discriminator_base,
@@ -275,20 +278,21 @@ def target_adapter(run, out: str) -> None:
     args = training_args(cfg, rundir.RunDir.trainer(out), show_progress=run.show_progress, kd_loss=cfg.loss_type,
                          sequence_weight=cfg.sequence_weight if cfg.loss_type != "sequence" else 0.0,
                          beta=cfg.beta, kd_temperature=cfg.kd_temperature)
+    token_kd = cfg.loss_type in _TOKEN_KD  # token-level KD runs the teacher during training
     with contextlib.ExitStack() as stack:
         student = stack.enter_context(run.pool.lease(cfg.target_model))
-        teacher = SimpleNamespace(model=None, tokenizer=None)
-        if cfg.loss_type != "sequence":  # token-level KD runs the teacher during training
-            teacher = stack.enter_context(run.pool.lease(cfg.source_model, run.source_adapter))
+        teacher = stack.enter_context(run.pool.lease(cfg.source_model, run.source_adapter)) \
+            if _distillation_reads_teacher(cfg) else None
         rows = [{"prompt": task_prompt(student.tokenizer, x, cfg.prompt_template), "completion": c}
                 for x, c in zip(data["input"], data["completion"])]
         if cfg.token_selection_ratio < 1:
-            rows = _selected_rows(run, rows, data["input"], student.tokenizer, out,
-                                  teacher if teacher.model is not None else None)
-        trainer = DistillationTrainer(model=student.model, teacher_model=teacher.model, args=args,
-                                      train_dataset=Dataset.from_list(rows), processing_class=student.tokenizer,
+            rows = _selected_rows(cfg, rows, data["input"], student.tokenizer, teacher, out)
+        trainer = DistillationTrainer(model=student.model, teacher_model=teacher.model if token_kd else None,
+                                      args=args, train_dataset=Dataset.from_list(rows),
+                                      processing_class=student.tokenizer,
                                       peft_config=peft_config_from(cfg, cfg.target_model),
-                                      teacher_processing_class=teacher.tokenizer, lineage=run.lineage())
+                                      teacher_processing_class=teacher.tokenizer if token_kd else None,
+                                      lineage=run.lineage())
         student.model = trainer.model
         _train(run, out, trainer)
         if is_main_process():
@@ -298,24 +302,23 @@ def target_adapter(run, out: str) -> None:
         del trainer
 
 
-def _selected_rows(run, rows: list[dict], inputs: list[str], tokenizer, out: str, teacher=None) -> list[dict]:
+def _selected_rows(cfg, rows: list[dict], inputs: list[str], tokenizer, teacher, out: str) -> list[dict]:
     """The training rows tokenized, with the loss on the completion tokens where the source adapter matters most
-    (`selection.py`); what share of the completion tokens kept the loss goes to `selection.json`."""
+    (`selection.py`); how many tokens kept the loss goes to `selection.json`."""
     from .selection import selected_row, token_excess
 
-    cfg = run.config
     completions = [r["completion"] for r in rows]
-    with contextlib.nullcontext(teacher) if teacher else run.pool.lease(cfg.source_model, run.source_adapter) as teacher:
-        prompts = [task_prompt(teacher.tokenizer, x, cfg.prompt_template) for x in inputs]
-        spans = token_excess(teacher.model, teacher.tokenizer, prompts, completions,
-                             batch_size=cfg.per_device_train_batch_size)
+    prompts = [task_prompt(teacher.tokenizer, x, cfg.prompt_template) for x in inputs]
+    spans = token_excess(teacher.model, teacher.tokenizer, prompts, completions,
+                         batch_size=cfg.per_device_train_batch_size)
     selected = [selected_row(tokenizer, r["prompt"], r["completion"], s, cfg.token_selection_ratio)
                 for r, s in zip(rows, spans)]
-    kept = sum(sum(t != -100 for t in r["labels"]) for r in selected)
     if is_main_process():
+        excess = [x for s in spans for _, _, x in s]
         write_json(os.path.join(out, rundir.SELECTION), {
-            "token_selection_ratio": cfg.token_selection_ratio, "tokens_with_loss": kept,
-            "mean_teacher_excess": float(np.mean([x for s in spans for _, _, x in s])) if any(spans) else None})
+            "token_selection_ratio": cfg.token_selection_ratio,
+            "tokens_with_loss": sum(t != -100 for r in selected for t in r["labels"]),
+            "mean_teacher_excess": float(np.mean(excess)) if excess else None})
     return selected
 
 
@@ -367,11 +370,9 @@ def _synthesis_summary(dirs: rundir.RunDir) -> str:
 
 
 def _labels_summary(dirs: rundir.RunDir) -> str:
-    stats = read_json(dirs.label_stats)
-    if stats.get("votes", 1) == 1:
-        return f"{stats.get('labelled', 0)} answers"
-    return (f"{stats['labelled']} inputs, {stats['votes']} votes each: agreement {stats['agreement']:.0%}, "
-            f"unanimous {stats['unanimous']:.0%}, dropped {stats['dropped']}")
+    from .synthesis import describe_votes
+
+    return describe_votes(read_json(dirs.label_stats))
 
 
 def _discriminator_summary(dirs: rundir.RunDir) -> str:
@@ -391,6 +392,11 @@ _TRAINING = ("per_device_train_batch_size", "gradient_accumulation_steps", "max_
 _SAMPLING = ("num_seeds", "generation_batch_size", "max_candidate_tokens", "max_candidate_chars", "do_sample",
              "temperature", "top_p", "top_k")
 _TOKEN_KD = ("forward_kl", "reverse_kl", "jsd")
+
+
+def _distillation_reads_teacher(c: TransferConfig) -> bool:
+    """Token-level KD and token selection run the teacher (source base + adapter) in the target_adapter stage."""
+    return c.loss_type in _TOKEN_KD or c.token_selection_ratio < 1
 
 
 @dataclass
@@ -449,15 +455,13 @@ STAGES: tuple[Stage, ...] = (
           on_change="stop", summary=_labels_summary),
     Stage("target_adapter", target_adapter,
           needed=lambda c: True,
-          reads=lambda c: ("labels",) + (("source_adapter",) if c.loss_type in _TOKEN_KD
-                                         or c.token_selection_ratio < 1 else ()),
+          reads=lambda c: ("labels",) + (("source_adapter",) if _distillation_reads_teacher(c) else ()),
           inputs=(),
           settings=lambda c: ("target_model", "prompt_template", "peft_type", *_ADAPTER, "loss_type", "learning_rate",
                               "num_train_epochs", *_TRAINING, *_SEED)
           + (("source_model", "sequence_weight", "beta", "kd_temperature") if c.loss_type in _TOKEN_KD else ())
           + (("source_model", "token_selection_ratio") if c.token_selection_ratio < 1 else ()),
-          bases=lambda c: {c.target_model} | ({c.source_model} if c.loss_type in _TOKEN_KD
-                                              or c.token_selection_ratio < 1 else set()),
+          bases=lambda c: {c.target_model} | ({c.source_model} if _distillation_reads_teacher(c) else set()),
           on_change="redo", resumable=True),
     Stage("evaluation", evaluation,
           needed=lambda c: bool(c.eval_file),
