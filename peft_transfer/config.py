@@ -128,7 +128,9 @@ class TransferConfig:
     leak_threshold: float | None = field(
         default=0.8,
         metadata={"help": "Drop candidates whose character 4-gram overlap with a seed or held-out real input is at "
-                          "least this (privacy guard; None: off)."},
+                          "least this (privacy guard; None: off). Raised for a task whose real inputs already overlap one "
+                          "another more than this (short-alphabet inputs): then only candidates nearer to a real "
+                          "input than the median real input is to its nearest other one, and verbatim copies, go."},
     )
 
     # Labelling with the teacher

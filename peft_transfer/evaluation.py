@@ -14,6 +14,15 @@ from .distributed import is_main_process, map_across_processes
 from .generation import cut_answer, generate
 
 
+def _raised_leak_threshold(syn: dict) -> str:
+    threshold = syn.get("leak_threshold_raised")
+    if threshold is None:
+        return ""
+    if threshold > 1.0:
+        return " (verbatim copies only: this task's real inputs overlap one another fully)"
+    return f" (threshold {threshold:.2f}: this task's real inputs overlap one another that much)"
+
+
 def exact_match(prediction: str, target: str) -> float:
     return float(prediction.strip() == target.strip())
 
@@ -58,7 +67,8 @@ def format_report(report: dict) -> str:
         lines.append(f"  candidates spent {syn.get('candidates', 0)}, scored {syn.get('scored', 0)}, accepted "
                      f"{syn.get('accepted', 0)} (acceptance rate {syn.get('acceptance_rate', 0):.1%}), unparsable "
                      f"{syn.get('unparsable', 0)}, duplicates {syn.get('duplicates', 0)}, seed copies "
-                     f"{syn.get('seed_copies', 0)}, near-copies of real inputs dropped {syn.get('leaks', 0)}")
+                     f"{syn.get('seed_copies', 0)}, near-copies of real inputs dropped {syn.get('leaks', 0)}"
+                     + _raised_leak_threshold(syn))
     diag = report.get("diagnostics") or {}
     if diag.get("mmd_unfiltered") is not None:
         accepted = diag.get("mmd_accepted")

@@ -10,7 +10,7 @@ sentence-transformers are imported only by the one function that needs each.
   the discriminator's log-odds `log p("yes") - log p("no")`; a candidate is accepted when `score > margin`.
 - Distribution distance (paper Table 9): `embed_texts` then `mmd2`.
 - Diversity: `distinct_n`, `self_similarity`.
-- Privacy guard: `near_duplicates`, `filter_leaks` (character n-gram overlap with the real inputs).
+- Privacy guard: `near_duplicates`, `chance_overlap`, `filter_leaks` (character n-gram overlap with the real inputs).
 - Picture (paper Fig. 7): `plot_projection`.
 """
 
@@ -545,6 +545,7 @@ def near_duplicates(
     threshold: float = LEAK_THRESHOLD,
     chunk_size: int = 512,
     ignore_template: bool = True,
+    exclude_self: bool = False,
 ) -> list[NearDuplicate]:
     """
     For each candidate, how nearly it reproduces one of the references (the real task inputs or the seeds).
@@ -586,15 +587,21 @@ def near_duplicates(
             Candidates per vectorized step (memory `chunk_size * len(references)` integers).
         ignore_template (`bool`, *optional*, defaults to `True`):
             Leave out n-grams shared by at least half of the references (the task's template).
+        exclude_self (`bool`, *optional*, defaults to `False`):
+            The candidates are the references themselves: candidate `i` is compared with every reference but
+            reference `i` (how near each real input comes to its nearest *other* real input; see `chance_overlap`).
 
     Returns:
-        `list[NearDuplicate]`, one per candidate, in order.
+        `list[NearDuplicate]`, one per candidate, in order. A verbatim copy (after normalization) is always a
+        near-duplicate, so a threshold above 1 keeps everything but verbatim copies.
     """
     if n < 1:
         raise ValueError(f"`n` must be positive, got {n}.")
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"`threshold` must be in [0, 1], got {threshold}.")
+    if threshold < 0.0:
+        raise ValueError(f"`threshold` must be at least 0, got {threshold}.")
     candidates = list(candidates)
+    if exclude_self and len(candidates) != len(references):
+        raise ValueError("`exclude_self` compares the references with themselves: pass the same texts twice.")
     n_refs = len(references)
     if n_refs == 0:
         return [NearDuplicate(0.0, None, False) for _ in candidates]
@@ -635,15 +642,57 @@ def near_duplicates(
         shared = np.bincount(flat, minlength=len(chunk) * n_refs).reshape(len(chunk), n_refs)
         denominators = np.minimum(candidate_sizes[:, None], reference_sizes[None, :])
         overlaps = np.divide(shared, denominators, out=np.zeros(shared.shape), where=denominators > 0)
+        if exclude_self:
+            rows = np.arange(len(chunk))
+            overlaps[rows, start + rows] = shared[rows, start + rows] = -1
         best = overlaps.argmax(1)
         for row, candidate in enumerate(chunk):
-            overlap = float(overlaps[row, best[row]])
+            overlap = max(float(overlaps[row, best[row]]), 0.0)
             reference_index = int(best[row]) if shared[row, best[row]] > 0 else None
-            same = exact.get(_normalize(candidate))
-            if same is not None:  # a verbatim copy, whatever the template
-                overlap, reference_index = 1.0, same
-            results.append(NearDuplicate(overlap, reference_index, overlap >= threshold))
+            verbatim = False
+            if not exclude_self:  # (with it, a repeated reference already overlaps its twin fully)
+                same = exact.get(_normalize(candidate))
+                if same is not None:  # a verbatim copy, whatever the template
+                    overlap, reference_index, verbatim = 1.0, same, True
+            results.append(NearDuplicate(overlap, reference_index, verbatim or overlap >= threshold))
     return results
+
+
+def chance_overlap(references: Sequence[str], quantile: float = 0.95, *, n: int = LEAK_NGRAM_SIZE) -> float:
+    """
+    How near real inputs come to one another by chance: the `quantile` of each reference's overlap with its
+    nearest other reference (`near_duplicates(..., exclude_self=True)`).
+
+    A task whose inputs are short strings over a small alphabet (boolean expressions, Dyck words) has real inputs
+    that overlap one another nearly fully, so any new input in its format looks like a "near-copy" of some real
+    one. A candidate no nearer to a real input than real inputs are to each other reproduces none of them; the
+    leak guard therefore drops only candidates above `max(leak_threshold, chance_overlap(...))`, and verbatim
+    copies always.
+
+    Args:
+        references (`Sequence[str]`): the real inputs (at least 2; fewer give 0.0).
+        quantile (`float`, *optional*, defaults to `0.95`): which quantile of the nearest-other overlaps.
+        n (`int`, *optional*, defaults to `4`): character n-gram size.
+
+    Returns:
+        `float` in [0, 1].
+    """
+    references = list(references)
+    if len(references) < 2:
+        return 0.0
+    nearest = [m.overlap for m in near_duplicates(references, references, n=n, exclude_self=True)]
+    return float(np.quantile(nearest, quantile))
+
+
+def leak_threshold_for(references: Sequence[str], floor: float = LEAK_THRESHOLD, *, quantile: float = 0.5) -> float:
+    """
+    The leak guard's threshold for one task: `floor` (the `leak_threshold` setting), raised to just above the
+    `chance_overlap` of the real inputs when the typical real input (the median, by default) already overlaps
+    another one that much. For the tasks whose inputs are diverse text this is `floor`; for short-alphabet tasks
+    whose real inputs overlap one another fully, it lies above 1 and only verbatim copies are dropped.
+    """
+    chance = chance_overlap(references, quantile)
+    return floor if chance < floor else float(np.nextafter(chance, np.inf))
 
 
 def filter_leaks(

@@ -44,7 +44,7 @@ from .discriminator import score
 from .distributed import is_main_process, map_across_processes, state
 from .errors import UserError
 from .generation import cut_answer, generate
-from .metrics import filter_leaks
+from .metrics import filter_leaks, leak_threshold_for
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ class SynthesisStats:
     passed: int = 0  # scored candidates above the margin; more than `accepted` when a round passes more than needed
     accepted: int = 0  # passed candidates kept (the first `num_samples`)
     rounds: int = 0
+    leak_threshold_raised: float | None = None  # the guard's threshold where `leak_threshold_for` raised it
 
     @property
     def acceptance_rate(self) -> float:
@@ -195,7 +196,8 @@ def synthesize(cfg, generator, generator_tokenizer, seeds: list[str], *, discrim
             (the unfiltered ablation, and how the discriminator's negatives are made).
         num_samples, candidate_budget (`int`, *optional*): override the config's.
         references (`list[str]`, *optional*): real inputs (seeds, held-out data) that no candidate may reproduce
-            nearly (`cfg.leak_threshold`); near-copies are dropped before scoring and counted as `leaks`.
+            nearly (`cfg.leak_threshold`, raised by `leak_threshold_for` where real inputs overlap one another that
+            much); near-copies are dropped before scoring and counted as `leaks`.
         progress_path (`str`, *optional*): JSONL file of every scored candidate so far; read back on resume (the
             format is in the module's docstring).
         progress_key (`dict`, *optional*): JSON-serialisable settings and input hashes that determine the
@@ -217,6 +219,11 @@ def synthesize(cfg, generator, generator_tokenizer, seeds: list[str], *, discrim
     use_filter = discriminator is not None
     num_samples = num_samples or cfg.num_samples
     budget = candidate_budget or cfg.candidate_budget
+    leak_threshold = None
+    if references and cfg.leak_threshold is not None:
+        leak_threshold = leak_threshold_for(references, cfg.leak_threshold)
+        if leak_threshold != cfg.leak_threshold and progress_key is not None:  # candidates kept under another guard
+            progress_key = {**progress_key, "leak_threshold_for_these_inputs": leak_threshold}
     key = json.loads(json.dumps(progress_key)) if progress_key is not None else None  # as it reads back
     write = progress_path is not None and is_main_process()
     records = []
@@ -252,6 +259,7 @@ def synthesize(cfg, generator, generator_tokenizer, seeds: list[str], *, discrim
         logger.info("synthesis resumed from %s: %d rounds, %d of %d accepted, %d candidates spent", progress_path,
                     stats.rounds, stats.accepted, num_samples, stats.candidates)
 
+    stats.leak_threshold_raised = leak_threshold if leak_threshold != cfg.leak_threshold else None
     stop = generator_stop_strings(seeds, cfg.num_seeds)
     while stats.accepted < num_samples and stats.candidates < budget:
         round_rng = random.Random(cfg.seed * 100_003 + stats.rounds)
@@ -276,8 +284,8 @@ def synthesize(cfg, generator, generator_tokenizer, seeds: list[str], *, discrim
                 unseen.append(item)
         stats.duplicates += dedup.dropped["duplicate"] - before["duplicate"]
         stats.seed_copies += dedup.dropped["seed_copy"] - before["seed_copy"]
-        if references and cfg.leak_threshold is not None and unseen:
-            unseen, leaked = filter_leaks(unseen, references, threshold=cfg.leak_threshold)
+        if leak_threshold is not None and unseen:
+            unseen, leaked = filter_leaks(unseen, references, threshold=leak_threshold)
             stats.leaks += len(leaked)
         if use_filter:
             scores = np.asarray(map_across_processes(lambda shard: score(

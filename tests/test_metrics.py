@@ -432,6 +432,51 @@ def test_near_duplicates_match_brute_force(n):
             assert max(overlaps) == 0.0
 
 
+def test_exclude_self_compares_each_reference_with_the_others_only():
+    rng = np.random.default_rng(3)
+    words = "the cat dog sat on mat what is plus give number sort list".split()
+    references = [" ".join(rng.choice(words, size=rng.integers(2, 8))) for _ in range(19)]
+    references.append(references[5])  # a repeated reference overlaps its twin fully
+    results = near_duplicates(references, references, exclude_self=True, chunk_size=6)
+    for i, result in enumerate(results):
+        others = [_overlap_brute_force(references[i], r, 4) for j, r in enumerate(references) if j != i]
+        assert result.overlap == pytest.approx(max(others), abs=1e-12)
+        assert result.reference_index != i
+    assert results[5].overlap == results[-1].overlap == 1.0
+    with pytest.raises(ValueError, match="same texts"):
+        near_duplicates(references, references[:3], exclude_self=True)
+
+
+def _boolean_expressions(rng, count):
+    def term():
+        return " ".join(["not"] * int(rng.integers(0, 3)) + [str(rng.choice(["True", "False"]))])
+
+    def op():
+        return str(rng.choice(["and", "or"]))
+
+    return [f"( {term()} {op()} {term()} ) {op()} ( {term()} {op()} {term()} ) is" for _ in range(count)]
+
+
+def test_the_leak_threshold_rises_only_where_real_inputs_overlap_each_other():
+    rng = np.random.default_rng(0)
+    booleans = list(dict.fromkeys(_boolean_expressions(rng, 400)))[:300]
+    assert len(booleans) == 300
+    sums = list(dict.fromkeys(f"What is {rng.integers(100, 999)} + {rng.integers(100, 999)}?" for _ in range(300)))
+    # Every boolean expression of this grammar shares its 4-grams with another one; sums of random numbers do not.
+    assert metrics.chance_overlap(booleans) == 1.0
+    assert metrics.chance_overlap(sums) < 0.8
+    assert metrics.leak_threshold_for(sums, 0.8) == 0.8
+    raised = metrics.leak_threshold_for(booleans, 0.8)
+    assert raised > 1.0
+    # At the fixed threshold almost any new expression is a "near-copy"; at the raised one only verbatim copies go.
+    real, new = booleans[:150], booleans[150:]
+    _, dropped_fixed = filter_leaks(new, real, threshold=0.8)
+    assert len(dropped_fixed) > 0.9 * len(new)
+    kept, dropped = filter_leaks(new + [real[3], real[7].upper()], real, threshold=raised)
+    assert kept == new and dropped == [real[3], real[7].upper()]
+    assert metrics.chance_overlap(booleans[:1]) == 0.0
+
+
 def test_near_duplicates_scale():
     """10k candidates x 300 references must be a matter of seconds, not of a Python triple loop."""
     import time

@@ -51,8 +51,8 @@ def run(models, path, cfg=None, **kwargs):
 
     return synthesize(cfg or make_cfg(), models["generator"], models["generator_tokenizer"], SEEDS,
                       discriminator=models["discriminator"], discriminator_tokenizer=models["discriminator_tokenizer"],
-                      references=REFERENCES, progress_path=str(path), show_progress=False,
-                      **{"progress_key": KEY, **kwargs})
+                      progress_path=str(path), show_progress=False,
+                      **{"progress_key": KEY, "references": REFERENCES, **kwargs})
 
 
 @pytest.fixture(scope="module")
@@ -211,3 +211,18 @@ def test_another_margin_rescores_the_stored_candidates_and_reports_their_pass_ra
         record.get("stats", {}).pop("passed", None)
     path.write_text("".join(json.dumps(record) + "\n" for record in old))
     assert run(models, path) == (full[0], full[1])
+
+
+def test_a_raised_leak_threshold_is_part_of_the_key(models, full, tmp_path, caplog):
+    """References that overlap one another fully (here each one twice, in two cases) raise the guard's threshold
+    above 1 (verbatim copies only); a file made under the fixed threshold is then not reused."""
+    assert full[1].leak_threshold_raised is None
+    path = tmp_path / "progress.jsonl"
+    path.write_bytes(full[2])
+    twins = [text for reference in REFERENCES for text in (reference, reference.upper())]
+    with caplog.at_level(logging.WARNING, logger="peft_transfer"):
+        _, stats = run(models, path, references=twins)
+    assert stats.leak_threshold_raised > 1.0 and stats.leaks > 0
+    assert (tmp_path / "progress.jsonl.stale-1").read_bytes() == full[2]
+    header = json.loads(lines_of(path.read_bytes())[0])["progress_key"]
+    assert header == {**KEY, "leak_threshold_for_these_inputs": stats.leak_threshold_raised}
