@@ -658,20 +658,14 @@ def near_duplicates(
     return results
 
 
-def chance_overlap(references: Sequence[str], quantile: float = 0.95, *, n: int = LEAK_NGRAM_SIZE) -> float:
+def chance_overlap(references: Sequence[str], quantile: float = 0.5, *, n: int = LEAK_NGRAM_SIZE) -> float:
     """
-    How near real inputs come to one another by chance: the `quantile` of each reference's overlap with its
-    nearest other reference (`near_duplicates(..., exclude_self=True)`).
-
-    A task whose inputs are short strings over a small alphabet (boolean expressions, Dyck words) has real inputs
-    that overlap one another nearly fully, so any new input in its format looks like a "near-copy" of some real
-    one. A candidate no nearer to a real input than real inputs are to each other reproduces none of them; the
-    leak guard therefore drops only candidates above `max(leak_threshold, chance_overlap(...))`, and verbatim
-    copies always.
+    How near real inputs come to one another by chance: the `quantile` (by default the median) of each reference's
+    overlap with its nearest other reference (`near_duplicates(..., exclude_self=True)`).
 
     Args:
         references (`Sequence[str]`): the real inputs (at least 2; fewer give 0.0).
-        quantile (`float`, *optional*, defaults to `0.95`): which quantile of the nearest-other overlaps.
+        quantile (`float`, *optional*, defaults to `0.5`): which quantile of the nearest-other overlaps.
         n (`int`, *optional*, defaults to `4`): character n-gram size.
 
     Returns:
@@ -684,14 +678,18 @@ def chance_overlap(references: Sequence[str], quantile: float = 0.95, *, n: int 
     return float(np.quantile(nearest, quantile))
 
 
-def leak_threshold_for(references: Sequence[str], floor: float = LEAK_THRESHOLD, *, quantile: float = 0.5) -> float:
+def leak_threshold_for(references: Sequence[str], floor: float = LEAK_THRESHOLD) -> float:
     """
-    The leak guard's threshold for one task: `floor` (the `leak_threshold` setting), raised to just above the
-    `chance_overlap` of the real inputs when the typical real input (the median, by default) already overlaps
-    another one that much. For the tasks whose inputs are diverse text this is `floor`; for short-alphabet tasks
-    whose real inputs overlap one another fully, it lies above 1 and only verbatim copies are dropped.
+    The leak guard's threshold for one task: `floor` (the `leak_threshold` setting), or just above the real
+    inputs' `chance_overlap` when the typical real input already overlaps another one at least that much.
+
+    A task whose inputs are short strings over a small alphabet (boolean expressions, Dyck words) has real inputs
+    that overlap one another fully, so any new input in its format would look like a near-copy of some real one.
+    A candidate no nearer to a real input than real inputs are to each other reproduces none of them. For diverse
+    text this returns `floor`; where real inputs overlap fully it lies above 1, and only verbatim copies (always
+    near-duplicates) are dropped.
     """
-    chance = chance_overlap(references, quantile)
+    chance = chance_overlap(references)
     return floor if chance < floor else float(np.nextafter(chance, np.inf))
 
 

@@ -219,11 +219,11 @@ def synthesize(cfg, generator, generator_tokenizer, seeds: list[str], *, discrim
     use_filter = discriminator is not None
     num_samples = num_samples or cfg.num_samples
     budget = candidate_budget or cfg.candidate_budget
-    leak_threshold = None
-    if references and cfg.leak_threshold is not None:
-        leak_threshold = leak_threshold_for(references, cfg.leak_threshold)
-        if leak_threshold != cfg.leak_threshold and progress_key is not None:  # candidates kept under another guard
-            progress_key = {**progress_key, "leak_threshold_for_these_inputs": leak_threshold}
+    guarded = bool(references) and cfg.leak_threshold is not None
+    leak_threshold = leak_threshold_for(references, cfg.leak_threshold) if guarded else None
+    raised = leak_threshold if guarded and leak_threshold != cfg.leak_threshold else None
+    if raised is not None and progress_key is not None:  # candidates kept under another guard are not reused
+        progress_key = {**progress_key, "leak_threshold_for_these_inputs": raised}
     key = json.loads(json.dumps(progress_key)) if progress_key is not None else None  # as it reads back
     write = progress_path is not None and is_main_process()
     records = []
@@ -259,7 +259,7 @@ def synthesize(cfg, generator, generator_tokenizer, seeds: list[str], *, discrim
         logger.info("synthesis resumed from %s: %d rounds, %d of %d accepted, %d candidates spent", progress_path,
                     stats.rounds, stats.accepted, num_samples, stats.candidates)
 
-    stats.leak_threshold_raised = leak_threshold if leak_threshold != cfg.leak_threshold else None
+    stats.leak_threshold_raised = raised
     stop = generator_stop_strings(seeds, cfg.num_seeds)
     while stats.accepted < num_samples and stats.candidates < budget:
         round_rng = random.Random(cfg.seed * 100_003 + stats.rounds)
