@@ -15,6 +15,7 @@ from .errors import ConfigError
 PEFT_TYPES = ("lora", "dora", "prompt_tuning", "prefix_tuning", "ia3")
 LOSS_TYPES = ("sequence", "forward_kl", "reverse_kl", "jsd")
 FILTER_MODES = ("discriminator", "none")
+GENERATION_BACKENDS = ("hf", "vllm")
 LINEAGE_FILE = "transfer.json"  # the transfer's lineage, written next to a transferred adapter
 
 
@@ -61,6 +62,17 @@ class TransferConfig:
         metadata={"help": "KV cache for generation, e.g. 'static' (transformers compiles the decode step on GPU: "
                           "faster after a one-time compile); None: the model's default."},
     )
+    generation_backend: str = field(
+        default="hf",
+        metadata={"help": "Who writes the candidates and the teacher labels: 'hf' (batched `generate`) or 'vllm' (a "
+                          "vLLM server per stage, in its own environment: `bash scripts/setup.sh --vllm`; LoRA source "
+                          "adapters only, one process; its 20-70 s start-up on CPU pays off on large runs)."},
+    )
+    vllm_python: str | None = field(
+        default=None,
+        metadata={"help": "Python of the vLLM environment; default: $PEFT_TRANSFER_VLLM_PYTHON, else ./.venv-vllm."},
+    )
+    vllm_kv_cache_gb: int = field(default=2, metadata={"help": "KV-cache memory of the vLLM server on CPU, in whole GiB."})
     hub_token: str | None = field(default=None, metadata={"help": "Hub token for private repos (never logged)."})
 
     # Task data
@@ -283,6 +295,10 @@ class TransferConfig:
             problems.append(f"top_p must lie in (0, 1] (got {self.top_p}).")
         if "{input}" not in self.prompt_template:
             problems.append("prompt_template must contain '{input}'.")
+        if self.generation_backend not in GENERATION_BACKENDS:
+            problems.append(f"generation_backend={self.generation_backend!r} is not one of {GENERATION_BACKENDS}.")
+        if self.vllm_kv_cache_gb < 1:
+            problems.append(f"vllm_kv_cache_gb must be at least 1 (got {self.vllm_kv_cache_gb}).")
         if self.dtype not in ("auto", "bfloat16", "float16", "float32"):
             problems.append(f"dtype={self.dtype!r}: use 'auto', 'bfloat16', 'float16' or 'float32'.")
         if not self.demo:

@@ -71,7 +71,16 @@ def generate(
     Returns:
         `list[tuple[str, bool]]`: per prompt, in the given order, the decoded continuation (special tokens removed)
         and whether it ended by itself (end of sequence or a stop string) rather than at `max_new_tokens`.
+
+    `model` may also be a `vllm_server.VLLMModel` (`generation_backend: vllm`): the prompts are then sent to its
+    server, `batch_size` of them in flight at once, and the answers mean the same.
     """
+    from .vllm_server import VLLMModel
+
+    if isinstance(model, VLLMModel):
+        return _generate_vllm(model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                              do_sample=do_sample, temperature=temperature, top_p=top_p, top_k=top_k,
+                              stop_strings=stop_strings, desc=desc, show_progress=show_progress)
     if tokenizer.pad_token_id is None:
         raise ValueError(
             f"The tokenizer of {getattr(model, 'name_or_path', 'the model')!r} has no pad token, which batched "
@@ -122,6 +131,25 @@ def generate(
         bar.close()
         tokenizer.padding_side = old_side
         model.train(was_training)
+    return results
+
+
+def _generate_vllm(model, tokenizer, prompts, *, batch_size, max_new_tokens, do_sample, temperature, top_p, top_k,
+                   stop_strings, desc, show_progress) -> list[tuple[str, bool]]:
+    # Token ids both ways: the prompt is encoded, and the answer decoded, by the same tokenizer as on the HF path.
+    prompt_ids = [tokenizer(p)["input_ids"] for p in prompts]
+    bar = tqdm(total=len(prompts), desc=desc, disable=not show_progress or desc is None, leave=False)
+    try:
+        outputs = model.server.complete(
+            prompt_ids, adapter=model.adapter, max_new_tokens=max_new_tokens, do_sample=do_sample,
+            temperature=temperature, top_p=top_p, top_k=top_k, stop=stop_strings, stop_token_ids=model.eos_token_ids,
+            concurrency=batch_size, on_done=lambda: bar.update(1))
+    finally:
+        bar.close()
+    results = []
+    for ids, ended in outputs:
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        results.append((text, ended or bool(stop_strings and any(s in text for s in stop_strings))))
     return results
 
 

@@ -48,6 +48,28 @@ def check(run, todo) -> None:
         _check_prompt_fits(cfg, cfg.source_model, real, "train_file inputs", "source_model")
     if "target_adapter" in names and cfg.loss_type != "sequence":
         _check_shared_vocabulary(cfg)
+    if cfg.generation_backend == "vllm" and names & {"synthesis", "labels"}:
+        _check_vllm(cfg, names)
+
+
+def _check_vllm(cfg, names) -> None:
+    from .distributed import state
+    from .vllm_server import find_python, lora_rank
+
+    if state().num_processes > 1:
+        raise PreflightError("generation_backend: vllm runs in one process (its server batches the requests): "
+                             "launch without `accelerate launch`/torchrun, or use `generation_backend: hf`.")
+    if cfg.trust_remote_code:
+        raise PreflightError("generation_backend: vllm does not run remote code: use `generation_backend: hf`.")
+    uses_adapter = "labels" in names or cfg.generate_with_source_adapter
+    if uses_adapter and not cfg.source_adapter and cfg.source_peft_type != "lora":
+        raise PreflightError(f"generation_backend: vllm serves LoRA adapters only, and source_peft_type is "
+                             f"{cfg.source_peft_type!r}: use `generation_backend: hf`.")
+    if uses_adapter and cfg.source_adapter:
+        from .hub import resolve_pretrained
+
+        lora_rank(resolve_pretrained(cfg.source_adapter, token=cfg.hub_token))
+    find_python(cfg.vllm_python)
 
 
 def _check_adapter(ref: str, base: str, setting: str, base_setting: str, token) -> None:

@@ -178,8 +178,8 @@ def synthesis(run, out: str) -> None:
         cfg = dataclasses.replace(cfg, filter_margin=margin)
     use_filter = cfg.filter_mode == "discriminator"
     with contextlib.ExitStack() as stack:
-        generator = stack.enter_context(run.pool.lease(
-            cfg.generator, run.source_adapter if cfg.generate_with_source_adapter else None))
+        generator = stack.enter_context(_generation_lease(
+            run, "synthesis", cfg.generator, run.source_adapter if cfg.generate_with_source_adapter else None))
         disc = stack.enter_context(run.pool.lease(cfg.discriminator_base, run.discriminator_adapter)) if use_filter \
             else SimpleNamespace(model=None, tokenizer=None)
         rows, stats = synthesize(cfg, generator.model, generator.tokenizer, run.seeds, discriminator=disc.model,
@@ -190,14 +190,37 @@ def synthesis(run, out: str) -> None:
         if is_main_process():
             Dataset.from_list(rows).save_to_disk(os.path.join(out, rundir.CANDIDATES))
             Dataset.from_list([r for r in rows if r["accepted"]]).save_to_disk(os.path.join(out, rundir.ACCEPTED))
-            write_json(os.path.join(out, rundir.STATS), {**stats.to_dict(), "filter_margin": cfg.filter_margin})
-        if cfg.compute_mmd:
+            write_json(os.path.join(out, rundir.STATS), {**stats.to_dict(), "filter_margin": cfg.filter_margin,
+                                                          **_backend_stats(generator)})
+        if cfg.compute_mmd and cfg.generation_backend == "vllm" and not cfg.embedding_model:
+            generator.model.server.stop()  # the embeddings come from the generator's hidden states: the HF model's
+            with run.pool.lease(cfg.generator) as hf:
+                diagnostics = _diagnostics(run, rows, hf.model, hf.tokenizer, out)
+        elif cfg.compute_mmd:
             diagnostics = _diagnostics(run, rows, generator.model, generator.tokenizer, out)
-            if is_main_process():
-                write_json(os.path.join(out, rundir.DIAGNOSTICS), diagnostics)
+        if cfg.compute_mmd and is_main_process():
+            write_json(os.path.join(out, rundir.DIAGNOSTICS), diagnostics)
     wait_for_everyone()
     if is_main_process() and os.path.exists(run.dirs.progress):
         os.remove(run.dirs.progress)
+
+
+def _generation_lease(run, stage_name: str, ref: str, adapter: str | None = None):
+    """The model a generating stage writes with: a pooled HF model, or a vLLM server for `ref` (and `adapter`)
+    that lives as long as the block (`generation_backend`)."""
+    cfg = run.config
+    if cfg.generation_backend != "vllm":
+        return run.pool.lease(ref, adapter)
+    from .vllm_server import serve
+
+    return serve(ref, adapter, python=cfg.vllm_python, dtype=cfg.dtype, kv_cache_gb=cfg.vllm_kv_cache_gb,
+                 token=cfg.hub_token, log_path=run.dirs(f"vllm-{stage_name}.log"))
+
+
+def _backend_stats(lease) -> dict:
+    server = getattr(lease.model, "server", None)
+    return {} if server is None else {"generation_backend": "vllm",
+                                      "vllm_startup_seconds": round(server.startup_seconds or 0.0, 1)}
 
 
 def _diagnostics(run, rows: list[dict], model, tokenizer, out: str) -> dict:
@@ -249,12 +272,13 @@ def labels(run, out: str) -> None:
 
     cfg = run.config
     accepted = load_from_disk(run.dirs.accepted)["input"]
-    with run.pool.lease(cfg.source_model, run.source_adapter) as teacher:
+    with _generation_lease(run, "labels", cfg.source_model, run.source_adapter) as teacher:
         rows = label(cfg, teacher.model, teacher.tokenizer, list(accepted), show_progress=run.show_progress)
+        backend = _backend_stats(teacher)
     empty = sum(1 for r in rows if not r["answer"])
     if empty:
         logger.warning("%d of %d teacher answers are empty; they are kept as the teacher's behaviour.", empty, len(rows))
-    stats = {"votes": cfg.label_votes, "labelled": len(rows)}
+    stats = {"votes": cfg.label_votes, "labelled": len(rows), **backend}
     if cfg.label_votes > 1:
         kept = [r for r in rows if r["agreement"] >= cfg.label_min_agreement]
         stats.update(agreement=sum(r["agreement"] for r in rows) / len(rows), unanimous=sum(
@@ -394,6 +418,11 @@ _SAMPLING = ("num_seeds", "generation_batch_size", "max_candidate_tokens", "max_
 _TOKEN_KD = ("forward_kl", "reverse_kl", "jsd")
 
 
+def _backend(c: TransferConfig) -> tuple[str, ...]:
+    """The generation backend is part of what made a stage's output (other sampling streams) where it is not HF."""
+    return ("generation_backend",) if c.generation_backend != "hf" else ()
+
+
 def _distillation_reads_teacher(c: TransferConfig) -> bool:
     """Token-level KD and token selection run the teacher (source base + adapter) in the target_adapter stage."""
     return c.loss_type in _TOKEN_KD or c.token_selection_ratio < 1
@@ -441,7 +470,7 @@ STAGES: tuple[Stage, ...] = (
                               "num_samples", *_SAMPLING, "leak_threshold",
                               *(("generate_with_source_adapter",) if c.generate_with_source_adapter else ()),
                               *(("discriminator_base",) if c.filter_mode == "discriminator" else ()),
-                              "compute_mmd", "embedding_model", "plot_projection", *_SEED),
+                              "compute_mmd", "embedding_model", "plot_projection", *_SEED, *_backend(c)),
           bases=lambda c: {c.generator} | ({c.discriminator_base} if c.filter_mode == "discriminator" else set()),
           on_change="stop", summary=_synthesis_summary),
     Stage("labels", labels,
@@ -449,7 +478,7 @@ STAGES: tuple[Stage, ...] = (
           reads=lambda c: ("synthesis", "source_adapter"),
           inputs=(),
           settings=lambda c: ("source_model", "prompt_template", "label_max_new_tokens", "label_do_sample",
-                              "answer_stop", "generation_batch_size", *_SEED)
+                              "answer_stop", "generation_batch_size", *_SEED, *_backend(c))
           + (("label_votes", "label_temperature", "label_min_agreement") if c.label_votes > 1 else ()),
           bases=lambda c: {c.source_model},
           on_change="stop", summary=_labels_summary),

@@ -72,6 +72,9 @@ FAMILIES = {
         "tiny-gemma", "gemma", hidden_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
         intermediate_size=192, vocab_size=448, tokenizer_kind="metaspace_bpe", extra={"head_dim": 24},
     ),
+    # tiny-llama with head size 32, the smallest that vLLM's CPU attention takes (the vLLM backend's tests).
+    "tiny-llama-hd32": TinyFamily("tiny-llama-hd32", "llama", hidden_size=64, num_hidden_layers=2,
+                                  num_attention_heads=2, num_key_value_heads=2, vocab_size=384),
 }
 
 

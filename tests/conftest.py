@@ -37,7 +37,7 @@ FAST = dict(
 
 # The slow lane (`-m slow`; the fast lane is `-m "not slow"`): tests that build the tiny world (two tiny families
 # pretrained here) or a run on it, start subprocesses, run a benchmark, or load the packaged real models.
-SLOW_FIXTURES = {"tiny_world", "base_run", "run_dir", "make_config", "finished_run", "bases", "llama"}
+SLOW_FIXTURES = {"tiny_world", "base_run", "run_dir", "make_config", "finished_run", "bases", "llama", "hd32", "served"}
 SLOW_MODULES = {"test_faults", "test_distributed", "test_quality_micro", "test_device_script", "test_speed_benchmark",
                 "test_stage_benchmark", "test_real_models", "test_chain_and_hub", "test_report_html",
                 "test_demo_models"}
