@@ -121,7 +121,7 @@ def _evaluated(expression: str | None, kind: type) -> str | None:
         return None
     try:
         value = eval(expression, {"__builtins__": {}})
-    except (SyntaxError, TypeError, MemoryError):
+    except (SyntaxError, TypeError, NameError, MemoryError):  # NameError: words run together ("notFalse")
         return None
     return str(value) if isinstance(value, kind) else None
 

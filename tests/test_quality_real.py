@@ -51,6 +51,7 @@ def test_solver_refuses_off_format_inputs():
     assert solve("object_counting", "I have a cat and two drosophilas. How many animals do I have?") is None
     assert solve("object_counting", "I have a cat, two pianos, and a dog. How many animals do I have?") == "2"
     assert solve("boolean_expressions", "( ) is") is None and solve("boolean_expressions", "not True or ( True ) is") == "True"
+    assert solve("boolean_expressions", "notFalse and True is") is None  # words run together: not an expression
     assert solve("multistep_arithmetic", "((9 ** 9) ** 9) =") is None  # no powers reach eval
     assert solve("multistep_arithmetic", "((-3 * 2) - (4 + -1)) =") == "-9"
     assert solve("dyck_languages", "Complete the brackets: ( [ ) ]") is None  # not a prefix of a balanced word
