@@ -24,11 +24,17 @@ against the memory-bound floor (weights read once per decode step at the measure
     python benchmarks/speed.py --world real --out benchmarks/results/speed           # SmolLM2 -> Gemma-3, N = 64
     python benchmarks/speed.py --world tiny --candidates 16 --samples 8 --epochs 1   # random tiny models (smoke)
     python benchmarks/speed.py --world random --preset 7b --out $OUT/speed-7b        # random 7B models on a GPU
+    python benchmarks/speed.py --world real --sides paper ours vllm --out benchmarks/results/speed
+
+`--sides ... vllm` also times generate and label through `generation_backend: vllm` (a vLLM server in its own
+environment, `bash scripts/setup.sh --vllm`) on the same prompts: the server's start-up is reported apart from the
+stage's seconds, and the end-to-end figure with vLLM counts it (HF scoring and training).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -63,7 +69,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=float, default=2, help="E: training epochs over the N rows")
     p.add_argument("--generation-batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--sides", nargs="+", choices=("paper", "ours"), default=["paper", "ours"])
+    p.add_argument("--sides", nargs="+", choices=("paper", "ours", "vllm"), default=["paper", "ours"],
+                   help="vllm: generate and label through the vLLM server as well (needs `setup.sh --vllm`)")
     p.add_argument("--out", default=None, help="folder for speed.json and speed.md")
     return p
 
@@ -71,14 +78,15 @@ def make_parser() -> argparse.ArgumentParser:
 # -- models ---------------------------------------------------------------------------------------------------------
 
 def tiny_world(folder: str) -> dict:
-    """Two random-weight tiny families and random LoRA adapters: timing only, the texts are noise."""
+    """Random-weight tiny models (head size 32, which vLLM's CPU attention takes) and random LoRA adapters: timing
+    only, the texts are noise."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     from peft_transfer.testing import build_family
 
-    source = build_family("tiny-llama", os.path.join(folder, "src"), pretrain_steps=0, seed=0)
-    target = build_family("tiny-gemma", os.path.join(folder, "tgt"), pretrain_steps=0, seed=1)
+    source = build_family("tiny-llama-hd32", os.path.join(folder, "src"), pretrain_steps=0, seed=0)
+    target = build_family("tiny-llama-hd32", os.path.join(folder, "tgt"), pretrain_steps=0, seed=1)
     adapters = {}
     for name in ("source_adapter", "discriminator"):
         model = get_peft_model(AutoModelForCausalLM.from_pretrained(source),
@@ -170,6 +178,18 @@ def measure_peak(dtype: torch.dtype, device: torch.device, shapes: dict[str, tup
 
 # -- the stages, both ways ------------------------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def served(side, ref, adapter=None):
+    """For the vllm side, a server for `ref` (and `adapter`) and its start-up seconds; else nothing (HF)."""
+    if side != "vllm":
+        yield None, {}
+        return
+    from peft_transfer.vllm_server import serve
+
+    with serve(ref, adapter) as lease:
+        yield lease.model, {"startup_s": round(lease.model.server.startup_seconds, 1)}
+
+
 def _timed(fn):
     _sync()
     start = time.perf_counter()
@@ -184,7 +204,7 @@ def generate_both(side, model, tokenizer, prompts, cfg, batch_size):
     kwargs = dict(max_new_tokens=cfg["max_candidate_tokens"], do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
                   stop_strings=cfg["stop"], show_progress=False)
     torch.manual_seed(0)
-    if side == "ours":
+    if side in ("ours", "vllm"):  # batched (vllm: `model` is the server's `VLLMModel`)
         return generate(model, tokenizer, prompts, batch_size=batch_size, **kwargs)
     return [generate(model, tokenizer, [p], batch_size=1, **kwargs)[0] for p in prompts]
 
@@ -209,7 +229,7 @@ def label_both(side, model, tokenizer, inputs, cfg, batch_size):
 
     tc = TransferConfig(source_model="x", target_model="y", source_adapter="a", seed_file="s", filter_mode="none",
                         label_max_new_tokens=cfg["label_max_new_tokens"], generation_batch_size=batch_size)
-    if side == "ours":
+    if side in ("ours", "vllm"):
         return label(tc, model, tokenizer, inputs, show_progress=False)
     one = TransferConfig(**{**tc.to_dict(redact=False), "generation_batch_size": 1})
     return [label(one, model, tokenizer, [x], show_progress=False)[0] for x in inputs]
@@ -295,8 +315,11 @@ def main(argv=None) -> dict:
     # generate (target base)
     prompt_tokens = [len(target_tok(p)["input_ids"]) for p in prompts]
     outputs = {}
+    hf_sides = [side for side in args.sides if side != "vllm"]
     for side in args.sides:
-        outs, sec = _timed(lambda: generate_both(side, target, target_tok, prompts, cfg, args.generation_batch_size))
+        with served(side, cfg["target"]) as (model, startup):
+            outs, sec = _timed(lambda: generate_both(side, model or target, target_tok, prompts, cfg,
+                                                     args.generation_batch_size))
         new = sum(len(target_tok(o, add_special_tokens=False)["input_ids"]) for o, _ in outs)
         flops = 2 * (t["body"] * (sum(prompt_tokens) + new) + t["head"] * (len(prompts) + new))
         # The memory-bound floor of decoding: the weights read once per decode step. Batch 1 takes one step per new
@@ -304,7 +327,7 @@ def main(argv=None) -> dict:
         steps = new if side == "paper" else cfg["max_candidate_tokens"] * -(-len(prompts) // args.generation_batch_size)
         floor = steps * (t["body"] + t["head"]) * dtype.itemsize / (report["peak"]["copy_gb_s"] / 2 * 1e9)
         record("generate", side, sec, flops, new_tokens=new, candidates_per_s=round(len(prompts) / sec, 2),
-               tokens_per_s=round(new / sec, 1), memory_floor_s=round(floor, 2))
+               tokens_per_s=round(new / sec, 1), memory_floor_s=round(floor, 2), **startup)
         outputs[side] = outs
     base = outputs.get("ours") or outputs["paper"]
     texts = [parse_candidate(o, finished=f) or (o.strip().splitlines() or ["x"])[0][:200] or "x" for o, f in base]
@@ -314,7 +337,7 @@ def main(argv=None) -> dict:
     from peft_transfer.discriminator import encode_question
 
     question_tokens = sum(len(encode_question(source_tok, x, cfg["task_name"]).prefix_ids) for x in texts)
-    for side in args.sides:
+    for side in hf_sides:
         verdicts, sec = _timed(lambda: score_both(side, disc, source_tok, texts, cfg["task_name"], 64))
         flops = 2 * (s["body"] * question_tokens + s["head"] * len(texts))
         record("score", side, sec, flops, candidates_per_s=round(len(texts) / sec, 2), passed=sum(verdicts))
@@ -326,29 +349,42 @@ def main(argv=None) -> dict:
     label_prompt_tokens = sum(len(source_tok(task_prompt(source_tok, x))["input_ids"]) for x in inputs)
     labelled = {}
     for side in args.sides:
-        rows, sec = _timed(lambda: label_both(side, teacher, source_tok, inputs, cfg, args.generation_batch_size))
+        with served(side, cfg["source"], cfg["source_adapter"]) as (model, startup):
+            rows, sec = _timed(lambda: label_both(side, model or teacher, source_tok, inputs, cfg,
+                                                  args.generation_batch_size))
         new = sum(len(source_tok(r["completion"], add_special_tokens=False)["input_ids"]) for r in rows)
         flops = 2 * (s["body"] * (label_prompt_tokens + new) + s["head"] * (len(inputs) + new))
-        record("label", side, sec, flops, samples_per_s=round(len(inputs) / sec, 2), new_tokens=new)
+        record("label", side, sec, flops, samples_per_s=round(len(inputs) / sec, 2), new_tokens=new, **startup)
         labelled[side] = rows
+    if {"ours", "vllm"} <= set(labelled):
+        report["vllm_labels_equal_to_hf"] = sum(a["completion"] == b["completion"]
+                                                for a, b in zip(labelled["ours"], labelled["vllm"]))
     teacher = source = disc = None  # noqa: F841 — free the source base before training
 
     # train (target base, fresh LoRA), on the same rows for both
     rows = labelled.get("ours") or labelled["paper"]
     train_rows = [{"prompt": task_prompt(target_tok, r["input"]), "completion": r["completion"] or " 0"} for r in rows]
-    for side in args.sides:
+    for side in hf_sides:
         (info, target), sec = _timed(lambda: train_both(side, target, target_tok, train_rows, cfg, args.epochs,
                                                         os.path.join(tmp, f"train-{side}")))
         epochs = args.epochs
         flops = epochs * (4 * t["body"] * info["tokens_per_epoch"] + 4 * t["head"] * info["completion_tokens_per_epoch"])
         record("train", side, sec, flops, **info, tokens_per_s=round(epochs * info["tokens_per_epoch"] / sec, 1))
 
-    total = {side: sum(st[side]["seconds"] for st in report["stages"].values() if side in st) for side in args.sides}
+    total = {side: sum(st[side]["seconds"] for st in report["stages"].values() if side in st) for side in hf_sides}
+    if "vllm" in args.sides and "ours" in total:  # HF scoring and training, vLLM generation with its start-ups
+        st = report["stages"]
+        total["vllm"] = total["ours"] + sum(st[k]["vllm"]["seconds"] + st[k]["vllm"]["startup_s"] - st[k]["ours"]["seconds"]
+                                            for k in ("generate", "label"))
     report["end_to_end_s"] = {k: round(v, 1) for k, v in total.items()}
-    if len(args.sides) == 2:
+    if {"paper", "ours"} <= set(args.sides):
         for st in report["stages"].values():
             st["speedup"] = round(st["paper"]["seconds"] / st["ours"]["seconds"], 2)
+            if "vllm" in st:
+                st["vllm_speedup"] = round(st["paper"]["seconds"] / st["vllm"]["seconds"], 2)
         report["end_to_end_speedup"] = round(total["paper"] / total["ours"], 2)
+        if "vllm" in total:
+            report["end_to_end_speedup_vllm"] = round(total["paper"] / total["vllm"], 2)
     report["peak_gflops_used"] = peak
     print(markdown(report))
     if args.out:
@@ -383,6 +419,18 @@ def markdown(r: dict) -> str:
             lines.append(f"- generate, {side}: {g[side]['tokens_per_s']} new tokens/s, {g[side]['candidates_per_s']} "
                          f"candidates/s; memory-bound floor {g[side]['memory_floor_s']} s against "
                          f"{g[side]['seconds']} s measured.")
+    for name in ("generate", "label"):
+        v, o = r["stages"].get(name, {}).get("vllm"), r["stages"].get(name, {}).get("ours")
+        if v:
+            rate = f"{v['tokens_per_s']} new tokens/s" if "tokens_per_s" in v else f"{v['samples_per_s']} samples/s"
+            vs = f", {round(o['seconds'] / v['seconds'], 2)}× ours on HF" if o else ""
+            lines.append(f"- {name}, vLLM server: {v['seconds']} s (start-up {v['startup_s']} s apart), {rate}, "
+                         f"{100 * v['fraction_of_peak']:.1f}% of peak{vs}.")
+    if "vllm" in e:
+        lines.append(f"- end to end with vLLM generating (its start-ups included): {e['vllm']} s"
+                     + (f", {r['end_to_end_speedup_vllm']}× the paper-style loop" if "end_to_end_speedup_vllm" in r
+                        else "") + (f"; {r['vllm_labels_equal_to_hf']} of {r['samples']} teacher labels equal to HF's."
+                                    if "vllm_labels_equal_to_hf" in r else "."))
     tr = r["stages"].get("train", {})
     for side in ("paper", "ours"):
         if side in tr:

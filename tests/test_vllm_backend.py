@@ -94,8 +94,8 @@ def hd32(tmp_path_factory):
 def served(hd32):
     from peft_transfer.vllm_server import serve
 
-    with serve(hd32["base"], hd32["adapter"], python=hd32["python"], dtype="float32",
-               log_path=str(hd32["root"] / "server.log")) as lease:
+    with serve(hd32["base"], hd32["adapter"], python=hd32["python"], dtype="float32", merge_adapter=False,
+               log_path=str(hd32["root"] / "server.log")) as lease:  # the adapter through vLLM's LoRA support
         yield lease
 
 
@@ -165,3 +165,37 @@ def test_a_transfer_writes_candidates_and_labels_through_vllm(hd32, tmp_path):
     assert read_json(dirs.stage_record("synthesis"))["settings"]["generation_backend"] == "vllm"
     assert read_json(dirs.diagnostics)["mmd_accepted"] is not None  # embedded by the HF generator afterwards
     assert os.path.getsize(dirs("vllm-labels.log")) > 0
+    # On CPU the adapter is served merged into the base: the labels are the HF teacher's.
+    from datasets import load_from_disk
+
+    from peft_transfer.modeling import load_adapter, load_base, load_tokenizer
+    from peft_transfer.synthesis import label
+
+    rows = load_from_disk(dirs.labels)
+    teacher = load_adapter(load_base(hd32["base"], dtype="float32"), hd32["adapter"], hd32["base"])
+    hf = label(config, teacher, load_tokenizer(hd32["base"]), list(rows["input"]), show_progress=False)
+    assert sum(a["completion"] == b for a, b in zip(hf, rows["completion"])) >= len(hf) - 2
+
+
+@pytest.mark.slow
+def test_the_speed_benchmark_times_vllm_beside_hf_on_the_same_prompts(tmp_path):
+    import sys
+    from pathlib import Path
+
+    _vllm_python()
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import speed
+
+    report = speed.main(["--world", "tiny", "--candidates", "8", "--samples", "4", "--epochs", "1",
+                         "--sides", "ours", "vllm", "--out", str(tmp_path)])
+    for name in ("generate", "label"):
+        vllm, ours = report["stages"][name]["vllm"], report["stages"][name]["ours"]
+        assert vllm["seconds"] > 0 and vllm["startup_s"] > 0 and vllm["gflop"] > 0, name
+        assert "vllm" not in report["stages"]["score"] and "vllm" not in report["stages"]["train"]
+        assert ours["seconds"] > 0
+    st = report["stages"]
+    assert report["end_to_end_s"]["vllm"] == round(report["end_to_end_s"]["ours"] + sum(
+        st[k]["vllm"]["seconds"] + st[k]["vllm"]["startup_s"] - st[k]["ours"]["seconds"]
+        for k in ("generate", "label")), 1)
+    assert 0 <= report["vllm_labels_equal_to_hf"] <= 4
+    assert "- generate, vLLM server:" in (tmp_path / "speed.md").read_text()
