@@ -163,10 +163,15 @@ def measure_peak(dtype: torch.dtype, device: torch.device, shapes: dict[str, tup
     out = {}
     for name, (m, k, n) in shapes.items():
         a, b = torch.randn(m, k, dtype=dtype, device=device), torch.randn(k, n, dtype=dtype, device=device)
-        torch.matmul(a, b)
+        c = torch.matmul(a, b)
+
+        def repeat(k):
+            for _ in range(k):  # into one output: keeping every product would time fresh memory's page faults
+                torch.matmul(a, b, out=c)
+
         # Median of repeats lasting at least 0.2 s each (short ones are within timer and frequency noise).
-        reps = max(1, int(0.2 / _seconds(lambda: torch.matmul(a, b))))
-        times = sorted(_seconds(lambda: [torch.matmul(a, b) for _ in range(reps)]) / reps for _ in range(5))
+        reps = max(1, int(0.2 / _seconds(lambda: repeat(1))))
+        times = sorted(_seconds(lambda: repeat(reps)) / reps for _ in range(5))
         out[name] = {"shape": [m, k, n], "gflops": round(2 * m * k * n / times[2] / 1e9, 1)}
     x = torch.empty(256 * 2**20 // 4, dtype=torch.float32, device=device)  # 256 MiB
     y = torch.empty_like(x)
