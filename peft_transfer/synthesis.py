@@ -323,9 +323,11 @@ def synthesize(cfg, generator, generator_tokenizer, seeds: list[str], *, discrim
             f"Only {stats.accepted} of num_samples={num_samples} candidates were accepted after spending the "
             f"candidate_budget of {budget} ({stats.scored} scored, {stats.passed} passed the filter: acceptance "
             f"rate {stats.acceptance_rate:.1%}; {stats.unparsable} unparsable, {stats.duplicates} duplicates, "
-            f"{stats.leaks} near-copies of real inputs). Raise "
-            "`candidate_budget`, lower `filter_margin` or `num_samples`, or check the discriminator (its held-out "
-            "accuracy is in the run's discriminator/metrics.json). What was generated is kept"
+            f"{stats.seed_copies} copies of a seed, {stats.leaks} near-copies of real inputs). "
+            + ("Most candidates repeated a seed of the prompt: raise `temperature` or `num_seeds`, or use another "
+               "`generator_model`; or " if stats.seed_copies > stats.candidates / 2 else "")
+            + "Raise `candidate_budget`, lower `filter_margin` or `num_samples`, or check the discriminator (its "
+            "held-out accuracy is in the run's discriminator/metrics.json). What was generated is kept"
             + (f" in {progress_path}, and a new start continues from it." if progress_path else "."), rows, stats
         )
     return rows, stats

@@ -175,7 +175,8 @@ def test_generator_whose_output_never_parses(make_config, run_dir, tiny_world, t
 
 def test_discriminator_that_accepts_nothing_keeps_progress_and_resumes(make_config, run_dir):
     strict = make_config(output_dir=str(run_dir), filter_margin=1e9, candidate_budget=64, eval_file=None)
-    with pytest.raises(SynthesisError, match=r"Only 0 of num_samples=12 .* acceptance rate 0\.0%"):
+    with pytest.raises(SynthesisError, match=r"Only 0 of num_samples=12 .* acceptance rate 0\.0%; \d+ unparsable, "
+                       r"\d+ duplicates, \d+ copies of a seed, \d+ near-copies of real inputs\)\. Raise"):
         _run(strict)
     progress = run_dir / "synthesis_progress.jsonl"
     assert progress.exists() and not os.path.exists(run_dir / "synthesis")
