@@ -39,22 +39,25 @@ class VLLMUnavailableError(UserError):
     """`generation_backend: vllm` without a Python that can run vLLM's server, or with something it cannot serve."""
 
 
-def find_python(setting: str | None = None) -> str:
+def find_python(setting: str | None = None, *, probe: bool = True) -> str:
     """The Python of the vLLM environment: `vllm_python`, else `$PEFT_TRANSFER_VLLM_PYTHON`, else `.venv-vllm` of
-    this checkout or of the working directory. Checked to import vLLM's server, so a missing install is one message
-    before any model is loaded."""
+    this checkout or of the working directory. With `probe` it is checked to import vLLM's server (a few seconds:
+    preflight does it once, so a missing install is one message before any model is loaded)."""
     candidates = [setting] if setting else [os.environ.get(ENV_PYTHON)] if os.environ.get(ENV_PYTHON) else [
         os.path.join(root, ".venv-vllm", "bin", "python") for root in (_PROJECT_ROOT, os.getcwd())]
     for python in candidates:
         python = shutil.which(python) or python
         if not os.path.exists(python):
             continue
-        probe = subprocess.run([python, "-c", "import vllm.entrypoints.openai.api_server"], capture_output=True, text=True)
-        if probe.returncode == 0:
+        if not probe:
+            return python
+        check = subprocess.run([python, "-c", "import vllm.entrypoints.openai.api_server"], capture_output=True,
+                               text=True)
+        if check.returncode == 0:
             return python
         raise VLLMUnavailableError(
             f"generation_backend: vllm, but {python} cannot import vLLM's server: "
-            f"{(probe.stderr.strip().splitlines() or ['(no message)'])[-1]}. Re-run `bash scripts/setup.sh --vllm`, "
+            f"{(check.stderr.strip().splitlines() or ['(no message)'])[-1]}. Re-run `bash scripts/setup.sh --vllm`, "
             f"or set `vllm_python` (or ${ENV_PYTHON}) to a Python with vLLM installed.")
     raise VLLMUnavailableError(
         f"generation_backend: vllm, but no vLLM environment was found (looked for {', '.join(candidates)}). Install "
@@ -104,7 +107,7 @@ class VLLMServer:
                  startup_timeout: float = 900.0, log_path: str | None = None, extra_args: list[str] | None = None):
         self.model_path = model_path
         self.adapter_path = adapter_path
-        self.python = python or find_python()
+        self.python = python or find_python(probe=False)
         self.dtype = dtype
         self.max_model_len = max_model_len
         self.kv_cache_gb = kv_cache_gb
@@ -242,7 +245,7 @@ class VLLMModel:
 @contextlib.contextmanager
 def serve(ref: str, adapter: str | None = None, *, python: str | None = None, dtype: str = "auto",
           kv_cache_gb: int = 2, token: str | None = None, log_path: str | None = None,
-          trust_remote_code: bool = False, merge_adapter: bool | None = None):
+          merge_adapter: bool | None = None):
     """A lease like `ModelPool.lease`'s for generation only: `lease.model` is a `VLLMModel` serving `ref` (a path,
     Hub id or packaged source, resolved to a local safetensors folder as for HF) with `adapter` on it, and
     `lease.tokenizer` its HF tokenizer.
@@ -256,9 +259,7 @@ def serve(ref: str, adapter: str | None = None, *, python: str | None = None, dt
     from .hub import resolve_pretrained
     from .modeling import load_tokenizer
 
-    if trust_remote_code:
-        raise VLLMUnavailableError("generation_backend: vllm does not run remote code: use `generation_backend: hf`.")
-    python = find_python(python)
+    python = find_python(python, probe=False)  # preflight probed it; a server that fails to start says why
     adapter_dir = resolve_pretrained(adapter, token=token) if adapter else None
     if adapter_dir:
         _served_rank(lora_rank(adapter_dir))  # refuse what vLLM cannot serve before starting it
