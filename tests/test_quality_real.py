@@ -138,3 +138,18 @@ def test_gap_table_reads_the_diagnostic_rows():
     assert (gap["real_inputs"], gap["real_data"]) == (0.45, 0.55)
     assert "| t1 | smollm2-gemma3 | 50.0 | 30.0 | 90.0 | 60.0 | 40.0 | 45.0 | — | 55.0 |" in quality_real.markdown(
         {"tables": quality_real.tables(rows), "claims": quality_real.claims(quality_real.tables(rows)), "rows": rows})
+
+
+def test_an_earlier_results_file_keeps_the_rows_not_measured_again(tmp_path):
+    earlier = [dict(task="addition", row="translora-qwen-smollm2", pair="qwen-smollm2", setting="translora",
+                    transferred=0.6),
+               dict(task="addition", row="owner-qwen", pair="qwen", setting="owner", transferred=None)]
+    prior = tmp_path / "results.json"
+    prior.write_text(__import__("json").dumps({"rows": earlier}))
+    again = [dict(task="addition", row="translora-qwen-smollm2", pair="qwen-smollm2", setting="translora",
+                  transferred=0.7)]
+    rows, carried = quality_real.with_prior(again, str(prior))
+    assert carried == 1 and len(rows) == 2
+    assert rows[0] == again[0]  # measured again: the new record wins and is not marked
+    assert rows[1]["row"] == "owner-qwen" and rows[1]["carried_from"] == str(prior)
+    assert quality_real.with_prior(again, None) == (again, 0)
