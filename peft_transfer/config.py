@@ -185,7 +185,12 @@ class TransferConfig:
     max_length: int = field(default=512, metadata={"help": "Longest training sequence (prompt + answer) in tokens."})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory."})
     logging_steps: int = field(default=10, metadata={"help": "Log every N steps."})
-    report_to: list[str] = field(default_factory=lambda: ["none"], metadata={"help": "Trainer integrations."})
+    report_to: list[str] = field(
+        default_factory=lambda: ["none"],
+        metadata={"help": "Trackers every stage reports to, through transformers' integrations (tensorboard, trackio, "
+                          "wandb, mlflow, ...): the training curves and each stage's figures, under one run name."})
+    run_name: str | None = field(
+        default=None, metadata={"help": "The run's name in the trackers; defaults to the output directory's name."})
     source_learning_rate: float = field(default=2e-4, metadata={"help": "When training the source adapter."})
     source_epochs: float = field(default=20, metadata={"help": "When training the source adapter."})
     discriminator_learning_rate: float = field(default=2e-4, metadata={"help": "When training the discriminator."})

@@ -26,16 +26,22 @@ import os
 import shutil
 import time
 
-
 from . import preflight
 from .config import LINEAGE_FILE, TransferConfig
 from .data import load_examples
 from .distributed import is_main_process, state, wait_for_everyone
 from .errors import SettingsChangedError
 from .evaluation import evaluate, format_report
-from .modeling import ModelPool, free_memory, peak_rss_gb, reset_peak_rss, split_revision
+from .modeling import (
+    ModelPool,
+    free_memory,
+    peak_rss_gb,
+    reset_peak_rss,
+    split_revision,
+)
 from .rundir import RunDir, hash_path, read_json, write_json
 from .stages import STAGE_NAMES, STAGES, stage
+from .tracking import StageTracker
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +69,7 @@ class Transfer:
         preflight.check_output_dir(config.output_dir)
         if config.demo:
             self._fill_demo_settings()
+        self.tracker = StageTracker(config, self.dirs)
         self._seeds = None
         self._records = None
         self._hashes: dict[str, str] = {}
@@ -81,10 +88,15 @@ class Transfer:
         plan = self.plan(todo)  # raises SettingsChangedError before any work
         if is_main_process():
             write_json(self.dirs.config, cfg.to_dict())
-        for i, (s, action) in enumerate(plan):
-            # Keep only the bases that this and the later stages use.
-            self.pool.keep_only(set().union(*(later.bases(cfg) for later, act in plan[i:] if act in ("run", "redo"))))
-            self._stage(s, action)
+        try:
+            for i, (s, action) in enumerate(plan):
+                # Keep only the bases that this and the later stages use.
+                self.pool.keep_only(set().union(*(later.bases(cfg) for later, act in plan[i:]
+                                                  if act in ("run", "redo"))))
+                self._stage(s, action)
+                self.tracker.log_stage(s.name, self.timings[s.name])
+        finally:
+            self.tracker.close()
         self.pool.keep_only(set())
         if stages is None and (cfg.push_to_hub or cfg.hub_discriminator_id or cfg.hub_dataset_id) and is_main_process():
             self.push()

@@ -70,6 +70,11 @@ class RunDir:
     def demo_assets(self) -> str:
         return self("demo_assets")
 
+    @property
+    def tracking(self) -> str:
+        """Where local trackers (TensorBoard) write the run: every stage, one run."""
+        return self("tracking")
+
     # -- stage folders ---------------------------------------------------------------------------------------------
     def stage(self, name: str) -> str:
         return self(name)

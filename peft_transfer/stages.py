@@ -41,14 +41,16 @@ from .distributed import is_main_process, map_across_processes, wait_for_everyon
 from .errors import UserError
 from .modeling import peft_config_from
 from .rundir import read_json, write_json
+from .tracking import prefix_trainer_logs, run_name
 
 logger = logging.getLogger(__name__)
 
 
 # -- the bodies -----------------------------------------------------------------------------------------------------
 
-def _train(run, out: str, trainer) -> None:
-    """Train, resuming from the last checkpoint in the stage's folder when a killed run left one.
+def _train(run, out: str, trainer, stage: str) -> None:
+    """Train, resuming from the last checkpoint in the stage's folder when a killed run left one; its logs reach the
+    trackers under the stage's name (`tracking`).
 
     The Trainer prints its closing summary (`{'train_runtime': ...}`) through its progress or printer callback; the
     stage's own line says what a user needs, so that dict is dropped (loss logs every `logging_steps` stay).
@@ -60,6 +62,7 @@ def _train(run, out: str, trainer) -> None:
         if any(type(c) is kind for c in trainer.callback_handler.callbacks):
             trainer.remove_callback(kind)
             trainer.add_callback(_without_summary(kind)())
+    prefix_trainer_logs(trainer, stage, run.dirs.tracking)
     folder = rundir.RunDir.trainer(out)
     last = get_last_checkpoint(folder) if os.path.isdir(folder) else None
     if last and is_main_process():
@@ -91,7 +94,7 @@ def source_adapter(run, out: str) -> None:
         trainer = DistillationTrainer(model=lease.model, args=args, train_dataset=Dataset.from_list(rows),
                                       processing_class=lease.tokenizer, peft_config=peft_config)
         lease.model = trainer.model
-        _train(run, out, trainer)
+        _train(run, out, trainer, "source_adapter")
         if is_main_process():
             trainer.model.save_pretrained(out)
             shutil.rmtree(rundir.RunDir.trainer(out), ignore_errors=True)
@@ -137,7 +140,7 @@ def discriminator(run, out: str) -> None:
     with run.pool.lease(cfg.discriminator_base) as lease:
         lease.model = model = train_discriminator(lease.model, lease.tokenizer, train_pos, train_neg,
                                                   task_name=cfg.task_name, args=args, peft_config=peft_config,
-                                                  train=lambda trainer: _train(run, out, trainer))
+                                                  train=lambda trainer: _train(run, out, trainer, "discriminator"))
         pos_scores = score(model, lease.tokenizer, held_pos, cfg.task_name, batch_size=cfg.filter_batch_size)
         neg_scores = score(model, lease.tokenizer, held_neg, cfg.task_name, batch_size=cfg.filter_batch_size)
         if is_main_process():
@@ -225,7 +228,14 @@ def _backend_stats(lease) -> dict:
 
 def _diagnostics(run, rows: list[dict], model, tokenizer, out: str) -> dict:
     """Paper Table 9: MMD to real inputs of the accepted and of the unfiltered candidates (same bandwidth)."""
-    from .metrics import distinct_n, embed_texts, median_heuristic_bandwidth, mmd2, pca_2d, plot_projection
+    from .metrics import (
+        distinct_n,
+        embed_texts,
+        median_heuristic_bandwidth,
+        mmd2,
+        pca_2d,
+        plot_projection,
+    )
 
     cfg = run.config
     rng = random.Random(cfg.seed)
@@ -318,7 +328,7 @@ def target_adapter(run, out: str) -> None:
                                       teacher_processing_class=teacher.tokenizer if token_kd else None,
                                       lineage=run.lineage())
         student.model = trainer.model
-        _train(run, out, trainer)
+        _train(run, out, trainer, "target_adapter")
         if is_main_process():
             trainer.model.save_pretrained(out)
             shutil.rmtree(rundir.RunDir.trainer(out), ignore_errors=True)
@@ -373,6 +383,7 @@ def training_args(config: TransferConfig, output_dir: str, *, show_progress: boo
         gradient_checkpointing=config.gradient_checkpointing,
         logging_steps=config.logging_steps,
         report_to=list(config.report_to),
+        run_name=run_name(config),
         save_strategy="steps" if config.save_steps else "no",
         save_steps=config.save_steps or 500,
         save_total_limit=1,  # the last checkpoint is all a resume needs
