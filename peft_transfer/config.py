@@ -16,6 +16,7 @@ PEFT_TYPES = ("lora", "dora", "prompt_tuning", "prefix_tuning", "ia3")
 LOSS_TYPES = ("sequence", "forward_kl", "reverse_kl", "jsd")
 FILTER_MODES = ("discriminator", "none")
 GENERATION_BACKENDS = ("hf", "vllm")
+EVALUATION_BACKENDS = ("exact_match", "lm_eval")
 LINEAGE_FILE = "transfer.json"  # the transfer's lineage, written next to a transferred adapter
 
 
@@ -90,6 +91,19 @@ class TransferConfig:
         default="{input}\nAnswer:", metadata={"help": "How a task input is shown to a model without a chat template."}
     )
     max_eval_samples: int | None = field(default=None, metadata={"help": "Cap on evaluated examples."})
+    evaluation_backend: str = field(
+        default="exact_match",
+        metadata={"help": "How the three models are evaluated: 'exact_match' on eval_file, or 'lm_eval' "
+                          "(lm-evaluation-harness: eval_file as a generated local task, scored the same way, and the "
+                          "tasks of `lm_eval_tasks`; `pip install \"peft-transfer[lm_eval]\"`)."},
+    )
+    lm_eval_tasks: list[str] = field(
+        default_factory=list, metadata={"help": "lm-eval task or group names evaluated beside eval_file (lm_eval backend)."})
+    lm_eval_include_path: str | None = field(
+        default=None, metadata={"help": "A folder of your own lm-eval task YAMLs (lm_eval backend)."})
+    lm_eval_num_fewshot: int | None = field(default=None, metadata={"help": "Few-shot examples for lm_eval_tasks."})
+    lm_eval_limit: int | None = field(
+        default=None, metadata={"help": "At most this many documents per lm-eval task (max_eval_samples caps eval_file)."})
     evaluation_cache_dir: str | None = field(
         default=None,
         metadata={"help": "Reuse the source-adapter and target-base evaluations across runs that share them "
@@ -300,6 +314,11 @@ class TransferConfig:
             problems.append(f"top_p must lie in (0, 1] (got {self.top_p}).")
         if "{input}" not in self.prompt_template:
             problems.append("prompt_template must contain '{input}'.")
+        if self.evaluation_backend not in EVALUATION_BACKENDS:
+            problems.append(f"evaluation_backend={self.evaluation_backend!r} is not one of {EVALUATION_BACKENDS}.")
+        elif self.evaluation_backend != "lm_eval" and (self.lm_eval_tasks or self.lm_eval_include_path):
+            problems.append("lm_eval_tasks and lm_eval_include_path are read by `evaluation_backend: lm_eval` only: "
+                            "set it, or leave them out.")
         if self.generation_backend not in GENERATION_BACKENDS:
             problems.append(f"generation_backend={self.generation_backend!r} is not one of {GENERATION_BACKENDS}.")
         if self.vllm_kv_cache_gb < 1:

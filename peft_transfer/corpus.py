@@ -19,7 +19,7 @@ import random
 from collections import Counter
 from typing import Iterable
 
-from .tasks import TASKS, WORDS, WEEKDAYS, Sample, _pseudo_word
+from .tasks import TASKS, WEEKDAYS, WORDS, Sample, _pseudo_word
 
 ANSWER_PREFIX = "\nAnswer:"  # the prompt is f"{input}{ANSWER_PREFIX}", the completion f" {target}"
 LIST_HEADER = "Here are {n} examples:"

@@ -61,6 +61,11 @@ def format_report(report: dict) -> str:
                            ("transferred", "target base + transferred adapter")):
             if key in ev:
                 lines.append(f"  {label:<34}{ev[key]:>10.1%}")
+    if report.get("lm_eval"):
+        from .lm_evaluation import markdown_table
+
+        lines.append("lm-evaluation-harness (evaluation/lm_eval.md has lm-eval's own tables)")
+        lines += ["  " + row for row in markdown_table(report["lm_eval"])]
     syn = report.get("synthesis") or {}
     if syn:
         lines.append("Synthesis")

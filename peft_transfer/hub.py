@@ -27,7 +27,14 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import DatasetCard, DatasetCardData, HfApi, ModelCard, ModelCardData, snapshot_download
+from huggingface_hub import (
+    DatasetCard,
+    DatasetCardData,
+    HfApi,
+    ModelCard,
+    ModelCardData,
+    snapshot_download,
+)
 from huggingface_hub.errors import (
     EntryNotFoundError,
     GatedRepoError,
@@ -215,7 +222,8 @@ def resolve_pretrained(
 
 # ---------------------------------------------------------------------------------------------- cards
 def adapter_card(
-    lineage: dict[str, Any], evaluation: dict[str, Any] | None = None, *, repo_id: str | None = None
+    lineage: dict[str, Any], evaluation: dict[str, Any] | None = None, *, repo_id: str | None = None,
+    lm_eval: dict[str, Any] | None = None,
 ) -> ModelCard:
     """Model card of a transferred adapter: lineage, synthetic-data counts, evaluation, how to load it, citation.
 
@@ -225,6 +233,8 @@ def adapter_card(
         evaluation (`dict`, *optional*): accuracies in [0, 1] for `source_adapter`, `target_base`,
             `transferred`, and `num_samples`.
         repo_id (`str`, *optional*): the repo the card goes to, for the loading snippet.
+        lm_eval (`dict`, *optional*): lm-evaluation-harness results, `{model: {task: {metric: value}}}` for the
+            three models (the evaluation stage's `lm_eval.json`).
     """
     _check_keys(lineage, LINEAGE_KEYS, "lineage", required=("target_model",))
     for i, hop in enumerate(lineage.get("chain") or []):
@@ -277,6 +287,10 @@ def adapter_card(
         rows = [("source base + source adapter", "source_adapter"), ("target base, no adapter", "target_base"),
                 ("target base + this adapter (transferred)", "transferred")]  # fmt: skip
         lines += [f"| {name} | {_pct(evaluation[key])} |" for name, key in rows if evaluation.get(key) is not None]
+    if lm_eval:
+        from .lm_evaluation import markdown_table
+
+        lines += ["", "## lm-evaluation-harness", "", *markdown_table(lm_eval)]
     if model_notices:
         lines += ["", "## Licence notices of the base models", ""]
         lines += [f"- `{ref}`: {text}" for ref, text in model_notices.items()]
@@ -399,13 +413,14 @@ def push_adapter(
     token: str | None = None,
     revision: str | None = None,
     commit_message: str | None = None,
+    lm_eval: dict[str, Any] | None = None,
 ):
     """Push a transferred adapter folder (allow-listed files only) with its lineage card.
 
     Returns:
         `huggingface_hub.CommitInfo`: a `str` (the commit url) whose `.oid` is the new commit sha.
     """
-    card = adapter_card(lineage, evaluation, repo_id=repo_id)
+    card = adapter_card(lineage, evaluation, repo_id=repo_id, lm_eval=lm_eval)
     return _push(folder, repo_id, card=card, repo_type="model", private=private, token=token, revision=revision,
                  commit_message=commit_message or f"Upload adapter transferred to {lineage['target_model']}",
                  patterns=ADAPTER_FILES, require_private=False)  # fmt: skip
@@ -468,7 +483,8 @@ def push_run(cfg, dirs, lineage: dict) -> dict:
     if cfg.push_to_hub and cfg.hub_model_id not in record:
         evaluation = read_json(dirs.evaluation) or None
         commit = push_adapter(dirs.target_adapter, cfg.hub_model_id, lineage=lineage,
-                              evaluation=evaluation, private=cfg.hub_private_repo, token=cfg.hub_token)
+                              evaluation=evaluation, private=cfg.hub_private_repo, token=cfg.hub_token,
+                              lm_eval=read_json(dirs("evaluation", "lm_eval.json")) or None)
         record[cfg.hub_model_id] = {"what": "adapter", "commit": str(commit)}
     if cfg.hub_discriminator_id and cfg.hub_discriminator_id not in record:
         metrics = read_json(dirs.discriminator_metrics)

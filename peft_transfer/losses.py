@@ -35,7 +35,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-
 DIVERGENCE_KINDS = ("forward_kl", "reverse_kl", "jsd")
 
 

@@ -28,7 +28,6 @@ from typing import Sequence
 import numpy as np
 import torch
 
-
 # Below this ROC AUC a discriminator is "near chance". With the paper's 250 real inputs and as many synthetic
 # negatives, the standard error of the AUC of a useless scorer is sqrt((n+m+1) / (12 n m)) ~ 0.026, so 0.6 is
 # about four standard errors above 0.5: a discriminator under it cannot be told from a coin on that much

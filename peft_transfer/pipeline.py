@@ -309,6 +309,8 @@ class Transfer:
         teacher), `target_base`, `transferred` (needs the target_adapter stage). Returns `{key: evaluate(...)}`;
         the first two are read from and written to `evaluation_cache_dir` when it is set."""
         cfg = self.config
+        if cfg.evaluation_backend == "lm_eval":
+            return self.evaluate_lm_eval(keys)
         examples = load_examples(cfg.eval_file, require_target=True, what="eval_file")[: cfg.max_eval_samples]
         kwargs = dict(prompt_template=cfg.prompt_template, answer_stop=cfg.answer_stop,
                       max_new_tokens=cfg.label_max_new_tokens, batch_size=cfg.generation_batch_size,
@@ -329,6 +331,45 @@ class Transfer:
                 results[key] = evaluate(lease.model, lease.tokenizer, examples, desc=f"evaluate {key}", **kwargs)
             if cache and is_main_process():
                 write_json(cache, results[key])
+        return results
+
+    def _models(self) -> dict[str, tuple[str, str | None]]:
+        cfg = self.config
+        return {"source_adapter": (cfg.source_model, self.source_adapter), "target_base": (cfg.target_model, None),
+                "transferred": (cfg.target_model, self.dirs.target_adapter)}
+
+    def evaluate_lm_eval(self, keys=("source_adapter", "target_base", "transferred"), folder: str | None = None) -> dict:
+        """lm-evaluation-harness on each of `keys` (`lm_evaluation`): `{key: {"accuracy" (exact match on eval_file,
+        None without one), "num_samples", "predictions", "lm_eval": {task: {metric: value}}, "table"}}`. The local
+        task's files go to `folder` (default: a temporary one)."""
+        import tempfile
+
+        from . import lm_evaluation as lme
+
+        cfg = self.config
+        examples = (load_examples(cfg.eval_file, require_target=True, what="eval_file")[: cfg.max_eval_samples]
+                    if cfg.eval_file else [])
+        models, results = self._models(), {}
+        with tempfile.TemporaryDirectory() as tmp:
+            for key in keys:
+                base, adapter = models[key]
+                with self.pool.lease(base, adapter) as lease:
+                    chat = bool(getattr(lease.tokenizer, "chat_template", None))
+                    include = [cfg.lm_eval_include_path] if cfg.lm_eval_include_path else []
+                    tasks = list(cfg.lm_eval_tasks)
+                    if examples:
+                        # One task folder per prompt form: a chat model gets the input alone as its user turn.
+                        task_dir = os.path.join(folder or tmp, "lm_eval_task" + ("_chat" if chat else ""))
+                        lme.write_local_task(task_dir, examples, chat=chat, prompt_template=cfg.prompt_template,
+                                             answer_stop=cfg.answer_stop, max_new_tokens=cfg.label_max_new_tokens)
+                        include, tasks = [task_dir, *include], [lme.LOCAL_TASK, *tasks]
+                    if self.show_progress and is_main_process():
+                        logger.info("  lm-eval %s on %s", key, ", ".join(tasks))
+                    out = lme.evaluate_model(lease.model, lease.tokenizer, tasks=tasks, include=include,
+                                             batch_size=cfg.generation_batch_size, num_fewshot=cfg.lm_eval_num_fewshot,
+                                             limit=cfg.lm_eval_limit)
+                results[key] = {"accuracy": lme.accuracy(out) if examples else None, "num_samples": len(examples),
+                                "predictions": out["predictions"], "lm_eval": out["results"], "table": out["table"]}
         return results
 
     def _evaluation_cache_path(self, base: str, adapter: str | None, examples: list[dict]) -> str | None:
@@ -382,6 +423,7 @@ class Transfer:
             "diagnostics": read_json(dirs.diagnostics),
             "pushed": read_json(dirs.push_record),
             "evaluation": read_json(dirs.evaluation),
+            "lm_eval": read_json(dirs("evaluation", "lm_eval.json")),
             "stages": self.timings,
             # What made each finished stage: its fingerprint and the settings and inputs it is the hash of.
             "made_by": {name: {k: rec[k] for k in ("provided", "fingerprint", "settings", "inputs", "reads") if k in rec}

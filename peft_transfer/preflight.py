@@ -50,6 +50,10 @@ def check(run, todo) -> None:
         _check_shared_vocabulary(cfg)
     if cfg.generation_backend == "vllm" and names & {"synthesis", "labels"}:
         _check_vllm(cfg, names)
+    if cfg.evaluation_backend == "lm_eval" and "evaluation" in names:
+        from .lm_evaluation import check_tasks
+
+        check_tasks(cfg.lm_eval_tasks, cfg.lm_eval_include_path)
 
 
 def _check_vllm(cfg, names) -> None:

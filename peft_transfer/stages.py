@@ -357,12 +357,23 @@ def _selected_rows(cfg, rows: list[dict], inputs: list[str], tokenizer, teacher,
 
 
 def evaluation(run, out: str) -> None:
-    results = run.evaluate()
-    summary = {k: v["accuracy"] for k, v in results.items()}
-    summary["num_samples"] = next(iter(results.values()))["num_samples"]
+    lm_eval = run.config.evaluation_backend == "lm_eval"
+    if lm_eval and not is_main_process():  # lm-eval evaluates a loaded model in one process
+        return
+    results = run.evaluate_lm_eval(folder=out) if lm_eval else run.evaluate()
+    summary = {k: v["accuracy"] for k, v in results.items() if v["accuracy"] is not None}
+    if summary:
+        summary["num_samples"] = next(iter(results.values()))["num_samples"]
     if is_main_process():
-        write_json(os.path.join(out, rundir.EVALUATION), summary)
-        write_json(os.path.join(out, rundir.PREDICTIONS), {k: v["predictions"] for k, v in results.items()})
+        if summary:
+            write_json(os.path.join(out, rundir.EVALUATION), summary)
+            write_json(os.path.join(out, rundir.PREDICTIONS), {k: v["predictions"] for k, v in results.items()})
+        if lm_eval:
+            from . import lm_evaluation as lme
+
+            write_json(os.path.join(out, lme.RESULTS), {k: v["lm_eval"] for k, v in results.items()})
+            with open(os.path.join(out, lme.TABLE), "w", encoding="utf-8") as f:
+                f.write("".join(f"## {k}\n\n{v['table']}\n" for k, v in results.items()))
 
 
 def training_args(config: TransferConfig, output_dir: str, *, show_progress: bool = True, **overrides):
@@ -415,7 +426,10 @@ def _discriminator_summary(dirs: rundir.RunDir) -> str:
 
 
 def _evaluation_summary(dirs: rundir.RunDir) -> str:
-    return ", ".join(f"{k} {v:.1%}" for k, v in read_json(dirs.evaluation).items() if k != "num_samples")
+    summary = ", ".join(f"{k} {v:.1%}" for k, v in read_json(dirs.evaluation).items() if k != "num_samples")
+    if os.path.exists(dirs("evaluation", "lm_eval.json")):
+        summary += (", " if summary else "") + "lm-eval tables in evaluation/lm_eval.md"
+    return summary
 
 
 # -- the table ------------------------------------------------------------------------------------------------------
@@ -504,11 +518,13 @@ STAGES: tuple[Stage, ...] = (
           bases=lambda c: {c.target_model} | ({c.source_model} if _distillation_reads_teacher(c) else set()),
           on_change="redo", resumable=True),
     Stage("evaluation", evaluation,
-          needed=lambda c: bool(c.eval_file),
+          needed=lambda c: bool(c.eval_file) or bool(c.evaluation_backend == "lm_eval" and c.lm_eval_tasks),
           reads=lambda c: ("target_adapter", "source_adapter"),
           inputs=("eval_file",),
           settings=lambda c: ("source_model", "target_model", "prompt_template", "answer_stop", "label_max_new_tokens",
-                              "generation_batch_size", "max_eval_samples", "dtype"),
+                              "generation_batch_size", "max_eval_samples", "dtype")
+          + (("evaluation_backend", "lm_eval_tasks", "lm_eval_include_path", "lm_eval_num_fewshot", "lm_eval_limit")
+             if c.evaluation_backend == "lm_eval" else ()),
           bases=lambda c: {c.source_model, c.target_model},
           on_change="redo", summary=_evaluation_summary),
 )

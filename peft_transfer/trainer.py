@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 import torch
 from trl import SFTConfig, SFTTrainer
 
-from .config import LINEAGE_FILE, LOSS_TYPES as KD_LOSSES
+from .config import LINEAGE_FILE
+from .config import LOSS_TYPES as KD_LOSSES
 
 # Config attributes that rescale logits after `lm_head` (Cohere, Granite, Falcon-H1, ...): the chunked loss reads
 # `lm_head` directly and would silently skip them.

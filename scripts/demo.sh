@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The demo: a whole transfer of the built-in task between two tiny local model families (built and pretrained
-# here, no download), on CPU in a few minutes. Extra flags are passed on, e.g. `--output_dir runs/other`.
+# The demo: a real transfer, three-digit addition from SmolLM2-135M-Instruct to Gemma-3-270M (packaged real models,
+# no download), the transfer-time stages on CPU in about six minutes. Extra flags are passed on, e.g.
+# `--output_dir runs/other`, `--report_to tensorboard`, `--evaluation_backend lm_eval`.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$root/scripts/setup.sh"

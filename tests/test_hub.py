@@ -349,3 +349,17 @@ for key, ref in [("repo", "tester/does-not-exist"), ("branch", "tester/adapter@n
     assert "not found or is not accessible" in out["repo"] and "hub_token" in out["repo"]
     assert "Revision 'no-such-branch' not found" in out["branch"]
     assert "Revision '" + "0" * 40 + "' not found" in out["sha"]
+
+
+def test_adapter_card_shows_the_lm_eval_table_of_the_three_models():
+    from peft_transfer.hub import adapter_card
+
+    results = {"source_adapter": {"arc_easy": {"acc,none": 0.61, "acc_stderr,none": 0.01}},
+               "target_base": {"arc_easy": {"acc,none": 0.42}},
+               "transferred": {"arc_easy": {"acc,none": 0.55}, "peft_transfer_eval": {"exact_match,strip": 0.5}}}
+    text = str(adapter_card({"target_model": "org/target"}, lm_eval=results))
+    table = text.split("## lm-evaluation-harness")[1]
+    assert "| arc_easy | acc,none | 0.6100 | 0.4200 | 0.5500 |" in table
+    assert "| peft_transfer_eval | exact_match,strip |  |  | 0.5000 |" in table
+    assert "stderr" not in table
+    assert "## lm-evaluation-harness" not in str(adapter_card({"target_model": "org/target"}))
