@@ -14,9 +14,11 @@ from peft_transfer.metrics import (
     binary_accuracy,
     calibrate_margin,
     discriminator_report,
+    distance,
     distinct_n,
     embed_texts,
     filter_leaks,
+    leaks,
     median_heuristic_bandwidth,
     mmd2,
     near_duplicates,
@@ -24,7 +26,6 @@ from peft_transfer.metrics import (
     roc_auc,
     self_similarity,
 )
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # Discriminator quality
@@ -165,7 +166,7 @@ def test_mmd2_blocks_give_the_same_sum(monkeypatch):
     rng = np.random.default_rng(5)
     x, y = rng.normal(size=(23, 3)), rng.normal(size=(17, 3))
     whole = mmd2(x, y, bandwidth=1.3)
-    monkeypatch.setattr(metrics, "_KERNEL_BLOCK_ROWS", 4)  # the diagonal must be dropped in every block
+    monkeypatch.setattr(distance, "_KERNEL_BLOCK_ROWS", 4)  # the diagonal must be dropped in every block
     assert mmd2(x, y, bandwidth=1.3) == pytest.approx(whole, rel=1e-12)
     assert whole == pytest.approx(_mmd2_reference(x, y, 1.3, True), rel=1e-10)
 
@@ -406,7 +407,7 @@ def test_filter_leaks_keeps_order_and_threshold():
 
 
 def _overlap_brute_force(candidate, reference, n):
-    c, r = metrics._char_ngrams(candidate, n), metrics._char_ngrams(reference, n)
+    c, r = leaks._char_ngrams(candidate, n), leaks._char_ngrams(reference, n)
     return len(c & r) / min(len(c), len(r)) if c and r else 0.0
 
 
