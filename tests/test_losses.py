@@ -19,7 +19,6 @@ from peft_transfer.losses import (
     token_divergence,
 )
 
-
 BATCH, LENGTH, VOCAB, HIDDEN, TEACHER_HIDDEN = 3, 9, 37, 12, 7
 
 

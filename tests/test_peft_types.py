@@ -53,7 +53,12 @@ def _source_adapter(cfg, out):
     """A source adapter of `cfg.source_peft_type` with visibly non-zero weights, saved and reloaded."""
     from peft import get_peft_model
 
-    from peft_transfer.modeling import load_adapter, load_base, load_tokenizer, peft_config_from
+    from peft_transfer.modeling import (
+        load_adapter,
+        load_base,
+        load_tokenizer,
+        peft_config_from,
+    )
 
     tokenizer = load_tokenizer(cfg.source_model)
     torch.manual_seed(0)
@@ -86,7 +91,12 @@ def test_transfer_between_peft_types(bases, tmp_path, source_type, target_type, 
     from peft import PeftModel
 
     from peft_transfer.data import task_prompt
-    from peft_transfer.modeling import load_adapter, load_base, load_tokenizer, peft_config_from
+    from peft_transfer.modeling import (
+        load_adapter,
+        load_base,
+        load_tokenizer,
+        peft_config_from,
+    )
     from peft_transfer.synthesis import label
     from peft_transfer.trainer import DistillationConfig, DistillationTrainer
 

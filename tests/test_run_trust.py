@@ -30,9 +30,9 @@ def finished_run(tiny_world, base_run, tmp_path_factory):
     """A whole run (no evaluation), once for the module; tests copy it."""
     import shutil
 
-    from peft_transfer import TransferConfig
-
     from conftest import FAST
+
+    from peft_transfer import TransferConfig
 
     out = tmp_path_factory.mktemp("finished") / "run"
     shutil.copytree(base_run, out)

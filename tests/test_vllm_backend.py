@@ -11,7 +11,12 @@ import pytest
 import torch
 
 from peft_transfer.errors import ConfigError
-from peft_transfer.vllm_server import VLLMUnavailableError, _served_rank, find_python, lora_rank
+from peft_transfer.vllm_server import (
+    VLLMUnavailableError,
+    _served_rank,
+    find_python,
+    lora_rank,
+)
 
 
 def test_an_unknown_backend_is_a_config_error(config_only):
@@ -143,12 +148,12 @@ def test_sampling_repeats_under_the_same_torch_seed_and_varies_per_prompt(served
 
 
 def test_a_transfer_writes_candidates_and_labels_through_vllm(hd32, tmp_path):
+    from conftest import FAST
+
     from peft_transfer import Transfer, TransferConfig
     from peft_transfer.rundir import RunDir, read_json
     from peft_transfer.tasks import make_task
     from peft_transfer.testing import task_files
-
-    from conftest import FAST
 
     files = task_files(make_task("sort_letters", n_train=40, n_test=8, seed=0), str(tmp_path / "task"))
     # The served adapter is the source adapter; unfiltered, so that only the generating stages run.
