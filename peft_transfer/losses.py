@@ -211,9 +211,14 @@ def token_divergence(
     return _reduce(total, student.shape[0], num_items_in_batch)
 
 
-def forward_kl(student_logits, teacher_logits, labels, *, temperature=1.0, ignore_index=-100, num_items_in_batch=None):
-    """
-    KL(teacher ‖ student) per completion token, averaged: [`token_divergence`] with `kind="forward_kl"`.
+def _kl(kind: str, summary: str):
+    def loss(student_logits, teacher_logits, labels, *, temperature=1.0, ignore_index=-100, num_items_in_batch=None):
+        return token_divergence(student_logits, teacher_logits, labels, kind=kind, temperature=temperature,
+                                ignore_index=ignore_index, num_items_in_batch=num_items_in_batch)
+
+    loss.__name__ = loss.__qualname__ = kind
+    loss.__doc__ = f"""
+    {summary} per completion token, averaged: [`token_divergence`] with `kind="{kind}"`.
 
     Args:
         student_logits (`torch.Tensor`): `(batch, length, vocab)`.
@@ -226,41 +231,11 @@ def forward_kl(student_logits, teacher_logits, labels, *, temperature=1.0, ignor
     Returns:
         `torch.Tensor`: scalar loss, float32 (float64 for float64 inputs).
     """
-    return token_divergence(
-        student_logits,
-        teacher_logits,
-        labels,
-        kind="forward_kl",
-        temperature=temperature,
-        ignore_index=ignore_index,
-        num_items_in_batch=num_items_in_batch,
-    )
+    return loss
 
 
-def reverse_kl(student_logits, teacher_logits, labels, *, temperature=1.0, ignore_index=-100, num_items_in_batch=None):
-    """
-    KL(student ‖ teacher) per completion token, averaged: [`token_divergence`] with `kind="reverse_kl"`.
-
-    Args:
-        student_logits (`torch.Tensor`): `(batch, length, vocab)`.
-        teacher_logits (`torch.Tensor`): `(batch, length, vocab)`, detached inside.
-        labels (`torch.Tensor`): unshifted `(batch, length)`, `ignore_index` off the completion.
-        temperature (`float`, *optional*, defaults to `1.0`): softens both distributions; no `T²` factor.
-        ignore_index (`int`, *optional*, defaults to `-100`).
-        num_items_in_batch (`int` or `torch.Tensor`, *optional*): divide the sum by this instead of the token count.
-
-    Returns:
-        `torch.Tensor`: scalar loss, float32 (float64 for float64 inputs).
-    """
-    return token_divergence(
-        student_logits,
-        teacher_logits,
-        labels,
-        kind="reverse_kl",
-        temperature=temperature,
-        ignore_index=ignore_index,
-        num_items_in_batch=num_items_in_batch,
-    )
+forward_kl = _kl("forward_kl", "KL(teacher ‖ student)")
+reverse_kl = _kl("reverse_kl", "KL(student ‖ teacher)")
 
 
 def jsd(

@@ -64,7 +64,7 @@ def run_client(server: HubServer, home: Path, code: str, *, xet: bool, token: st
     if token is not None:
         env["HF_TOKEN"] = server.token if token == "default" else token
     # The client needs only `peft_transfer.hub` (huggingface_hub): a bare package module skips the package
-    # `__init__`, which imports torch and trl (~5 s per process on 2 cores); hub.py itself runs unchanged.
+    # `__init__`, which imports torch and trl (~5 s per process on 2 cores); the hub package itself runs unchanged.
     header = (
         "import json, sys, types\n"
         f"pkg = types.ModuleType('peft_transfer'); pkg.__path__ = [{str(ROOT / 'peft_transfer')!r}]\n"
