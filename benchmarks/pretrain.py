@@ -39,7 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from peft_transfer.corpus import generic_corpus
 from peft_transfer.data import generator_prompt, parse_candidate
-from peft_transfer.tasks import TASKS, WEEKDAYS, WORDS, _pseudo_word, make_task
+from peft_transfer.tasks import TASKS, WEEKDAYS, WORDS, pseudo_word, make_task
 from peft_transfer.testing import TinyFamily, build_model, build_tokenizer, save_family
 
 PROBE_TASKS = tuple(TASKS)  # every family
@@ -132,7 +132,7 @@ def _slot(rng: random.Random):
         return lambda r: str(r.randint(0, b))
     if kind == 3:  # pseudo-word, maybe quoted
         q = rng.choice(("", "", "'", '"'))
-        return lambda r: q + _pseudo_word(r, 1, 4) + q
+        return lambda r: q + pseudo_word(r, 1, 4) + q
     if kind == 4:  # words
         q = rng.choice(("", "'"))
         return lambda r: q + sep.join(r.choice(WORDS) for _ in range(r.randint(min(lo, 3), min(hi, 4)))) + q
@@ -196,7 +196,7 @@ def _copy_token(rng: random.Random) -> str:
     if kind < 0.35:
         return rng.choice(_TEMPLATE_WORDS)
     if kind < 0.55:
-        return _pseudo_word(rng, 1, 3)
+        return pseudo_word(rng, 1, 3)
     if kind < 0.7:
         return str(rng.randint(0, rng.choice((9, 99, 999))))
     if kind < 0.85:

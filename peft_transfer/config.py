@@ -175,7 +175,7 @@ class TransferConfig:
     )
     answer_stop: str | None = field(default="\n", metadata={"help": "Answers are cut at this string (None: keep all)."})
 
-    # Distillation (stage 6) and the other trainings
+    # Distillation (the target_adapter stage) and the other trainings
     loss_type: str = field(default="sequence", metadata={"help": f"One of {LOSS_TYPES}; token-level ones need a shared vocabulary."})
     sequence_weight: float = field(
         default=0.0,

@@ -1,4 +1,4 @@
-"""The pretraining corpus of the trained-here world (DESIGN.md §4): what the tiny base models learn from.
+"""The pretraining corpus of the trained-here world: what the tiny base models learn from.
 
 A document is a few blocks separated by a blank line; each block is one of three kinds:
 
@@ -6,7 +6,7 @@ A document is a few blocks separated by a blank line; each block is one of three
   answer format — `"{input}\\nAnswer:"` followed by `" {target}"` — so a base model gets partial skill on each
   family but never sees a specific task's template (`TaskFamily.specific_pattern`) or any input in `exclude`.
 - **list**: `Here are 10 examples:\\n1. {x1}\\n2. {x2}\\n...` — exactly the list format of the generator prompt
-  (DESIGN.md §2, stage 3), with the items of one list all drawn from one generic format or one miscellaneous
+  (synthesis), with the items of one list all drawn from one generic format or one miscellaneous
   short-text family, so that a base model learns to continue a numbered list with a plausible new item.
 - **filler**: simple procedurally generated sentences, so the models also see ordinary text.
 
@@ -19,7 +19,7 @@ import random
 from collections import Counter
 from typing import Iterable
 
-from .tasks import TASKS, WEEKDAYS, WORDS, Sample, _pseudo_word
+from .tasks import TASKS, WEEKDAYS, WORDS, Sample, pseudo_word
 
 ANSWER_PREFIX = "\nAnswer:"  # the prompt is f"{input}{ANSWER_PREFIX}", the completion f" {target}"
 LIST_HEADER = "Here are {n} examples:"
@@ -71,7 +71,7 @@ MISC_ITEM_FAMILIES = {
     "sentence": _sentence,
     "question": _misc_question,
     "thing": lambda rng: f"a {rng.choice(_COLORS)} {rng.choice(WORDS)}",
-    "pseudo_word": lambda rng: _pseudo_word(rng, 1, 4),
+    "pseudo_word": lambda rng: pseudo_word(rng, 1, 4),
     "sequence": lambda rng: (lambda a, d: ", ".join(str(a + d * i) for i in range(4)))(rng.randint(0, 20), rng.randint(1, 9)),
 }
 

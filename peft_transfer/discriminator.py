@@ -1,4 +1,4 @@
-"""The discriminator: train it (stage 2), score candidates with it and filter them (stage 4).
+"""The discriminator: train it (the discriminator stage), score candidates with it and filter them (synthesis).
 
 It is a PEFT adapter on an LLM that answers `{x}\\nIs the above question from the {task} dataset?` with "yes" for
 real task inputs and "no" for inputs the source base made up. Filtering never samples a reply: one forward pass per

@@ -1,4 +1,4 @@
-"""Stage 7 (first half): accuracy on held-out real data, and the transfer's report.
+"""The evaluation stage: accuracy on held-out real data, and the transfer's printed report.
 
 The report compares the three models a user cares about — the source base with its adapter, the target base
 alone and the target base with the transferred adapter — on the same held-out examples, with exact match of the

@@ -1,4 +1,4 @@
-"""Distillation losses for stage 6 (teacher Ms+θs -> student Mt+θt): pure tensor functions, no trainer code.
+"""Distillation losses of the target_adapter stage (teacher Ms+θs -> student Mt+θt): pure tensor functions, no trainer code.
 
 Two families:
 

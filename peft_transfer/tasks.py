@@ -1,4 +1,4 @@
-"""Procedurally generated tasks for the trained-here quality benchmark (DESIGN.md §4).
+"""Procedurally generated tasks for the trained-here quality benchmark.
 
 No pretrained LLM can be downloaded here, so the benchmark trains tiny base models from scratch and measures
 Trans-LoRA's claims on tasks made up below. Each task family has two faces:
@@ -53,7 +53,7 @@ _VOWELS = "aeiou"
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
-def _pseudo_word(rng: random.Random, min_syllables: int = 2, max_syllables: int = 4) -> str:
+def pseudo_word(rng: random.Random, min_syllables: int = 2, max_syllables: int = 4) -> str:
     """A pronounceable non-word (`"tomilaka"`): a large input space with no dictionary."""
     n = rng.randint(min_syllables, max_syllables)
     return "".join(rng.choice(_CONSONANTS) + rng.choice(_VOWELS) for _ in range(n))
@@ -220,7 +220,7 @@ _COUNT_GENERIC: tuple[Sampler, ...] = (
     ),
     lambda rng: (lambda w: (f"Count the vowels in {w}.", str(sum(ch in _VOWELS for ch in w))))(rng.choice(WORDS)),
     lambda rng: (lambda ws: (f"Number of words in '{' '.join(ws)}':", str(len(ws))))(_words(rng, 1, 6)),
-    lambda rng: (lambda w: (f"Length of '{w}':", str(len(w))))(_pseudo_word(rng, 1, 4)),
+    lambda rng: (lambda w: (f"Length of '{w}':", str(len(w))))(pseudo_word(rng, 1, 4)),
 )
 
 
@@ -289,15 +289,15 @@ _WEEKDAY_GENERIC: tuple[Sampler, ...] = (
 
 
 def _reverse_specific(rng: random.Random) -> Sample:
-    w = _pseudo_word(rng, 2, 4)
+    w = pseudo_word(rng, 2, 4)
     return f"Spell '{w}' backwards.", w[::-1]
 
 
 _REVERSE_GENERIC: tuple[Sampler, ...] = (
-    lambda rng: (lambda w: (f"reverse: {w} ->", w[::-1]))(rng.choice(WORDS) if rng.random() < 0.5 else _pseudo_word(rng, 1, 3)),
-    lambda rng: (lambda w: (f"Write {w} in reverse:", w[::-1]))(_pseudo_word(rng, 1, 4)),
+    lambda rng: (lambda w: (f"reverse: {w} ->", w[::-1]))(rng.choice(WORDS) if rng.random() < 0.5 else pseudo_word(rng, 1, 3)),
+    lambda rng: (lambda w: (f"Write {w} in reverse:", w[::-1]))(pseudo_word(rng, 1, 4)),
     lambda rng: (lambda w: (f"Uppercase: {w}", w.upper()))(rng.choice(WORDS)),
-    lambda rng: (lambda w: (f"Double each letter: {w}", "".join(ch * 2 for ch in w)))(_pseudo_word(rng, 1, 3)),
+    lambda rng: (lambda w: (f"Double each letter: {w}", "".join(ch * 2 for ch in w)))(pseudo_word(rng, 1, 3)),
     lambda rng: (lambda w: (f"Capitalize {w}.", w.capitalize()))(rng.choice(WORDS)),
 )
 

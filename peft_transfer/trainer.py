@@ -1,4 +1,5 @@
-"""`DistillationTrainer`: stage 6, a fresh adapter on the target base learns from the teacher (source base + adapter).
+"""`DistillationTrainer`, the trainer of the target_adapter stage: a fresh adapter on the target base learns from the
+teacher (source base + adapter).
 
 Why a subclass of `trl.SFTTrainer`: the paper's loss is sequence-level KD, i.e. cross-entropy on the teacher's
 completions, which *is* SFT on a prompt/completion dataset with the loss on completion tokens only. `SFTTrainer`
