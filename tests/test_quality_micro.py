@@ -110,9 +110,14 @@ def test_micro_run_writes_every_table_and_plot(tmp_path):
     for pair in ("same", "cross"):
         assert t["table9"][pair]["count_letters"]["accepted"] is not None
         assert t["table9"][pair]["count_letters"]["unfiltered"] is not None
-    for claim in result["claims"].values():
-        for verdict in (claim.values() if "holds" not in claim else [claim]):
-            assert verdict["holds"] in (True, False)
+    # Each verdict follows from the numbers it states.
+    for pair, v in result["claims"]["a_translora_ge_max_source_target_on_average"].items():
+        avg = t["table1"][pair]["average"]
+        assert v["holds"] == (avg["translora"] >= max(avg["source_lora"], avg["target_base"])), pair
+    for pair, v in result["claims"]["b_translora_ge_source_minus_2_points_every_task"].items():
+        assert v["holds"] == (v["worst_gap"] >= -0.02), pair
+    for pair, v in result["claims"]["d_mmd_accepted_below_unfiltered_every_task"].items():
+        assert v["holds"] == (v["tasks_lower"] == v["tasks"]), pair
 
     md = (out / "results.md").read_text()
     for heading in ("Table 1", "Table 5", "Table 6", "Table 7", "Table 9", "Fig. 5", "Claims"):
