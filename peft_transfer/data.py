@@ -52,9 +52,12 @@ def load_examples(path: str, *, require_target: bool = False, what: str = "task 
     for i, row in numbered:
         if not isinstance(row, dict) or not isinstance(row.get("input"), str):
             raise DataError(f"Line {i} of the {what} {path!r} has no string 'input' field: use {{\"input\": \"...\"}}.")
-        if require_target and not isinstance(row.get("target"), str):
+        target = row.get("target")
+        if isinstance(target, (int, float)) and not isinstance(target, bool):
+            target = str(target)  # numbers are common answers in hand-made files
+        if require_target and not isinstance(target, str):
             raise DataError(f"Line {i} of the {what} {path!r} has no string 'target' field, which is needed here.")
-        examples.append({"input": row["input"], **({"target": row["target"]} if "target" in row else {})})
+        examples.append({"input": row["input"], **({"target": target} if target is not None else {})})
     if not examples:
         raise DataError(f"The {what} {path!r} holds no examples.")
     return examples
@@ -168,7 +171,7 @@ def discriminator_prompt(tokenizer, text: str, task_name: str) -> str:
 # Deduplication
 
 
-def normalize(text: str) -> str:
+def duplicate_key(text: str) -> str:
     """Case-, accent- and whitespace-insensitive form used for duplicate checks."""
     text = unicodedata.normalize("NFKC", text).casefold()
     return " ".join(re.sub(r"[^\w\s]", " ", text).split())
@@ -178,12 +181,12 @@ class Deduplicator:
     """Remembers what was seen; drops exact and normalized duplicates and copies of the seeds."""
 
     def __init__(self, seeds: list[str] = ()):
-        self.seeds = {normalize(s) for s in seeds}
+        self.seeds = {duplicate_key(s) for s in seeds}
         self.seen: set[str] = set()
         self.dropped = {"duplicate": 0, "seed_copy": 0}
 
     def add(self, text: str) -> bool:
-        key = normalize(text)
+        key = duplicate_key(text)
         if key in self.seeds:
             self.dropped["seed_copy"] += 1
             return False

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from .data import load_examples
+
 MAX_INPUT_CHARS = 80
 MAX_TARGET_CHARS = 20
 
@@ -497,36 +499,6 @@ def make_task(name: str, *, n_train: int = 250, n_test: int = 500, n_seeds: int 
     return Task(name, family.description, train, test, _pick_seeds(train, n_seeds, rng))
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise FileNotFoundError(f"task file not found: {path}")
-    samples = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: line {lineno} is not valid JSON ({e.msg})") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}: line {lineno} must be a JSON object with 'input' and 'target'")
-            for key in ("input", "target"):
-                if key not in record:
-                    raise ValueError(f"{path}: line {lineno} has no {key!r} key (found: {sorted(record)})")
-                value = record[key]
-                # Numbers are common answers in hand-made files; anything else is a mistake worth stopping on.
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    value = str(value)
-                if not isinstance(value, str):
-                    raise ValueError(f"{path}: line {lineno}: {key!r} must be a string, got {type(value).__name__}")
-                record[key] = value
-            samples.append({"input": record["input"], "target": record["target"]})
-    if not samples:
-        raise ValueError(f"{path}: file is empty (expected one JSON object per line)")
-    return samples
-
-
 def load_task_files(
     train_file: str | Path,
     test_file: str | Path,
@@ -547,10 +519,10 @@ def load_task_files(
         seeds_file (`str` or `Path`, *optional*): fixed seeds (as `write_task` writes them).
     """
     train_path, test_path = Path(train_file), Path(test_file)
-    train, test = _read_jsonl(train_path), _read_jsonl(test_path)
+    train, test = (load_examples(str(p), require_target=True) for p in (train_path, test_path))
     name = name or train_path.resolve().parent.name
     if seeds_file is not None:
-        seeds = _read_jsonl(Path(seeds_file))
+        seeds = load_examples(str(seeds_file), require_target=True)
     else:
         seeds = _pick_seeds(train, n_seeds, random.Random(f"{name}:seeds:{seed}"))
     overlap = {s["input"] for s in train} & {s["input"] for s in test}

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from trl import SFTConfig, SFTTrainer
 
+from .citation import CITATION
 from .config import LINEAGE_FILE
 from .config import LOSS_TYPES as KD_LOSSES
 
@@ -126,16 +127,7 @@ class DistillationTrainer(SFTTrainer):
     _paper = {
         "title": "Trans-LoRA: towards data-free Transferable Parameter Efficient Finetuning",
         "id": "2405.17258",
-        "citation": (
-            "@inproceedings{wang2024translora,\n"
-            "    title     = {{Trans-LoRA: towards data-free Transferable Parameter Efficient Finetuning}},\n"
-            "    author    = {Runqian Wang and Soumya Ghosh and David Cox and Diego Antognini and Aude Oliva and "
-            "Rogerio Feris and Leonid Karlinsky},\n"
-            "    booktitle = {Advances in Neural Information Processing Systems},\n"
-            "    year      = 2024,\n"
-            "    eprint    = {arXiv:2405.17258}\n"
-            "}"
-        ),
+        "citation": CITATION,
     }
 
     def __init__(self, model=None, teacher_model=None, args: DistillationConfig | None = None, *,

@@ -294,28 +294,30 @@ def test_load_accepts_blank_lines_and_numbers(tmp_path):
 @pytest.mark.parametrize(
     "lines, message",
     [
-        (['{"input": "a", "target": "b"}', '{"input": "c", "target": '], r"line 2 is not valid JSON"),
-        (['{"input": "a", "target": "b"}', "", '{"input": "c"}'], r"line 3 has no 'target' key"),
-        (['{"target": "b"}'], r"line 1 has no 'input' key"),
-        (["[1, 2]"], r"line 1 must be a JSON object"),
-        (['{"input": "a", "target": null}'], r"line 1: 'target' must be a string"),
-        ([], r"file is empty"),
-        (["", "  "], r"file is empty"),
+        (['{"input": "a", "target": "b"}', '{"input": "c", "target": '], r"Line 2 of .* is not valid JSON"),
+        (['{"input": "a", "target": "b"}', "", '{"input": "c"}'], r"Line 3 of .* has no string 'target' field"),
+        (['{"target": "b"}'], r"Line 1 of .* has no string 'input' field"),
+        (["[1, 2]"], r"Line 1 of .* has no string 'input' field"),
+        (['{"input": "a", "target": null}'], r"Line 1 of .* has no string 'target' field"),
+        ([], r"holds no examples"),
+        (["", "  "], r"holds no examples"),
     ],
 )
 def test_load_errors(tmp_path, lines, message):
+    from peft_transfer.data import DataError
+
     good = _write(tmp_path / "good.jsonl", ['{"input": "x", "target": "y"}'])
     bad = _write(tmp_path / "bad.jsonl", lines)
-    with pytest.raises(ValueError, match=message) as info:
+    with pytest.raises(DataError, match=message) as info:
         load_task_files(bad, good, n_seeds=0)
     assert "bad.jsonl" in str(info.value)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(DataError, match=message):
         load_task_files(good, bad, n_seeds=0)
 
 
 def test_load_missing_file_and_overlap(tmp_path):
     good = _write(tmp_path / "train.jsonl", ['{"input": "x", "target": "y"}'])
-    with pytest.raises(FileNotFoundError, match="task file not found: .*nope.jsonl"):
+    with pytest.raises(ValueError, match="nope.jsonl' does not exist"):
         load_task_files(good, tmp_path / "nope.jsonl")
     with pytest.raises(ValueError, match="n_seeds=5"):
         load_task_files(good, good)  # one train sample cannot give five seeds

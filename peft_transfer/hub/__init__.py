@@ -19,10 +19,10 @@ Hugging Face user expects. Notable choices:
 
 from __future__ import annotations
 
+from ..citation import CITATION
 from .cards import adapter_card, discriminator_card, merge_card, synthetic_dataset_card
 from .common import (
     ADAPTER_FILES,
-    CITATION,
     DATASET_KEYS,
     DISCRIMINATOR_KEYS,
     EVALUATION_KEYS,

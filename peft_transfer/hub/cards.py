@@ -12,9 +12,9 @@ from huggingface_hub import (
     ModelCardData,
 )
 
+from ..citation import CITATION
 from .common import (
     _START_PREFIX,
-    CITATION,
     DATASET_KEYS,
     DISCRIMINATOR_KEYS,
     EVALUATION_KEYS,

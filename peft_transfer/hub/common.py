@@ -36,16 +36,6 @@ SECTION_START = "<!-- peft-transfer:start (this section is rewritten on every pu
 SECTION_END = "<!-- peft-transfer:end -->"
 _START_PREFIX = "<!-- peft-transfer:start"
 
-CITATION = """@inproceedings{wang2024translora,
-  title     = {Trans-LoRA: towards data-free Transferable Parameter Efficient Finetuning},
-  author    = {Runqian Wang and Soumya Ghosh and David Cox and Diego Antognini and Aude Oliva and
-               Rogerio Feris and Leonid Karlinsky},
-  booktitle = {Advances in Neural Information Processing Systems (NeurIPS)},
-  year      = {2024},
-  eprint    = {2405.17258},
-  archivePrefix = {arXiv},
-}"""
-
 LINEAGE_KEYS = {
     "source_model", "source_model_revision", "source_adapter", "source_adapter_revision", "target_model",
     "target_model_revision", "discriminator", "generator", "task_name", "num_seeds", "num_accepted",

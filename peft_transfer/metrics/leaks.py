@@ -42,13 +42,13 @@ class NearDuplicate:
 _WHITESPACE = re.compile(r"\s+")
 
 
-def _normalize(text: str) -> str:
+def _overlap_form(text: str) -> str:
     """NFKC, case-folded, whitespace runs collapsed to one space: "Hello  World" and "hello world" are equal."""
     return _WHITESPACE.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
 
 
 def _char_ngrams(text: str, n: int) -> set[str]:
-    text = _normalize(text)
+    text = _overlap_form(text)
     if not text:
         return set()
     # A text shorter than n is its own single "n-gram": it then matches only an identical short text.
@@ -131,7 +131,7 @@ def near_duplicates(
     if ignore_template and n_refs >= 3:
         frequency = Counter(gram for grams in reference_grams for gram in grams)
         template = {gram for gram, count in frequency.items() if 2 * count >= n_refs}
-    exact = {_normalize(reference): index for index, reference in enumerate(references)}
+    exact = {_overlap_form(reference): index for index, reference in enumerate(references)}
 
     # Inverted index: n-gram -> indices of the references containing it.
     postings_lists: dict[str, list[int]] = {}
@@ -171,7 +171,7 @@ def near_duplicates(
             reference_index = int(best[row]) if shared[row, best[row]] > 0 else None
             verbatim = False
             if not exclude_self:  # (with it, a repeated reference already overlaps its twin fully)
-                same = exact.get(_normalize(candidate))
+                same = exact.get(_overlap_form(candidate))
                 if same is not None:  # a verbatim copy, whatever the template
                     overlap, reference_index, verbatim = 1.0, same, True
             results.append(NearDuplicate(overlap, reference_index, verbatim or overlap >= threshold))
