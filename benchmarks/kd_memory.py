@@ -27,7 +27,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 # Run as a script (`python benchmarks/kd_memory.py`) as well as a module: make the package importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -35,7 +34,6 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from peft_transfer.losses import chunked_token_divergence, mixed_loss  # noqa: E402
-
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 VARIANTS = ("naive", "chunked")

@@ -39,7 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from peft_transfer.corpus import generic_corpus
 from peft_transfer.data import generator_prompt, parse_candidate
-from peft_transfer.tasks import TASKS, WEEKDAYS, WORDS, pseudo_word, make_task
+from peft_transfer.tasks import TASKS, WEEKDAYS, WORDS, make_task, pseudo_word
 from peft_transfer.testing import TinyFamily, build_model, build_tokenizer, save_family
 
 PROBE_TASKS = tuple(TASKS)  # every family

@@ -69,7 +69,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 SOURCE, SAME, CROSS = "tiny-llama", "tiny-llama-b", "tiny-gemma"
 
 # Transfer settings shared by every row of a size (TransferConfig field names). The paper's lr 2e-5 / 20 epochs
-# are for 7B models; these tiny from-scratch bases need the demo's larger steps (peft_transfer.testing.DEMO_SETTINGS).
+# are for 7B models; these tiny from-scratch bases need the demo's larger steps (peft_transfer.demos.TINY_DEMO_SETTINGS).
 _ALL_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 SIZES = {
     "micro": dict(
@@ -143,7 +143,15 @@ def build_same_family_target(source: str, path: str, spec: dict, seed: int = 1) 
     import torch
     from transformers import AutoTokenizer
 
-    from benchmarks.pretrain import MIXTURE, BaseSpec, build_base, pack, pretraining_corpus, save_base, train
+    from benchmarks.pretrain import (
+        MIXTURE,
+        BaseSpec,
+        build_base,
+        pack,
+        pretraining_corpus,
+        save_base,
+        train,
+    )
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
@@ -248,7 +256,6 @@ def baseline_accuracies(cfg) -> dict:
 def run_task(task_dir: str, task_name: str, description: str, size_name: str, bases: dict, seed: int) -> list[dict]:
     """Every row of one task (the task's files are in `task_dir/data`); writes and returns `task_dir/rows.json`."""
     import torch
-
     from datasets import load_from_disk
 
     from peft_transfer import Transfer, TransferConfig

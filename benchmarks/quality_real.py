@@ -46,7 +46,15 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
 from benchmarks.quality import (  # noqa: E402
-    _mean, _on_every_task, _pct, _prepare, _verdict, _versions, claims_ab_lines, random_text, table9_lines,
+    _mean,
+    _on_every_task,
+    _pct,
+    _prepare,
+    _verdict,
+    _versions,
+    claims_ab_lines,
+    random_text,
+    table9_lines,
 )
 
 MODELS = {

@@ -106,9 +106,9 @@ def random_world(folder: str, preset_name: str) -> dict:
     """Source and target: random-weight Llama models of a preset's shapes, built on the device (no files); random
     LoRA adapters for the teacher and the discriminator. For timing only."""
     from peft import LoraConfig, get_peft_model
+    from stage_throughput import PRESETS, Words, build_base, build_tokenizer
 
     from peft_transfer.modeling import default_device, torch_dtype
-    from stage_throughput import PRESETS, Words, build_base, build_tokenizer
 
     preset = PRESETS[preset_name]
     tokenizer = build_tokenizer(preset, Words(0))
@@ -281,8 +281,20 @@ def main(argv=None) -> dict:
     args = make_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from peft_transfer.data import generator_prompt, generator_stop_strings, load_seeds, parse_candidate, task_prompt
-    from peft_transfer.modeling import load_adapter, load_base, load_tokenizer, strip_adapters, torch_dtype
+    from peft_transfer.data import (
+        generator_prompt,
+        generator_stop_strings,
+        load_seeds,
+        parse_candidate,
+        task_prompt,
+    )
+    from peft_transfer.modeling import (
+        load_adapter,
+        load_base,
+        load_tokenizer,
+        strip_adapters,
+        torch_dtype,
+    )
 
     tmp = tempfile.mkdtemp(prefix="speed-")
     cfg = dict(REAL) if args.world == "real" else tiny_world(tmp) if args.world == "tiny" else random_world(tmp, args.preset)

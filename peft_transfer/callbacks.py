@@ -105,8 +105,8 @@ def _settings(config: TransferConfig | None, overrides: dict) -> SimpleNamespace
     """The synthesis, filter and labelling settings: a `TransferConfig`'s, or its defaults, with `overrides`.
 
     A namespace rather than a `TransferConfig`, because a user's own script has no source/target model paths to give
-    and `TransferConfig` requires them; the values are still validated by `TransferConfig.__post_init__` (with
-    `demo=True`, which only lifts the model and file requirements).
+    and `TransferConfig` requires them; the values are still validated as a config's are
+    (`TransferConfig.check_settings`, which only lifts the model and file requirements).
     """
     if config is not None:
         values = config.to_dict(redact=False)
@@ -116,7 +116,7 @@ def _settings(config: TransferConfig | None, overrides: dict) -> SimpleNamespace
     if unknown:
         raise TypeError(f"Unknown settings {unknown}: use the names of `TransferConfig`'s fields.")
     values.update(overrides)
-    TransferConfig(**{**values, "demo": True})  # validation only
+    TransferConfig.check_settings(values)
     return SimpleNamespace(**values)
 
 

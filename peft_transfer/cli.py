@@ -179,8 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] in (["-h"], ["--help"]) and command == "run" and not argv[1:]:
         print(__doc__)
     quiet_libraries()
-    defaults = {"demo": lambda: demos.REAL_DEMO_SETTINGS, "demo-tiny": demos.tiny_demo_settings}.get(
-        command, dict)()
+    defaults = {"demo": demos.REAL_DEMO_SETTINGS, "demo-tiny": demos.TINY_DEMO_SETTINGS}.get(command, {})
     return run_cli(lambda config: pipeline.run_transfer(config), argv, debug=debug, **defaults)
 
 

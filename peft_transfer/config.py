@@ -265,15 +265,21 @@ class TransferConfig:
                           "that a killed run resumes mid-training; 0: no checkpoints."},
     )
     seed: int = field(default=42, metadata={"help": "Seed of every random choice."})
-    demo: bool = field(
-        default=False,
-        metadata={"help": "Build the tiny local models and the built-in task; they fill any model or file left empty."},
-    )
-    demo_pretrain_steps: int = field(default=1500, metadata={"help": "Pretraining steps of each tiny demo base."})
 
     def __post_init__(self):
         if self.learning_rate is None:
             self.learning_rate = 2e-3 if self.peft_type in ("prompt_tuning", "prefix_tuning") else 2e-5
+        self._validate(require_paths=True)
+
+    @classmethod
+    def check_settings(cls, values: dict) -> None:
+        """Validate `values` (every field) as a config is validated, without the models and files a transfer needs:
+        for settings used outside a transfer (`SyntheticFilterCallback` in a user's own script)."""
+        config = object.__new__(cls)
+        config.__dict__.update(values)
+        config._validate(require_paths=False)
+
+    def _validate(self, *, require_paths: bool) -> None:
         problems = []
         for name in ("peft_type", "source_peft_type"):
             if getattr(self, name) not in PEFT_TYPES:
@@ -325,10 +331,11 @@ class TransferConfig:
             problems.append(f"vllm_kv_cache_gb must be at least 1 (got {self.vllm_kv_cache_gb}).")
         if self.dtype not in ("auto", "bfloat16", "float16", "float32"):
             problems.append(f"dtype={self.dtype!r}: use 'auto', 'bfloat16', 'float16' or 'float32'.")
-        if not self.demo:
+        if require_paths:
             for name in ("source_model", "target_model"):
                 if not getattr(self, name):
-                    problems.append(f"{name} is required (a local path or a Hub id), or set `demo: true`.")
+                    problems.append(f"{name} is required (a local path, a Hub id or a packaged model), or run "
+                                    "`peft-transfer demo`.")
             if not self.source_adapter and not self.train_file:
                 problems.append("Give `source_adapter`, or `train_file` so that one can be trained.")
             if not self.discriminator_adapter and not self.train_file and self.filter_mode == "discriminator":

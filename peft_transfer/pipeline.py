@@ -67,8 +67,6 @@ class Transfer:
             attn_implementation=config.attn_implementation, cache_implementation=config.cache_implementation,
             token=config.hub_token)
         preflight.check_output_dir(config.output_dir)
-        if config.demo:
-            self._fill_demo_settings()
         self.tracker = StageTracker(config, self.dirs)
         self._seeds = None
         self._records = None
@@ -278,18 +276,6 @@ class Transfer:
             self._seeds = load_seeds(self.config.seed_file or self.config.train_file, self.config.num_seeds)
         return self._seeds
 
-    def _fill_demo_settings(self):
-        from .testing import build_demo_assets
-
-        cfg = self.config
-        assets = build_demo_assets(self.dirs.demo_assets, pretrain_steps=cfg.demo_pretrain_steps, seed=cfg.seed)
-        task_name = assets.pop("task_name")
-        for key, value in assets.items():
-            if not getattr(cfg, key):
-                setattr(cfg, key, value)
-        if cfg.task_name == "task":
-            cfg.task_name = task_name
-
     @property
     def source_adapter(self) -> str:
         return self.config.source_adapter or self.dirs.source_adapter
@@ -489,9 +475,7 @@ def chain_configs(config: TransferConfig) -> list[TransferConfig]:
     """
     if not config.chain_targets:
         return [config]
-    if config.demo:
-        Transfer(config, show_progress=False)  # fills the demo's models and files into `config`
-    first = dataclasses.replace(config, chain_targets=None, demo=False, push_to_hub=False, hub_dataset_id=None)
+    first = dataclasses.replace(config, chain_targets=None, push_to_hub=False, hub_dataset_id=None)
     hops = [first]
     for k, target in enumerate(config.chain_targets, start=2):
         previous = hops[-1]

@@ -67,10 +67,6 @@ class RunDir:
         return self("synthesis_progress.jsonl")
 
     @property
-    def demo_assets(self) -> str:
-        return self("demo_assets")
-
-    @property
     def tracking(self) -> str:
         """Where local trackers (TensorBoard) write the run: every stage, one run."""
         return self("tracking")

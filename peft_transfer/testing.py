@@ -23,31 +23,6 @@ import torch
 DEMO_TASK = "sort_letters"  # a family of `peft_transfer.tasks`
 DEMO_MODELS = os.path.join(os.path.dirname(__file__), "demo_models")  # committed, pretrained bases (if present)
 
-# What `peft-transfer demo-tiny` runs; recipes/demo-tiny.yaml holds the same values (a test checks they agree).
-DEMO_SETTINGS = dict(
-    demo=True,
-    output_dir="runs/demo",
-    num_samples=1000,  # more than the paper's 250: the tiny target learns the task from more samples (Fig. 5)
-    candidate_budget=12000,
-    generation_batch_size=64,
-    max_candidate_tokens=48,
-    label_max_new_tokens=24,
-    learning_rate=2e-3,
-    num_train_epochs=10,
-    source_learning_rate=2e-3,
-    source_epochs=6,
-    discriminator_learning_rate=1e-3,
-    # The source base writes the task's format well, so its negatives are hard to tell from real inputs: with fewer
-    # epochs the tiny discriminator says "yes" to everything.
-    discriminator_epochs=6,
-    lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-    lora_r=16,
-    lora_alpha=32,
-    max_eval_samples=400,
-    logging_steps=50,
-)
-
-
 @dataclass
 class TinyFamily:
     """How to build one tiny model family."""

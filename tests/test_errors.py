@@ -50,7 +50,7 @@ def test_missing_seed_file_is_one_line_and_status_2_before_any_model_is_loaded(t
 
 def test_recipe_script_ends_the_same_way(tmp_path):
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text("demo: true\nnum_sampels: 40\n")
+    recipe.write_text("source_model: s\ntarget_model: t\ntrain_file: x.jsonl\nnum_sampels: 40\n")
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, "recipes", "transfer.py"), "--config", str(recipe)],
         capture_output=True, text=True, cwd=ROOT, timeout=300,
@@ -88,11 +88,11 @@ def test_typo_in_recipe_names_the_closest_setting(tmp_path, capsys, monkeypatch)
 
 def test_typo_in_flag_and_bad_value_are_one_line(capsys, monkeypatch):
     monkeypatch.delenv("PEFT_TRANSFER_DEBUG", raising=False)
-    assert main(["run", "--demo", "true", "--num_sampels", "40"]) == 2
+    assert main(["demo-tiny", "--num_sampels", "40"]) == 2
     assert capsys.readouterr().err == (
         "error: Unknown setting '--num_sampels' on the command line: did you mean '--num_samples'?\n"
     )
-    assert main(["run", "--demo", "true", "--num_samples", "many"]) == 2
+    assert main(["demo-tiny", "--num_samples", "many"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "usage:" not in err  # not argparse's usage of a hundred settings
     assert err.startswith("error: argument --num_samples") and "invalid int value: 'many'" in err
@@ -100,7 +100,7 @@ def test_typo_in_flag_and_bad_value_are_one_line(capsys, monkeypatch):
 
 def test_impossible_settings_are_one_message(capsys, monkeypatch):
     monkeypatch.delenv("PEFT_TRANSFER_DEBUG", raising=False)
-    assert main(["run", "--demo", "true", "--loss_type", "kl"]) == 2
+    assert main(["demo-tiny", "--loss_type", "kl"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: Invalid TransferConfig:\n- loss_type='kl' is not one of")
     assert "Traceback" not in err
@@ -148,16 +148,16 @@ def test_ctrl_c_says_where_the_finished_stages_are(tmp_path, capsys, monkeypatch
     monkeypatch.delenv("PEFT_TRANSFER_DEBUG", raising=False)
     monkeypatch.setattr(peft_transfer.pipeline, "run_transfer", interrupted)
     out = str(tmp_path / "run")
-    assert main(["run", "--demo", "true", "--output_dir", out]) == 130
+    assert main(["demo-tiny", "--output_dir", out]) == 130
     assert capsys.readouterr().err == (
         f"Interrupted. Finished stages are kept in {out} (no finished stage yet); run the same command to resume.\n"
     )
     os.makedirs(os.path.join(out, "source_adapter"))
     open(os.path.join(out, "synthesis_progress.jsonl"), "w").close()
-    assert main(["run", "--demo", "true", "--output_dir", out]) == 130
+    assert main(["demo-tiny", "--output_dir", out]) == 130
     assert "(source_adapter and the synthesis progress so far); run the same" in capsys.readouterr().err
     with pytest.raises(KeyboardInterrupt):
-        main(["run", "--demo", "true", "--output_dir", out, "--debug"])
+        main(["demo-tiny", "--output_dir", out, "--debug"])
 
 
 def test_ctrl_c_before_the_settings_are_read(capsys, monkeypatch):
@@ -168,7 +168,7 @@ def test_ctrl_c_before_the_settings_are_read(capsys, monkeypatch):
 
     monkeypatch.delenv("PEFT_TRANSFER_DEBUG", raising=False)
     monkeypatch.setattr(peft_transfer.cli, "parse_config", interrupted)
-    assert main(["run", "--demo", "true"]) == 130
+    assert main(["demo-tiny"]) == 130
     assert capsys.readouterr().err == "Interrupted.\n"
 
 
@@ -178,8 +178,8 @@ def test_only_the_main_process_prints(capsys, monkeypatch):
     monkeypatch.delenv("PEFT_TRANSFER_DEBUG", raising=False)
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert main(["run", "--demo", "true", "--num_sampels", "40"]) == 2
+    assert main(["demo-tiny", "--num_sampels", "40"]) == 2
     assert capsys.readouterr().err == ""
     monkeypatch.setenv("RANK", "0")
-    assert main(["run", "--demo", "true", "--num_sampels", "40"]) == 2
+    assert main(["demo-tiny", "--num_sampels", "40"]) == 2
     assert capsys.readouterr().err.startswith("error: Unknown setting '--num_sampels'")

@@ -166,18 +166,19 @@ def test_config_rejects_impossible_settings(tiny_world):
         TransferConfig(source_model="x", train_file="t.jsonl")
     with pytest.raises(ValueError, match="Give `source_adapter`, or `train_file`"):
         TransferConfig(source_model="x", target_model="y", seed_file="s.jsonl", discriminator_adapter="d")
-    assert TransferConfig(demo=True).to_dict()["hub_token"] is None
-    assert TransferConfig(demo=True, hub_token="hf_secret").to_dict()["hub_token"] == "***"
+    assert TransferConfig(**tiny_world).to_dict()["hub_token"] is None
+    assert TransferConfig(**tiny_world, hub_token="hf_secret").to_dict()["hub_token"] == "***"
 
 
 def test_yaml_and_flags_parse_the_trl_way(tmp_path):
     from peft_transfer.cli import parse_config
 
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("demo: true\nnum_samples: 40\nlora_target_modules: [q_proj]\n")
+    recipe.write_text("source_model: s\ntarget_model: t\ntrain_file: x.jsonl\nnum_samples: 40\n"
+                      "lora_target_modules: [q_proj]\n")
     config = parse_config(["--config", str(recipe), "--candidate_budget", "900"])
     assert (config.num_samples, config.candidate_budget, config.lora_target_modules) == (40, 900, ["q_proj"])
-    recipe.write_text("demo: true\nnum_sample: 40\n")
+    recipe.write_text("source_model: s\ntarget_model: t\ntrain_file: x.jsonl\nnum_sample: 40\n")
     with pytest.raises(ValueError, match="num_sample"):
         parse_config(["--config", str(recipe)])
 
@@ -201,16 +202,19 @@ def test_every_recipe_parses_strictly(path):
 
 def test_demo_recipes_match_the_embedded_demos():
     from peft_transfer import TransferConfig
-    from peft_transfer.demos import REAL_DEMO_SETTINGS
-    from peft_transfer.testing import DEMO_SETTINGS
+    from peft_transfer.demos import REAL_DEMO_SETTINGS, TINY_DEMO_SETTINGS
 
-    assert TransferConfig.from_yaml(os.path.join(RECIPES, "demo-tiny.yaml")) == TransferConfig(**DEMO_SETTINGS)
-    # The real demo's recipe names its files relative to the repository root.
+    # The recipes name their files relative to the repository root.
     root = os.path.dirname(RECIPES)
-    real = TransferConfig.from_yaml(os.path.join(RECIPES, "demo.yaml"))
-    for key in ("source_adapter", "discriminator_adapter", "seed_file", "eval_file"):
-        setattr(real, key, os.path.join(root, getattr(real, key)))
-    assert real == TransferConfig(**REAL_DEMO_SETTINGS)
+    for recipe, embedded, keys in (
+            ("demo.yaml", REAL_DEMO_SETTINGS, ("source_adapter", "discriminator_adapter", "seed_file", "eval_file")),
+            ("demo-tiny.yaml", TINY_DEMO_SETTINGS,
+             ("source_model", "target_model", "train_file", "eval_file", "seed_file"))):
+        config = TransferConfig.from_yaml(os.path.join(RECIPES, recipe))
+        for key in keys:
+            setattr(config, key, os.path.join(root, getattr(config, key)))
+        assert config == TransferConfig(**embedded), recipe
+        assert all(os.path.exists(getattr(config, key)) for key in keys), recipe
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(RECIPES, "accelerate", "*.yaml"))), ids=os.path.basename)
