@@ -245,7 +245,7 @@ def train_both(side, model, tokenizer, rows, cfg, epochs, folder):
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
-    from peft_transfer.trainer import DistillationConfig, DistillationTrainer
+    from peft_transfer.distillation import DistillationConfig, DistillationTrainer
 
     lora = LoraConfig(r=8, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
     common = dict(output_dir=folder, learning_rate=cfg["learning_rate"], num_train_epochs=epochs, lr_scheduler_type="linear",

@@ -451,8 +451,8 @@ def run_train(model, tokenizer, cfg, args, words, preset, peak_tflops) -> dict:
     from transformers import TrainerCallback
 
     from peft_transfer.data import task_prompt
+    from peft_transfer.distillation import DistillationTrainer
     from peft_transfer.stages import training_args
-    from peft_transfer.trainer import DistillationTrainer
 
     cuda = torch.device(args.device).type == "cuda"
     steps = args.train_warmup + (args.train_steps if args.train_steps is not None else preset.train_steps)
@@ -506,7 +506,7 @@ def run_train(model, tokenizer, cfg, args, words, preset, peak_tflops) -> dict:
     flops_per_token = 4 * params["matmul"] + 6 * params["lora"] + 3 * attention
     tokens_per_s = tokens_per_step / median if median else None
     result = {
-        "stage": "train", "unit": "tokens/s", "function": "peft_transfer.trainer.DistillationTrainer.train",
+        "stage": "train", "unit": "tokens/s", "function": "peft_transfer.distillation.DistillationTrainer.train",
         "batch_size": batch, "seq_len": seq, "row_tokens": lengths(row_tokens), "tokens_per_step": tokens_per_step,
         "steps": len(step_s), "warmup_steps": args.train_warmup, "kd_loss": "sequence",
         "adapter": f"LoRA r={args.lora_r} alpha={args.lora_alpha} q_proj,v_proj",

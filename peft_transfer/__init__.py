@@ -13,8 +13,8 @@ _EXPORTS = {
     "TransferConfig": ".config",
     "Transfer": ".pipeline",
     "run_transfer": ".pipeline",
-    "DistillationConfig": ".trainer",
-    "DistillationTrainer": ".trainer",
+    "DistillationConfig": ".distillation.config",
+    "DistillationTrainer": ".distillation.trainer",
     "SyntheticFilterCallback": ".callbacks",
 }
 __all__ = sorted(_EXPORTS)

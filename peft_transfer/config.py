@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
+from .distillation import LOSS_TYPES
 from .errors import ConfigError
 
 PEFT_TYPES = ("lora", "dora", "prompt_tuning", "prefix_tuning", "ia3")
-LOSS_TYPES = ("sequence", "forward_kl", "reverse_kl", "jsd")
 FILTER_MODES = ("discriminator", "none")
 GENERATION_BACKENDS = ("hf", "vllm")
 EVALUATION_BACKENDS = ("exact_match", "lm_eval")
-LINEAGE_FILE = "transfer.json"  # the transfer's lineage, written next to a transferred adapter
 
 
 @dataclass

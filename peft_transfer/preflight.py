@@ -175,7 +175,7 @@ def _check_prompt_fits(cfg, model_ref: str, inputs: list[str], what: str, settin
 
 
 def _check_shared_vocabulary(cfg) -> None:
-    from .losses import assert_same_vocabulary
+    from .distillation.losses import assert_same_vocabulary
     from .modeling import load_tokenizer
 
     teacher = load_tokenizer(cfg.source_model, trust_remote_code=cfg.trust_remote_code, token=cfg.hub_token)

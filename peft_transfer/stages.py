@@ -82,7 +82,7 @@ def _without_summary(kind):
 def source_adapter(run, out: str) -> None:
     from datasets import Dataset
 
-    from .trainer import DistillationTrainer
+    from .distillation import DistillationTrainer
 
     cfg = run.config
     args = training_args(cfg, rundir.RunDir.trainer(out), show_progress=run.show_progress,
@@ -305,7 +305,7 @@ def labels(run, out: str) -> None:
 def target_adapter(run, out: str) -> None:
     from datasets import Dataset, load_from_disk
 
-    from .trainer import DistillationTrainer
+    from .distillation import DistillationTrainer
 
     cfg = run.config
     data = load_from_disk(run.dirs.labels)
@@ -379,7 +379,7 @@ def evaluation(run, out: str) -> None:
 def training_args(config: TransferConfig, output_dir: str, *, show_progress: bool = True, **overrides):
     """The `DistillationConfig` every training stage starts from: the paper's optimiser settings (AdamW without
     weight decay, linear schedule without warm-up) and the config's batch, length and logging; `overrides` win."""
-    from .trainer import DistillationConfig
+    from .distillation import DistillationConfig
 
     kwargs = dict(
         output_dir=output_dir,

@@ -8,7 +8,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from peft_transfer.losses import (
+from peft_transfer.distillation.losses import (
     assert_same_vocabulary,
     chunked_token_divergence,
     forward_kl,

@@ -91,6 +91,7 @@ def test_transfer_between_peft_types(bases, tmp_path, source_type, target_type, 
     from peft import PeftModel
 
     from peft_transfer.data import task_prompt
+    from peft_transfer.distillation import DistillationConfig, DistillationTrainer
     from peft_transfer.modeling import (
         load_adapter,
         load_base,
@@ -98,7 +99,6 @@ def test_transfer_between_peft_types(bases, tmp_path, source_type, target_type, 
         peft_config_from,
     )
     from peft_transfer.synthesis import label
-    from peft_transfer.trainer import DistillationConfig, DistillationTrainer
 
     cfg = _config(bases, tmp_path, source_peft_type=source_type, peft_type=target_type, target_model=bases[target],
                   loss_type=kd_loss)

@@ -86,7 +86,7 @@ def test_takes_a_lora_step(lm, tmp_path):
     from peft import LoraConfig
 
     from peft_transfer.data import task_prompt
-    from peft_transfer.trainer import DistillationConfig, DistillationTrainer
+    from peft_transfer.distillation import DistillationConfig, DistillationTrainer
 
     _, model, tokenizer = lm
     rows = [{"prompt": task_prompt(tokenizer, x), "completion": " " + str(eval(x[8:-1]))} for x in SEEDS[:4]]

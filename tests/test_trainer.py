@@ -1,6 +1,6 @@
 """`DistillationTrainer` on tiny untrained Llama-style models that share one locally trained vocabulary.
 
-Every loss path is checked against the plain full-logits losses of `peft_transfer.losses` (themselves tested against
+Every loss path is checked against the plain full-logits losses of `peft_transfer.distillation.losses` (themselves tested against
 float64), then trained for a step: gradients reach only the student's adapter and the teacher stays bit-identical.
 """
 
@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 
-from peft_transfer.trainer import DistillationConfig, DistillationTrainer
+from peft_transfer.distillation import DistillationConfig, DistillationTrainer
 
 LORA = dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
 WORDS = ["dcba", "zyx", "hello", "world", "qwerty", "plane", "abc", "train"]
@@ -101,7 +101,7 @@ def _logits(model, batch):
 
 def _reference(student, teacher, batch, args, num_items_in_batch=None):
     """The same loss from full logits (`mixed_loss`), the last L positions (prompt-learning adapters prepend P)."""
-    from peft_transfer.losses import mixed_loss, sequence_loss
+    from peft_transfer.distillation.losses import mixed_loss, sequence_loss
 
     length = batch["labels"].shape[1]
     student_logits = _logits(student, batch)[:, -length:]
