@@ -27,8 +27,9 @@ import shutil
 import time
 
 from . import preflight
-from .config import LINEAGE_FILE, TransferConfig
+from .config import TransferConfig
 from .data import load_examples
+from .distillation import LINEAGE_FILE
 from .distributed import is_main_process, state, wait_for_everyone
 from .errors import SettingsChangedError
 from .evaluation import evaluate, format_report

@@ -24,7 +24,7 @@ import hashlib
 import json
 import os
 
-from .config import LINEAGE_FILE
+from .distillation import LINEAGE_FILE
 
 STAGE_RECORD = "stage.json"
 # What a stage writes inside its folder (the stage bodies join these to the folder they are given).

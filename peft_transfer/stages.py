@@ -35,8 +35,9 @@ import numpy as np
 import torch
 
 from . import rundir
-from .config import LINEAGE_FILE, TransferConfig
+from .config import TransferConfig
 from .data import load_examples, task_prompt
+from .distillation import LINEAGE_FILE
 from .distributed import is_main_process, map_across_processes, wait_for_everyone
 from .errors import UserError
 from .modeling import peft_config_from
