@@ -1,4 +1,4 @@
-"""Memory and speed of token-level KD: full logits (naive) against `peft_transfer.distillation.losses.chunked_token_divergence`.
+"""Memory and speed of token-level KD: full logits (naive) against `peft_transfer.distillation.chunked.chunked_token_divergence`.
 
 Each variant runs forward + backward of the same loss on the same random inputs (student/teacher final hidden states,
 their lm_head weights, labels with a masked prompt) in its own subprocess, so each peak is measured from a clean
@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from peft_transfer.distillation.losses import chunked_token_divergence, mixed_loss  # noqa: E402
+from peft_transfer.distillation.chunked import chunked_token_divergence  # noqa: E402
+from peft_transfer.distillation.losses import mixed_loss  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 VARIANTS = ("naive", "chunked")

@@ -80,7 +80,7 @@ def trainer_profile(rows: int, epochs: int) -> None:
 
 
 def loss_parts(positions: int) -> None:
-    from peft_transfer.distillation.losses import chunked_token_divergence
+    from peft_transfer.distillation.chunked import chunked_token_divergence
 
     hidden_size, vocab = 640, 262_144
     weight = torch.randn(vocab, hidden_size, dtype=torch.bfloat16) * 0.02

@@ -8,9 +8,9 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from peft_transfer.distillation.chunked import chunked_token_divergence
 from peft_transfer.distillation.losses import (
     assert_same_vocabulary,
-    chunked_token_divergence,
     forward_kl,
     jsd,
     mixed_loss,

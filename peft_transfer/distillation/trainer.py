@@ -10,7 +10,7 @@ on-policy only, refuses differing vocabularies and prompt-learning adapters, so 
 Token-level KD (forward KL, reverse KL, JSD, or a mix with the sequence CE) is added on top when teacher and student
 share a vocabulary. Both models run their ordinary `forward` (so PEFT's prompt and prefix tuning do their work); the
 input of each `lm_head` is captured by a pre-hook that also cuts the head's own work to the last position, and the
-loss is computed chunk by chunk from those hidden states (`losses.chunked_token_divergence`), so no full
+loss is computed chunk by chunk from those hidden states (`chunked.chunked_token_divergence`), so no full
 (batch × length × vocab) logits tensor is ever built.
 """
 
@@ -198,7 +198,7 @@ class DistillationTrainer(SFTTrainer):
         # Every loss, the sequence CE included, goes through the chunked path: the output layer is applied only at
         # the positions that carry loss (the completion), never to the prompt. For a large vocabulary (Gemma's
         # 262k) the output layer is most of a small model's compute, and the prompt most of each row.
-        from .losses import chunked_token_divergence
+        from .chunked import chunked_token_divergence
 
         sequence_only = self.args.kd_loss == "sequence"
 
