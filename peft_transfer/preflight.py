@@ -31,6 +31,9 @@ def check(run, todo) -> None:
     """Everything about the stages in `todo` that can be known before they start (see the module docstring)."""
     cfg = run.config
     names = {s.name for s in todo}
+    from .tracking import check_integrations
+
+    check_integrations(cfg.report_to)
     run.seeds  # noqa: B018 — reads and checks the seed file (DataError)
     if names & {"source_adapter", "discriminator"}:
         load_examples(cfg.train_file, require_target="source_adapter" in names, what="train_file")

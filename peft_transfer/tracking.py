@@ -36,6 +36,27 @@ def integrations(report_to) -> list[str]:
     return [n for n in names if n != "none"]
 
 
+def check_integrations(report_to) -> None:
+    """Every tracker `report_to` names is one transformers knows, and its package is installed (before any work)."""
+    from transformers.integrations import (
+        INTEGRATION_TO_CALLBACK,
+        get_available_reporting_integrations,
+    )
+
+    from .errors import PreflightError
+
+    names = integrations(report_to)
+    unknown = [n for n in names if n not in INTEGRATION_TO_CALLBACK]
+    if unknown:
+        raise PreflightError(f"report_to names no tracker transformers knows: {', '.join(map(repr, unknown))}; use "
+                             f"some of {', '.join(INTEGRATION_TO_CALLBACK)}, or 'none'.")
+    missing = [n for n in names if n not in get_available_reporting_integrations()]
+    if missing:
+        hint = " (pip install \"peft-transfer[tensorboard]\")" if missing == ["tensorboard"] else ""
+        raise PreflightError(f"report_to asks for {', '.join(missing)}, whose package is not installed: install it"
+                             f"{hint}, or leave it out of report_to.")
+
+
 def run_name(config) -> str:
     return config.run_name or os.path.basename(os.path.abspath(config.output_dir))
 

@@ -68,3 +68,23 @@ def test_no_tracker_writes_nothing(config_only):
     tracker.log_stage("synthesis", {"seconds": 1.0})
     tracker.close()
     assert not os.path.exists(RunDir(cfg.output_dir).tracking)
+
+
+def test_a_tracker_that_is_unknown_or_not_installed_is_refused_before_work(config_only, tmp_path, no_model_loads):
+    from peft_transfer import Transfer
+    from peft_transfer.errors import UserError
+    from peft_transfer.tracking import check_integrations
+
+    check_integrations(["none"])
+    with pytest.raises(UserError, match="no tracker transformers knows: 'tensorbord'"):
+        check_integrations(["tensorbord"])
+    from transformers.integrations import get_available_reporting_integrations
+
+    absent = [n for n in ("wandb", "comet_ml", "neptune") if n not in get_available_reporting_integrations()]
+    if absent:
+        with pytest.raises(UserError, match=f"report_to asks for {absent[0]}, whose package is not installed"):
+            check_integrations([absent[0]])
+        (tmp_path / "seeds.jsonl").write_text("".join(f'{{"input": "x{i}"}}\n' for i in range(5)))
+        cfg = config_only(report_to=[absent[0]], seed_file=str(tmp_path / "seeds.jsonl"), source_adapter=None)
+        with pytest.raises(UserError, match="whose package is not installed"):
+            Transfer(cfg, show_progress=False).run(stages=("synthesis",))
