@@ -62,8 +62,18 @@ def _accuracy(report: dict) -> str | None:
     names = (("source_adapter", "source base + source adapter"), ("target_base", "target base"),
              ("transferred", "target base + transferred adapter"))
     rows = [[label, f"{ev[key]:.1%}"] for key, label in names if key in ev]
-    return (f"<p>Exact match on {ev.get('num_samples', '?')} held-out inputs.</p>"
-            + _table(["model", "accuracy"], rows)) if rows else None
+    parts = (f"<p>Exact match on {ev.get('num_samples', '?')} held-out inputs.</p>"
+             + _table(["model", "accuracy"], rows)) if rows else ""
+    lm_eval = report.get("lm_eval") or {}
+    if lm_eval:  # evaluation_backend: lm_eval — one row per task and metric, one column per model
+        models = [(label, key) for key, label in names if key in lm_eval]
+        metrics = sorted({(task, metric) for _, key in models for task, values in lm_eval[key].items()
+                          for metric in values if "_stderr" not in metric})
+        table = [[task, metric, *("" if lm_eval[key].get(task, {}).get(metric) is None
+                                  else f"{lm_eval[key][task][metric]:.4f}" for _, key in models)]
+                 for task, metric in metrics]
+        parts += "<h3>lm-evaluation-harness</h3>" + _table(["task", "metric", *(label for label, _ in models)], table)
+    return parts or None
 
 
 def _acceptance(candidates: dict | None) -> str | None:

@@ -64,3 +64,17 @@ def test_report_of_a_partial_run_says_what_is_missing(make_config, run_dir, tmp_
     dom, _ = _render(path, tmp_path)
     for part in ("accuracy", "acceptance", "projection", "lineage"):
         assert 'class="missing"' in dom.split(f'<section id="{part}">')[1].split("</section>")[0], part
+
+
+def test_the_accuracy_part_shows_lm_evals_table_of_the_three_models():
+    from peft_transfer.report_html import _accuracy
+
+    report = {"evaluation": {"source_adapter": 0.7, "target_base": 0.0, "transferred": 0.35, "num_samples": 20},
+              "lm_eval": {"source_adapter": {"arc_easy": {"acc,none": 0.61, "acc_stderr,none": 0.02}},
+                          "target_base": {"arc_easy": {"acc,none": 0.42}},
+                          "transferred": {"arc_easy": {"acc,none": 0.55}}}}
+    page = _accuracy(report)
+    assert "<td>arc_easy</td><td>acc,none</td><td>0.6100</td><td>0.4200</td><td>0.5500</td>" in page
+    assert "stderr" not in page and "<td>35.0%</td>" in page
+    assert "lm-evaluation-harness" not in (_accuracy({"evaluation": report["evaluation"]}) or "")
+    assert _accuracy({}) is None
