@@ -68,6 +68,8 @@ class _Prefixed:
         self.inner, self.prefix = inner, prefix
 
     def __getattr__(self, name):
+        if name in ("inner", "prefix"):  # not set yet (a copy being made): no recursion through `inner`
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
