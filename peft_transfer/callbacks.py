@@ -23,11 +23,10 @@ How the data reaches the trainer, and why this way (read in and tested against t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import random
 import time
-from dataclasses import MISSING, fields
-from types import SimpleNamespace
 from typing import Callable
 
 import numpy as np
@@ -44,7 +43,7 @@ from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 from .config import TransferConfig
 from .data import task_prompt
 from .metrics import distinct_n
-from .synthesis import SynthesisError, label, synthesize
+from .synthesis import SynthesisError, SynthesisSettings, label, synthesize
 
 logger = logging.getLogger(__name__)
 
@@ -99,25 +98,6 @@ def tokenize_completion(tokenizer, prompt: str, completion: str, max_length: int
     if max_length is not None:
         ids, labels = ids[:max_length], labels[:max_length]
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
-
-
-def _settings(config: TransferConfig | None, overrides: dict) -> SimpleNamespace:
-    """The synthesis, filter and labelling settings: a `TransferConfig`'s, or its defaults, with `overrides`.
-
-    A namespace rather than a `TransferConfig`, because a user's own script has no source/target model paths to give
-    and `TransferConfig` requires them; the values are still validated as a config's are
-    (`TransferConfig.check_settings`, which only lifts the model and file requirements).
-    """
-    if config is not None:
-        values = config.to_dict(redact=False)
-    else:
-        values = {f.name: f.default if f.default is not MISSING else f.default_factory() for f in fields(TransferConfig)}
-    unknown = sorted(set(overrides) - set(values))
-    if unknown:
-        raise TypeError(f"Unknown settings {unknown}: use the names of `TransferConfig`'s fields.")
-    values.update(overrides)
-    TransferConfig.check_settings(values)
-    return SimpleNamespace(**values)
 
 
 @contextlib.contextmanager
@@ -186,7 +166,7 @@ class SyntheticFilterCallback(TrainerCallback):
                  formatting: Callable[[dict], dict] | None = None, config: TransferConfig | None = None,
                  refresh_steps: int | None = None, min_fresh: float = 0.0, references: list[str] | None = None,
                  **settings):
-        self.settings = _settings(config, settings)
+        self.settings = SynthesisSettings.from_config(config, **settings)
         if self.settings.filter_mode == "discriminator" and (discriminator is None or discriminator_tokenizer is None):
             raise ValueError("Pass `discriminator` and `discriminator_tokenizer`, or `filter_mode='none'` to train on "
                              "unfiltered candidates (the paper's ablation).")
@@ -354,7 +334,7 @@ class SyntheticFilterCallback(TrainerCallback):
     def _make(self, step: int, need: int) -> dict:
         """Candidates → leak guard → filter → accepted → teacher labels, with the counts to log."""
         seed = int(np.random.SeedSequence([self.settings.seed, step]).generate_state(1)[0])
-        cfg = SimpleNamespace(**{**vars(self.settings), "seed": seed})
+        cfg = dataclasses.replace(self.settings, seed=seed)
         with _preserved_rng():
             torch.manual_seed(seed)
             try:

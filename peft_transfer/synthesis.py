@@ -80,6 +80,58 @@ class SynthesisStats:
         return {**asdict(self), "acceptance_rate": self.acceptance_rate}
 
 
+@dataclass
+class SynthesisSettings:
+    """What `synthesize` and `label` read: the sampling, filter and labelling settings of a `TransferConfig` (the
+    same names and defaults), without models or files. `SyntheticFilterCallback` keeps one; the pipeline passes its
+    `TransferConfig`, which has every one of these fields. Build one with `from_config`."""
+
+    task_name: str
+    prompt_template: str
+    num_seeds: int
+    num_samples: int
+    candidate_budget: int
+    generation_batch_size: int
+    filter_batch_size: int
+    max_candidate_tokens: int
+    max_candidate_chars: int | None
+    do_sample: bool
+    temperature: float
+    top_p: float
+    top_k: int
+    filter_mode: str
+    filter_margin: float
+    leak_threshold: float | None
+    label_max_new_tokens: int
+    label_do_sample: bool
+    label_votes: int
+    label_temperature: float
+    label_min_agreement: float
+    answer_stop: str | None
+    seed: int
+    max_length: int
+
+    @classmethod
+    def from_config(cls, config=None, **overrides) -> "SynthesisSettings":
+        """The settings of `config` (a `TransferConfig`; its defaults when None) with `overrides`, validated as a
+        config's are (`TransferConfig.check_settings`: every field but the models and files a transfer needs)."""
+        from dataclasses import MISSING
+
+        from .config import TransferConfig
+
+        if config is not None:
+            values = config.to_dict(redact=False)
+        else:
+            values = {f.name: f.default if f.default is not MISSING else f.default_factory()
+                      for f in fields(TransferConfig)}
+        unknown = sorted(set(overrides) - set(values))
+        if unknown:
+            raise TypeError(f"Unknown settings {unknown}: use the names of `TransferConfig`'s fields.")
+        values.update(overrides)
+        TransferConfig.check_settings(values)
+        return cls(**{f.name: values[f.name] for f in fields(cls)})
+
+
 def _passes(s: float | None, margin: float) -> bool:
     # Compared as Python floats both when scoring and when re-taking verdicts from the file: numpy would compare a
     # float32 score with the margin rounded to float32, and a resumed run could then disagree at the boundary.
