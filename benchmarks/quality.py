@@ -143,15 +143,7 @@ def build_same_family_target(source: str, path: str, spec: dict, seed: int = 1) 
     import torch
     from transformers import AutoTokenizer
 
-    from benchmarks.pretrain import (
-        MIXTURE,
-        BaseSpec,
-        build_base,
-        pack,
-        pretraining_corpus,
-        save_base,
-        train,
-    )
+    from benchmarks.pretrain import MIXTURE, BaseSpec, build_base, pack, pretraining_corpus, save_base, train
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":

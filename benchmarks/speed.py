@@ -281,20 +281,8 @@ def main(argv=None) -> dict:
     args = make_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from peft_transfer.data import (
-        generator_prompt,
-        generator_stop_strings,
-        load_seeds,
-        parse_candidate,
-        task_prompt,
-    )
-    from peft_transfer.modeling import (
-        load_adapter,
-        load_base,
-        load_tokenizer,
-        strip_adapters,
-        torch_dtype,
-    )
+    from peft_transfer.data import generator_prompt, generator_stop_strings, load_seeds, parse_candidate, task_prompt
+    from peft_transfer.modeling import load_adapter, load_base, load_tokenizer, strip_adapters, torch_dtype
 
     tmp = tempfile.mkdtemp(prefix="speed-")
     cfg = dict(REAL) if args.world == "real" else tiny_world(tmp) if args.world == "tiny" else random_world(tmp, args.preset)

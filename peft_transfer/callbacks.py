@@ -31,12 +31,7 @@ from typing import Callable
 
 import numpy as np
 import torch
-from transformers import (
-    DataCollatorWithPadding,
-    Trainer,
-    TrainerCallback,
-    default_data_collator,
-)
+from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, default_data_collator
 from trl.data_utils import common_prefix_length
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 

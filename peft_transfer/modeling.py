@@ -168,13 +168,7 @@ def load_adapter(model, adapter_ref: str, base_ref: str, *, adapter_name: str = 
 def peft_config_from(config, tokenizer_name_or_path: str | None = None, *, peft_type: str | None = None,
                      task_type: str = "CAUSAL_LM"):
     """A `PeftConfig` from a `TransferConfig`'s adapter settings (`peft_type` overrides the config's)."""
-    from peft import (
-        IA3Config,
-        LoraConfig,
-        PrefixTuningConfig,
-        PromptTuningConfig,
-        PromptTuningInit,
-    )
+    from peft import IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig, PromptTuningInit
 
     peft_type = peft_type or config.peft_type
 

@@ -33,13 +33,7 @@ from .distillation import LINEAGE_FILE
 from .distributed import is_main_process, state, wait_for_everyone
 from .errors import SettingsChangedError
 from .evaluation import evaluate, format_report
-from .modeling import (
-    ModelPool,
-    free_memory,
-    peak_rss_gb,
-    reset_peak_rss,
-    split_revision,
-)
+from .modeling import ModelPool, free_memory, peak_rss_gb, reset_peak_rss, split_revision
 from .rundir import RunDir, hash_path, read_json, write_json
 from .stages import STAGE_NAMES, STAGES, stage
 from .tracking import StageTracker

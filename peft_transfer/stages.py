@@ -229,14 +229,7 @@ def _backend_stats(lease) -> dict:
 
 def _diagnostics(run, rows: list[dict], model, tokenizer, out: str) -> dict:
     """Paper Table 9: MMD to real inputs of the accepted and of the unfiltered candidates (same bandwidth)."""
-    from .metrics import (
-        distinct_n,
-        embed_texts,
-        median_heuristic_bandwidth,
-        mmd2,
-        pca_2d,
-        plot_projection,
-    )
+    from .metrics import distinct_n, embed_texts, median_heuristic_bandwidth, mmd2, pca_2d, plot_projection
 
     cfg = run.config
     rng = random.Random(cfg.seed)

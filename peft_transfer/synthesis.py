@@ -33,13 +33,7 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 import torch
 
-from .data import (
-    Deduplicator,
-    generator_prompt,
-    generator_stop_strings,
-    parse_candidate,
-    task_prompt,
-)
+from .data import Deduplicator, generator_prompt, generator_stop_strings, parse_candidate, task_prompt
 from .discriminator import score
 from .distributed import is_main_process, map_across_processes, state
 from .errors import UserError

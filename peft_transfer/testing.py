@@ -83,12 +83,7 @@ def build_tokenizer(kind: str, vocab_size: int, corpus: list[str]):
 
 
 def build_model(family: TinyFamily, tokenizer, seed: int = 0):
-    from transformers import (
-        GemmaConfig,
-        GemmaForCausalLM,
-        LlamaConfig,
-        LlamaForCausalLM,
-    )
+    from transformers import GemmaConfig, GemmaForCausalLM, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     common = dict(

@@ -38,10 +38,7 @@ def integrations(report_to) -> list[str]:
 
 def check_integrations(report_to) -> None:
     """Every tracker `report_to` names is one transformers knows, and its package is installed (before any work)."""
-    from transformers.integrations import (
-        INTEGRATION_TO_CALLBACK,
-        get_available_reporting_integrations,
-    )
+    from transformers.integrations import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
 
     from .errors import PreflightError
 
@@ -110,10 +107,7 @@ class StageTracker:
     def _start(self):
         import torch
         from transformers import TrainerControl, TrainerState, TrainingArguments
-        from transformers.integrations import (
-            TensorBoardCallback,
-            get_reporting_integration_callbacks,
-        )
+        from transformers.integrations import TensorBoardCallback, get_reporting_integration_callbacks
 
         self.args = TrainingArguments(output_dir=self.dirs.tracking, report_to=self.names, run_name=self.run_name,
                                       use_cpu=not torch.cuda.is_available())

@@ -19,13 +19,7 @@ import os
 from dataclasses import dataclass, field
 
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    HfArgumentParser,
-    Trainer,
-    TrainingArguments,
-)
+from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, Trainer, TrainingArguments
 
 from peft_transfer import SyntheticFilterCallback, Transfer, TransferConfig
 from peft_transfer.data import load_seeds

@@ -53,12 +53,7 @@ def _source_adapter(cfg, out):
     """A source adapter of `cfg.source_peft_type` with visibly non-zero weights, saved and reloaded."""
     from peft import get_peft_model
 
-    from peft_transfer.modeling import (
-        load_adapter,
-        load_base,
-        load_tokenizer,
-        peft_config_from,
-    )
+    from peft_transfer.modeling import load_adapter, load_base, load_tokenizer, peft_config_from
 
     tokenizer = load_tokenizer(cfg.source_model)
     torch.manual_seed(0)
@@ -92,12 +87,7 @@ def test_transfer_between_peft_types(bases, tmp_path, source_type, target_type, 
 
     from peft_transfer.data import task_prompt
     from peft_transfer.distillation import DistillationConfig, DistillationTrainer
-    from peft_transfer.modeling import (
-        load_adapter,
-        load_base,
-        load_tokenizer,
-        peft_config_from,
-    )
+    from peft_transfer.modeling import load_adapter, load_base, load_tokenizer, peft_config_from
     from peft_transfer.synthesis import label
 
     cfg = _config(bases, tmp_path, source_peft_type=source_type, peft_type=target_type, target_model=bases[target],

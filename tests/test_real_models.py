@@ -52,11 +52,7 @@ def test_loads_with_the_portable_name(lm):
 
 
 def test_continues_the_generator_prompt_in_format(lm):
-    from peft_transfer.data import (
-        generator_prompt,
-        generator_stop_strings,
-        parse_candidate,
-    )
+    from peft_transfer.data import generator_prompt, generator_stop_strings, parse_candidate
     from peft_transfer.generation import generate
 
     _, model, tokenizer = lm

@@ -22,13 +22,7 @@ def kd_world(tmp_path_factory):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoTokenizer
 
-    from peft_transfer.testing import (
-        FAMILIES,
-        TinyFamily,
-        build_family,
-        build_model,
-        save_family,
-    )
+    from peft_transfer.testing import FAMILIES, TinyFamily, build_family, build_model, save_family
 
     root = tmp_path_factory.mktemp("kd")
     teacher_base = build_family("tiny-llama", str(root / "teacher_base"), num_docs=300)

@@ -11,12 +11,7 @@ import pytest
 import torch
 
 from peft_transfer.errors import ConfigError
-from peft_transfer.vllm_server import (
-    VLLMUnavailableError,
-    _served_rank,
-    find_python,
-    lora_rank,
-)
+from peft_transfer.vllm_server import VLLMUnavailableError, _served_rank, find_python, lora_rank
 
 
 def test_an_unknown_backend_is_a_config_error(config_only):

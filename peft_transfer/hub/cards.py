@@ -5,12 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from huggingface_hub import (
-    DatasetCard,
-    DatasetCardData,
-    ModelCard,
-    ModelCardData,
-)
+from huggingface_hub import DatasetCard, DatasetCardData, ModelCard, ModelCardData
 
 from ..citation import CITATION
 from .common import (

@@ -6,10 +6,7 @@ from __future__ import annotations
 import logging
 import os
 
-from huggingface_hub import (
-    HfApi,
-    snapshot_download,
-)
+from huggingface_hub import HfApi, snapshot_download
 from huggingface_hub.errors import (
     GatedRepoError,
     HfHubHTTPError,
@@ -20,12 +17,7 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import validate_repo_id
 
-from .common import (
-    PICKLE_PATTERNS,
-    HubError,
-    _matches,
-    _walk,
-)
+from .common import PICKLE_PATTERNS, HubError, _matches, _walk
 
 # ---------------------------------------------------------------------------------------------- pulling
 logger = logging.getLogger(__name__)

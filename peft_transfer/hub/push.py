@@ -10,23 +10,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import (
-    HfApi,
-)
-from huggingface_hub.errors import (
-    EntryNotFoundError,
-    RevisionNotFoundError,
-)
+from huggingface_hub import HfApi
+from huggingface_hub.errors import EntryNotFoundError, RevisionNotFoundError
 
 from .cards import adapter_card, discriminator_card, merge_card, synthetic_dataset_card
-from .common import (
-    ADAPTER_FILES,
-    DISCRIMINATOR_KEYS,
-    PICKLE_PATTERNS,
-    HubError,
-    _link_or_copy,
-    _matches,
-)
+from .common import ADAPTER_FILES, DISCRIMINATOR_KEYS, PICKLE_PATTERNS, HubError, _link_or_copy, _matches
 
 # ---------------------------------------------------------------------------------------------- pushing
 logger = logging.getLogger(__name__)

@@ -15,13 +15,7 @@ sentence-transformers are imported only by the one function that needs each.
 """
 
 
-from .discriminator_stats import (
-    NEAR_CHANCE_AUC,
-    binary_accuracy,
-    calibrate_margin,
-    discriminator_report,
-    roc_auc,
-)
+from .discriminator_stats import NEAR_CHANCE_AUC, binary_accuracy, calibrate_margin, discriminator_report, roc_auc
 from .distance import distinct_n, median_heuristic_bandwidth, mmd2, self_similarity
 from .embedding import embed_texts
 from .leaks import (
