@@ -14,6 +14,7 @@ lm-eval's `HFLM` as loaded models with their adapters, so lm-eval never download
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -23,7 +24,6 @@ from .errors import UserError
 logger = logging.getLogger(__name__)
 
 LOCAL_TASK = "peft_transfer_eval"
-RESULTS, TABLE = "lm_eval.json", "lm_eval.md"
 
 
 class LmEvalError(UserError):
@@ -38,10 +38,12 @@ def require_lm_eval():
                           'pip install "peft-transfer[lm_eval]", or use `evaluation_backend: exact_match`.') from None
 
 
-def task_manager(include: list[str]):
+@functools.lru_cache(maxsize=4)
+def task_manager(include_path: str | None):
+    """lm-eval's index of its tasks (and of `include_path`'s): about 10 s to build here, so built once per process."""
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=include or None)
+    return TaskManager(include_path=include_path)
 
 
 def check_tasks(names: list[str], include_path: str | None) -> None:
@@ -51,7 +53,7 @@ def check_tasks(names: list[str], include_path: str | None) -> None:
         raise LmEvalError(f"lm_eval_include_path {include_path!r} is not a folder: give the folder of your task YAMLs.")
     if not names:
         return
-    known = set(task_manager([include_path] if include_path else []).all_tasks)
+    known = set(task_manager(include_path).all_tasks)
     unknown = [n for n in names if n not in known]
     if unknown:
         raise LmEvalError(f"lm-eval knows no task named {', '.join(map(repr, unknown))}: give names from "
@@ -65,8 +67,9 @@ def _jinja_text(template: str) -> str:
 
 
 def write_local_task(folder: str, examples: list[dict], *, chat: bool, prompt_template: str, answer_stop: str | None,
-                     max_new_tokens: int) -> str:
-    """`eval_file`'s `examples` as the lm-eval task `peft_transfer_eval` in `folder`; returns the folder."""
+                     max_new_tokens: int) -> dict:
+    """`eval_file`'s `examples` as the lm-eval task `peft_transfer_eval`: its YAML and a copy of the examples in
+    `folder` (to rerun with lm-eval's own CLI), and the task's config, which `evaluate_model` takes as it is."""
     os.makedirs(folder, exist_ok=True)
     data = os.path.join(folder, "examples.jsonl")
     with open(data, "w", encoding="utf-8") as f:
@@ -90,21 +93,22 @@ def write_local_task(folder: str, examples: list[dict], *, chat: bool, prompt_te
     }
     with open(os.path.join(folder, f"{LOCAL_TASK}.yaml"), "w", encoding="utf-8") as f:
         json.dump(task, f, indent=1)  # JSON is YAML
-    return folder
+    return task
 
 
-def evaluate_model(model, tokenizer, *, tasks: list[str], include: list[str], batch_size: int,
-                   num_fewshot: int | None, limit: int | None, max_length: int | None = None) -> dict:
-    """lm-eval's `simple_evaluate` of a loaded model: `{"results": {task: {metric: value}}, "samples": ...,
-    "table": markdown}` (samples of the local task only: its predictions)."""
+def evaluate_model(model, tokenizer, *, tasks: list[str], local_task: dict | None, include_path: str | None,
+                   batch_size: int, num_fewshot: int | None, limit: int | None, max_length: int | None = None) -> dict:
+    """lm-eval's `simple_evaluate` of a loaded model on `tasks` (names) and `local_task` (a `write_local_task`
+    config): `{"results": {task: {metric: value}}, "predictions": the local task's answers, "table": markdown}`."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.utils import make_table
 
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
-    out = simple_evaluate(model=lm, tasks=tasks, task_manager=task_manager(include), num_fewshot=num_fewshot,
-                          limit=limit, apply_chat_template=bool(getattr(tokenizer, "chat_template", None)),
-                          log_samples=LOCAL_TASK in tasks, bootstrap_iters=0, random_seed=0, numpy_random_seed=0,
+    out = simple_evaluate(model=lm, tasks=[*([local_task] if local_task else []), *tasks],
+                          task_manager=task_manager(include_path), num_fewshot=num_fewshot, limit=limit,
+                          apply_chat_template=bool(getattr(tokenizer, "chat_template", None)),
+                          log_samples=local_task is not None, bootstrap_iters=0, random_seed=0, numpy_random_seed=0,
                           torch_random_seed=0, fewshot_random_seed=0)
     results = {task: {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
                for task, metrics in out["results"].items()}
@@ -119,16 +123,23 @@ def accuracy(result: dict) -> float | None:
     return next((v for k, v in metrics.items() if k.startswith("exact_match,")), None)
 
 
+MODELS = (("source_adapter", "source base + source adapter"), ("target_base", "target base"),
+          ("transferred", "target base + transferred adapter"))
+
+
+def table(results: dict) -> tuple[list[str], list[list[str]]]:
+    """`{model: {task: {metric: value}}}` as a header and rows: one row per task and metric (standard errors left
+    out), one column per model."""
+    models = [(key, label) for key, label in MODELS if key in results]
+    metrics = sorted({(task, metric) for key, _ in models for task, values in results[key].items()
+                      for metric in values if "_stderr" not in metric})
+    rows = [[task, metric, *("" if (v := results[key].get(task, {}).get(metric)) is None else f"{v:.4f}"
+                             for key, _ in models)] for task, metric in metrics]
+    return ["task", "metric", *(label for _, label in models)], rows
+
+
 def markdown_table(results: dict) -> list[str]:
-    """One row per task and metric, one column per model (source + adapter, target base, this adapter)."""
-    models = [("source base + source adapter", "source_adapter"), ("target base", "target_base"),
-              ("target base + transferred adapter", "transferred")]  # fmt: skip
-    models = [(name, key) for name, key in models if key in results]
-    rows = sorted({(task, metric) for key in (k for _, k in models) for task, metrics in results[key].items()
-                   for metric in metrics if "_stderr" not in metric})
-    lines = ["| task | metric | " + " | ".join(name for name, _ in models) + " |",
-             "|---|---|" + "---|" * len(models)]
-    for task, metric in rows:
-        cells = [results[key].get(task, {}).get(metric) for _, key in models]
-        lines.append(f"| {task} | {metric} | " + " | ".join("" if v is None else f"{v:.4f}" for v in cells) + " |")
-    return lines
+    """`table` as Markdown lines (the printed report and the adapter card)."""
+    header, rows = table(results)
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(row) + " |" for row in rows)]

@@ -296,12 +296,7 @@ class Transfer:
         kwargs = dict(prompt_template=cfg.prompt_template, answer_stop=cfg.answer_stop,
                       max_new_tokens=cfg.label_max_new_tokens, batch_size=cfg.generation_batch_size,
                       show_progress=self.show_progress)
-        models = {
-            "source_adapter": (cfg.source_model, self.source_adapter),
-            "target_base": (cfg.target_model, None),
-            "transferred": (cfg.target_model, self.dirs.target_adapter),
-        }
-        results = {}
+        models, results = self._models(), {}
         for key in keys:
             base, adapter = models[key]
             cache = self._evaluation_cache_path(base, adapter, examples) if key != "transferred" else None
@@ -315,6 +310,7 @@ class Transfer:
         return results
 
     def _models(self) -> dict[str, tuple[str, str | None]]:
+        """`(base, adapter)` of each of the three evaluated models."""
         cfg = self.config
         return {"source_adapter": (cfg.source_model, self.source_adapter), "target_base": (cfg.target_model, None),
                 "transferred": (cfg.target_model, self.dirs.target_adapter)}
@@ -335,18 +331,19 @@ class Transfer:
             for key in keys:
                 base, adapter = models[key]
                 with self.pool.lease(base, adapter) as lease:
-                    chat = bool(getattr(lease.tokenizer, "chat_template", None))
-                    include = [cfg.lm_eval_include_path] if cfg.lm_eval_include_path else []
-                    tasks = list(cfg.lm_eval_tasks)
+                    local = None
                     if examples:
                         # One task folder per prompt form: a chat model gets the input alone as its user turn.
-                        task_dir = os.path.join(folder or tmp, "lm_eval_task" + ("_chat" if chat else ""))
-                        lme.write_local_task(task_dir, examples, chat=chat, prompt_template=cfg.prompt_template,
-                                             answer_stop=cfg.answer_stop, max_new_tokens=cfg.label_max_new_tokens)
-                        include, tasks = [task_dir, *include], [lme.LOCAL_TASK, *tasks]
+                        chat = bool(getattr(lease.tokenizer, "chat_template", None))
+                        local = lme.write_local_task(
+                            os.path.join(folder or tmp, "lm_eval_task" + ("_chat" if chat else "")), examples,
+                            chat=chat, prompt_template=cfg.prompt_template, answer_stop=cfg.answer_stop,
+                            max_new_tokens=cfg.label_max_new_tokens)
                     if self.show_progress and is_main_process():
-                        logger.info("  lm-eval %s on %s", key, ", ".join(tasks))
-                    out = lme.evaluate_model(lease.model, lease.tokenizer, tasks=tasks, include=include,
+                        logger.info("  lm-eval %s on %s", key,
+                                    ", ".join([lme.LOCAL_TASK] * bool(local) + list(cfg.lm_eval_tasks)))
+                    out = lme.evaluate_model(lease.model, lease.tokenizer, tasks=list(cfg.lm_eval_tasks),
+                                             local_task=local, include_path=cfg.lm_eval_include_path,
                                              batch_size=cfg.generation_batch_size, num_fewshot=cfg.lm_eval_num_fewshot,
                                              limit=cfg.lm_eval_limit)
                 results[key] = {"accuracy": lme.accuracy(out) if examples else None, "num_samples": len(examples),
@@ -404,7 +401,7 @@ class Transfer:
             "diagnostics": read_json(dirs.diagnostics),
             "pushed": read_json(dirs.push_record),
             "evaluation": read_json(dirs.evaluation),
-            "lm_eval": read_json(dirs("evaluation", "lm_eval.json")),
+            "lm_eval": read_json(dirs.lm_eval),
             "stages": self.timings,
             # What made each finished stage: its fingerprint and the settings and inputs it is the hash of.
             "made_by": {name: {k: rec[k] for k in ("provided", "fingerprint", "settings", "inputs", "reads") if k in rec}

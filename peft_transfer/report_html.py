@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 
-from . import rundir
+from . import lm_evaluation, rundir
 
 
 def _figure(draw) -> str:
@@ -48,7 +48,8 @@ def _section(key: str, title: str, content: str | None, missing: str) -> str:
             + (content if content else f'<p class="missing">{html.escape(missing)}</p>') + "</section>")
 
 
-def _candidates(dirs: rundir.RunDir) -> dict | None:
+def candidate_columns(dirs: rundir.RunDir) -> dict | None:
+    """The scored candidates' `round`, `score`, `passed` and `accepted` columns (None: no candidates stored)."""
     if not os.path.isdir(dirs.candidates):
         return None
     from datasets import load_from_disk
@@ -57,38 +58,40 @@ def _candidates(dirs: rundir.RunDir) -> dict | None:
     return {c: data[c] for c in ("round", "score", "passed", "accepted") if c in data.column_names}
 
 
+def pass_rate_per_round(candidates: dict) -> list[tuple[int, int, float]]:
+    """`(round, candidates scored, share that passed the filter)` for each generate -> filter round."""
+    rounds, passed = np.asarray(candidates["round"]), np.asarray(candidates["passed"], dtype=float)
+    return [(r, int((rounds == r).sum()), float(passed[rounds == r].mean())) for r in sorted(set(rounds.tolist()))]
+
+
+def verdict_scores(candidates: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The log-odds of the scored candidates that passed the filter, and of those it rejected."""
+    score = np.asarray([np.nan if s is None else s for s in candidates["score"]], dtype=float)
+    passed = np.asarray(candidates["passed"], dtype=bool)
+    return score[passed & ~np.isnan(score)], score[~passed & ~np.isnan(score)]
+
+
 def _accuracy(report: dict) -> str | None:
     ev = report.get("evaluation") or {}
-    names = (("source_adapter", "source base + source adapter"), ("target_base", "target base"),
-             ("transferred", "target base + transferred adapter"))
-    rows = [[label, f"{ev[key]:.1%}"] for key, label in names if key in ev]
+    rows = [[label, f"{ev[key]:.1%}"] for key, label in lm_evaluation.MODELS if key in ev]
     parts = (f"<p>Exact match on {ev.get('num_samples', '?')} held-out inputs.</p>"
              + _table(["model", "accuracy"], rows)) if rows else ""
     lm_eval = report.get("lm_eval") or {}
-    if lm_eval:  # evaluation_backend: lm_eval — one row per task and metric, one column per model
-        models = [(label, key) for key, label in names if key in lm_eval]
-        metrics = sorted({(task, metric) for _, key in models for task, values in lm_eval[key].items()
-                          for metric in values if "_stderr" not in metric})
-        table = [[task, metric, *("" if lm_eval[key].get(task, {}).get(metric) is None
-                                  else f"{lm_eval[key][task][metric]:.4f}" for _, key in models)]
-                 for task, metric in metrics]
-        parts += "<h3>lm-evaluation-harness</h3>" + _table(["task", "metric", *(label for label, _ in models)], table)
+    if lm_eval:  # evaluation_backend: lm_eval
+        parts += "<h3>lm-evaluation-harness</h3>" + _table(*lm_evaluation.table(lm_eval))
     return parts or None
 
 
 def _acceptance(candidates: dict | None) -> str | None:
     if not candidates or "round" not in candidates:
         return None
-    rounds = np.asarray(candidates["round"])
-    passed = np.asarray(candidates["passed"], dtype=float)
-    order = sorted(set(rounds.tolist()))
-    rates = [passed[rounds == r].mean() for r in order]
+    per_round = pass_rate_per_round(candidates)
 
     def draw(ax):
-        ax.bar([str(r) for r in order], [100 * r for r in rates])
+        ax.bar([str(r) for r, _, _ in per_round], [100 * rate for _, _, rate in per_round])
         ax.set(xlabel="round", ylabel="passed the filter (%)", ylim=(0, 100), title="Acceptance per round")
 
-    rows = [[r, int((rounds == r).sum()), f"{rate:.1%}"] for r, rate in zip(order, rates)]
+    rows = [[r, scored, f"{rate:.1%}"] for r, scored, rate in per_round]
     return _figure(draw) + _table(["round", "scored", "passed"], rows)
 
 
@@ -97,10 +100,7 @@ def _scores(candidates: dict | None, disc: dict) -> str | None:
     if disc.get("held_out_positive_scores"):
         groups["held-out real inputs"] = np.asarray(disc["held_out_positive_scores"], dtype=float)
     if candidates and "score" in candidates:
-        score = np.asarray([np.nan if s is None else s for s in candidates["score"]], dtype=float)
-        passed = np.asarray(candidates["passed"], dtype=bool)
-        groups["candidates that passed the filter"] = score[passed & ~np.isnan(score)]
-        groups["candidates it rejected"] = score[~passed & ~np.isnan(score)]
+        groups["candidates that passed the filter"], groups["candidates it rejected"] = verdict_scores(candidates)
     groups = {k: v for k, v in groups.items() if v.size}
     if not groups:
         return None
@@ -160,7 +160,7 @@ def _lineage(report: dict) -> str | None:
 def write_html_report(root: str, report: dict) -> str:
     """Write `report.html` into the run directory `root` from its artifacts and `report`; returns its path."""
     dirs = rundir.RunDir(root)
-    candidates = _candidates(dirs)
+    candidates = candidate_columns(dirs)
     disc = report.get("discriminator") or {}
     lineage = report.get("lineage") or {}
     title = f"{report.get('task_name') or 'transfer'}: {lineage.get('source_model', '?')} -> " \

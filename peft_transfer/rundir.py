@@ -31,6 +31,7 @@ STAGE_RECORD = "stage.json"
 METRICS, ACCEPTED, CANDIDATES, STATS = "metrics.json", "accepted", "candidates", "stats.json"
 DIAGNOSTICS, PROJECTION, EVALUATION, PREDICTIONS = "diagnostics.json", "projection.png", "evaluation.json", "predictions.json"
 LABEL_STATS, SELECTION = "label_stats.json", "selection.json"
+LM_EVAL, LM_EVAL_TABLE = "lm_eval.json", "lm_eval.md"
 
 
 class RunDir:
@@ -138,6 +139,11 @@ class RunDir:
     @property
     def evaluation(self) -> str:
         return self("evaluation", EVALUATION)
+
+    @property
+    def lm_eval(self) -> str:
+        """lm-evaluation-harness results of the three models (`evaluation_backend: lm_eval`)."""
+        return self("evaluation", LM_EVAL)
 
     @property
     def predictions(self) -> str:

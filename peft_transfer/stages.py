@@ -363,10 +363,8 @@ def evaluation(run, out: str) -> None:
             write_json(os.path.join(out, rundir.EVALUATION), summary)
             write_json(os.path.join(out, rundir.PREDICTIONS), {k: v["predictions"] for k, v in results.items()})
         if lm_eval:
-            from . import lm_evaluation as lme
-
-            write_json(os.path.join(out, lme.RESULTS), {k: v["lm_eval"] for k, v in results.items()})
-            with open(os.path.join(out, lme.TABLE), "w", encoding="utf-8") as f:
+            write_json(os.path.join(out, rundir.LM_EVAL), {k: v["lm_eval"] for k, v in results.items()})
+            with open(os.path.join(out, rundir.LM_EVAL_TABLE), "w", encoding="utf-8") as f:
                 f.write("".join(f"## {k}\n\n{v['table']}\n" for k, v in results.items()))
 
 
@@ -421,7 +419,7 @@ def _discriminator_summary(dirs: rundir.RunDir) -> str:
 
 def _evaluation_summary(dirs: rundir.RunDir) -> str:
     summary = ", ".join(f"{k} {v:.1%}" for k, v in read_json(dirs.evaluation).items() if k != "num_samples")
-    if os.path.exists(dirs("evaluation", "lm_eval.json")):
+    if os.path.exists(dirs.lm_eval):
         summary += (", " if summary else "") + "lm-eval tables in evaluation/lm_eval.md"
     return summary
 

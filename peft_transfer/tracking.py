@@ -28,21 +28,23 @@ logger = logging.getLogger(__name__)
 
 def integrations(report_to) -> list[str]:
     """The integration names `report_to` asks for (`"all"`: every one installed; `"none"`: none)."""
-    from transformers.integrations import get_available_reporting_integrations
-
     names = [report_to] if isinstance(report_to, str) else list(report_to or [])
     if "all" in names:
+        from transformers.integrations import get_available_reporting_integrations
+
         return get_available_reporting_integrations()
     return [n for n in names if n != "none"]
 
 
 def check_integrations(report_to) -> None:
     """Every tracker `report_to` names is one transformers knows, and its package is installed (before any work)."""
+    names = integrations(report_to)
+    if not names:
+        return
     from transformers.integrations import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
 
     from .errors import PreflightError
 
-    names = integrations(report_to)
     unknown = [n for n in names if n not in INTEGRATION_TO_CALLBACK]
     if unknown:
         raise PreflightError(f"report_to names no tracker transformers knows: {', '.join(map(repr, unknown))}; use "
@@ -74,17 +76,24 @@ class _Prefixed:
         return self.inner.on_log(args, state, control, logs=logs, **kwargs)
 
 
+def _into(cb, tracking_dir: str):
+    """`cb`, with TensorBoard writing into `tracking_dir` (unless TENSORBOARD_LOGGING_DIR says otherwise)."""
+    from transformers.integrations import TensorBoardCallback
+
+    if isinstance(cb, TensorBoardCallback) and not os.getenv("TENSORBOARD_LOGGING_DIR"):
+        cb.logging_dir = tracking_dir
+    return cb
+
+
 def prefix_trainer_logs(trainer, stage: str, tracking_dir: str) -> None:
     """Make `trainer`'s integration callbacks log under `stage/` and TensorBoard write into `tracking_dir`."""
-    from transformers.integrations import INTEGRATION_TO_CALLBACK, TensorBoardCallback
+    from transformers.integrations import INTEGRATION_TO_CALLBACK
 
     kinds = tuple(INTEGRATION_TO_CALLBACK.values())
     handler = trainer.callback_handler
     for i, cb in enumerate(handler.callbacks):
         if isinstance(cb, kinds):
-            if isinstance(cb, TensorBoardCallback) and not os.getenv("TENSORBOARD_LOGGING_DIR"):
-                cb.logging_dir = tracking_dir
-            handler.callbacks[i] = _Prefixed(cb, stage)
+            handler.callbacks[i] = _Prefixed(_into(cb, tracking_dir), stage)
 
 
 def _numbers(d: dict, *, skip=()) -> dict:
@@ -107,16 +116,14 @@ class StageTracker:
     def _start(self):
         import torch
         from transformers import TrainerControl, TrainerState, TrainingArguments
-        from transformers.integrations import TensorBoardCallback, get_reporting_integration_callbacks
+        from transformers.integrations import get_reporting_integration_callbacks
 
         self.args = TrainingArguments(output_dir=self.dirs.tracking, report_to=self.names, run_name=self.run_name,
                                       use_cpu=not torch.cuda.is_available())
         self.state, self.control = TrainerState(), TrainerControl()
         self._callbacks = []
         for kind in get_reporting_integration_callbacks(self.names):
-            cb = kind()
-            if isinstance(cb, TensorBoardCallback) and not os.getenv("TENSORBOARD_LOGGING_DIR"):
-                cb.logging_dir = self.dirs.tracking
+            cb = _into(kind(), self.dirs.tracking)
             cb.on_train_begin(self.args, self.state, self.control)
             self._callbacks.append(cb)
 
@@ -180,21 +187,16 @@ class StageTracker:
         self.log(name, figures)
 
     def _log_rounds(self, name: str) -> None:
-        if not os.path.isdir(self.dirs.candidates):
-            return
-        from datasets import load_from_disk
+        from .report_html import candidate_columns, pass_rate_per_round, verdict_scores
 
-        data = load_from_disk(self.dirs.candidates)
-        if "round" not in data.column_names:
+        candidates = candidate_columns(self.dirs)
+        if not candidates or "round" not in candidates:
             return
-        rounds, passed = np.asarray(data["round"]), np.asarray(data["passed"], dtype=float)
-        for r in sorted(set(rounds.tolist())):
-            self.log(name, {"pass_rate_per_round": float(passed[rounds == r].mean()),
-                            "scored_per_round": float((rounds == r).sum())}, step=int(r))
-        scores = np.asarray([np.nan if s is None else s for s in data["score"]], dtype=float)
-        ok = ~np.isnan(scores)
-        self.histogram(name, "passed_scores", scores[ok & (passed > 0)])
-        self.histogram(name, "rejected_scores", scores[ok & (passed == 0)])
+        for r, scored, rate in pass_rate_per_round(candidates):
+            self.log(name, {"pass_rate_per_round": rate, "scored_per_round": float(scored)}, step=int(r))
+        passed, rejected = verdict_scores(candidates)
+        self.histogram(name, "passed_scores", passed)
+        self.histogram(name, "rejected_scores", rejected)
 
     def close(self) -> None:
         for cb in self._callbacks or []:

@@ -101,7 +101,7 @@ def push_run(cfg, dirs, lineage: dict) -> dict:
         evaluation = read_json(dirs.evaluation) or None
         commit = push_adapter(dirs.target_adapter, cfg.hub_model_id, lineage=lineage,
                               evaluation=evaluation, private=cfg.hub_private_repo, token=cfg.hub_token,
-                              lm_eval=read_json(dirs("evaluation", "lm_eval.json")) or None)
+                              lm_eval=read_json(dirs.lm_eval) or None)
         record[cfg.hub_model_id] = {"what": "adapter", "commit": str(commit)}
     if cfg.hub_discriminator_id and cfg.hub_discriminator_id not in record:
         metrics = read_json(dirs.discriminator_metrics)
