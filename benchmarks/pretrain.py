@@ -6,7 +6,7 @@
 
 A transfer only shows something when the target base can do what the generator prompt asks of it: continue a
 numbered list of task inputs *in the format of the listed items* (stage 3 of the method). The specific formats of
-the tasks never occur in the pretraining corpus (`peft_transfer/corpus.py` only holds generic variants), so this
+the tasks never occur in the pretraining corpus (`peft_transfer/worlds/corpus.py` only holds generic variants), so this
 is in-context format copying, an induction-style skill. The corpus's own lists cover only a few dozen formats, which
 a small model can simply memorize; this script therefore adds lists drawn from *random templates* (random fixed
 words and punctuation around random slots: letters, numbers, pseudo-words, brackets, ...), every list homogeneous in
@@ -37,10 +37,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
-from peft_transfer.corpus import generic_corpus
+from peft_transfer.worlds.corpus import generic_corpus
 from peft_transfer.data import generator_prompt, parse_candidate
-from peft_transfer.tasks import TASKS, WEEKDAYS, WORDS, make_task, pseudo_word
-from peft_transfer.testing import TinyFamily, build_model, build_tokenizer, save_family
+from peft_transfer.worlds.tasks import TASKS, WEEKDAYS, WORDS, make_task, pseudo_word
+from peft_transfer.worlds.tiny_models import TinyFamily, build_model, build_tokenizer, save_family
 
 PROBE_TASKS = tuple(TASKS)  # every family
 
@@ -243,7 +243,7 @@ def pretraining_corpus(num_chars: int, seed: int = 0, template_share: float = 0.
 
 
 def build_base(spec: BaseSpec, tokenizer, max_positions: int, seed: int = 0):
-    """`peft_transfer.testing.build_model` with the spec's shapes; Gemma ties its embeddings, as the real Gemma models
+    """`peft_transfer.worlds.tiny_models.build_model` with the spec's shapes; Gemma ties its embeddings, as the real Gemma models
     do (and it keeps the file small)."""
     family = TinyFamily(spec.name, spec.architecture, hidden_size=spec.hidden_size,
                         num_hidden_layers=spec.num_hidden_layers, num_attention_heads=spec.num_attention_heads,

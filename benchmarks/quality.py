@@ -16,7 +16,7 @@ Every row is one `Transfer` run (`peft_transfer.pipeline`) with its own `Transfe
     translora-cross     Trans-LoRA, cross family: tiny-llama -> tiny-gemma (other tokenizer)            (Table 1)
     unfiltered-same     `filter_mode: none`, its own synthesis                                             (Table 5)
     seeds-only-same     distilled on the 5 seeds' inputs only (labels from the teacher)                  (Table 5)
-    random-text-same    distilled on random generic text (filler sentences of `peft_transfer.corpus`)     (Table 5)
+    random-text-same    distilled on random generic text (filler sentences of `peft_transfer.worlds.corpus`)     (Table 5)
     dora-same           LoRA -> DoRA on translora-same's synthetic set and labels                        (Table 6)
     prompt-tuning-same  LoRA -> prompt tuning on the same set                                            (Table 6)
     chain-hop2          tiny-llama-b + translora-same's adapter -> tiny-gemma, same discriminator        (Table 7)
@@ -111,7 +111,7 @@ SIZES = {
         ),
     ),
     "full": dict(
-        tasks=None,  # every family of peft_transfer.tasks
+        tasks=None,  # every family of peft_transfer.worlds.tasks
         n_train=250, n_test=500, scaling=[62, 125, 250, 500, 1000], prompt_tuning_learning_rate=2e-2,
         same_family=dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=8, num_key_value_heads=4,
                          intermediate_size=1024, head_dim=48, steps=3000, batch_size=64, lr=1.5e-3, seq_len=512,
@@ -175,7 +175,7 @@ def resolve_bases(size: dict, bases: str | None, out: str, seed: int, *, build_o
     they may still be training beside this process) and tiny-llama-b is built there when missing. Without it, the
     committed demo models are used, and what is missing is built and pretrained briefly under `out/bases`.
     """
-    from peft_transfer.testing import demo_base
+    from peft_transfer.worlds.tiny_models import demo_base
 
     paths = {}
     for name in (SOURCE, CROSS):
@@ -224,7 +224,7 @@ def _prepare(cfg, inputs: list[str], stats: dict, labels=None, *, made_by: str) 
 
 def random_text(n: int, seed: int, max_chars: int = 80) -> list[str]:
     """`n` distinct random generic sentences (the paper's 'random Wikipedia text' ablation), cut to task length."""
-    from peft_transfer.corpus import filler_block
+    from peft_transfer.worlds.corpus import filler_block
 
     rng, out = random.Random(f"random-text:{seed}"), []
     while len(out) < n:
@@ -685,14 +685,14 @@ def main(argv=None):
         print(json.dumps(bases, indent=1))
         return 0
 
-    from peft_transfer.tasks import load_task_files, make_task, write_task
+    from peft_transfer.worlds.tasks import load_task_files, make_task, write_task
 
     if args.task_file:
         if not args.test_file:
             parser.error("--task-file needs --test-file")
         tasks = [load_task_files(args.task_file, args.test_file, name=args.task_name, seed=args.seed)]
     else:
-        from peft_transfer.tasks import list_tasks
+        from peft_transfer.worlds.tasks import list_tasks
 
         names = args.tasks or size["tasks"] or list_tasks()
         tasks = [make_task(name, n_train=size["n_train"], n_test=size["n_test"], seed=args.seed) for name in names]

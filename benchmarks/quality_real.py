@@ -535,7 +535,7 @@ def main(argv=None):
         print(markdown(result))
         return 0
 
-    from peft_transfer.tasks import load_task_files, write_task
+    from peft_transfer.worlds.tasks import load_task_files, write_task
 
     if args.task_file:
         if not args.test_file:

@@ -6,7 +6,7 @@ templates, number ranges, list lengths, answer formats), so that real inputs can
 Targets are deterministic functions of the input: exact match is a fair metric.
 
 Three tasks are new here (`addition`, `word_sorting`, `object_counting`); the others are the specific variants of
-the tiny world's families (`peft_transfer.tasks`), which are BBH-shaped already.
+the tiny world's families (`peft_transfer.worlds.tasks`), which are BBH-shaped already.
 
     python benchmarks/real_tasks.py --out runs/real-tasks      # writes <task>/{train,test,seeds}.jsonl
 """
@@ -17,7 +17,7 @@ import argparse
 import random
 import re
 
-from peft_transfer.tasks import TASKS, Task, write_task
+from peft_transfer.worlds.tasks import TASKS, Task, write_task
 
 # Common English nouns (BBH word_sorting draws from a dictionary; these sort unambiguously, all lower case).
 NOUNS = (

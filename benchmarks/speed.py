@@ -83,7 +83,7 @@ def tiny_world(folder: str) -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from peft_transfer.testing import build_family
+    from peft_transfer.worlds.tiny_models import build_family
 
     source = build_family("tiny-llama-hd32", os.path.join(folder, "src"), pretrain_steps=0, seed=0)
     target = build_family("tiny-llama-hd32", os.path.join(folder, "tgt"), pretrain_steps=0, seed=1)

@@ -191,7 +191,7 @@ def lengths(values: list[int]) -> dict:
 
 
 def build_tokenizer(preset: Preset, words: Words):
-    from peft_transfer.testing import build_tokenizer as train_bpe
+    from peft_transfer.worlds.tiny_models import build_tokenizer as train_bpe
 
     corpus = [words.text(60) for _ in range(preset.corpus_docs)]
     return train_bpe("byte_bpe", preset.vocab_size, corpus)

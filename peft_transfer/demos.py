@@ -6,7 +6,7 @@ The data owner's half — the source adapter and the discriminator, trained whil
 `python recipes/demo_owner.py` and ships under `demo_models/smollm2-addition/` with the 5 seeds and 300 held-out
 inputs, so the demo runs the transfer-time stages only, as a user would. recipes/demo.yaml holds the same values.
 
-`demo-tiny`: the built-in "sort letters" task between the two tiny families trained here (`peft_transfer.testing`),
+`demo-tiny`: the built-in "sort letters" task between the two tiny families trained here (`peft_transfer.worlds.tiny_models`),
 committed under `demo_models/` with the task's files (`tasks.make_task("sort_letters", seed=42)`); recipes/demo-tiny.yaml
 holds the same values. Both demos are settings and paths only: the pipeline knows nothing of them.
 """

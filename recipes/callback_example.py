@@ -4,7 +4,7 @@
     python recipes/callback_example.py --output_dir runs/callback_example --pretrain_steps 30 --num_samples 32 \
         --num_train_epochs 2 --report_to tensorboard
 
-It runs on the tiny demo models (`peft_transfer.testing.build_demo_assets`; built and pretrained locally when they
+It runs on the tiny demo models (`peft_transfer.worlds.tiny_models.build_demo_assets`; built and pretrained locally when they
 are not committed), on one CPU in minutes. The first part stands for what the data owner did once while the real
 data was there (a source adapter and a discriminator, made here with the pipeline's first two stages, skipped when
 `--source_adapter` and `--discriminator_adapter` are given). The second part is an ordinary training script:
@@ -23,7 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, 
 
 from peft_transfer import SyntheticFilterCallback, Transfer, TransferConfig
 from peft_transfer.data import load_seeds
-from peft_transfer.testing import build_demo_assets
+from peft_transfer.worlds.tiny_models import build_demo_assets
 
 
 @dataclass

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` fro
 from benchmarks.real_tasks import make_real_task  # noqa: E402
 from peft_transfer import TransferConfig  # noqa: E402
 from peft_transfer.pipeline import Transfer  # noqa: E402
-from peft_transfer.tasks import write_task  # noqa: E402
+from peft_transfer.worlds.tasks import write_task  # noqa: E402
 
 DEMO_DIR = Path(__file__).resolve().parents[1] / "peft_transfer" / "demo_models" / "smollm2-addition"
 OWNER_SETTINGS = dict(

@@ -65,8 +65,8 @@ def config_only(tmp_path):
 
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory):
-    from peft_transfer.tasks import make_task
-    from peft_transfer.testing import build_family, task_files
+    from peft_transfer.worlds.tasks import make_task
+    from peft_transfer.worlds.tiny_models import build_family, task_files
 
     root = tmp_path_factory.mktemp("world")
     paths = {
@@ -115,8 +115,8 @@ def untrained():
     end-of-sequence: its candidates are short random strings that parse. Teacher and discriminator are Llama-style
     on the source tokenizer, the generator Gemma-style on the target one.
     """
-    from peft_transfer.corpus import generic_corpus
-    from peft_transfer.testing import FAMILIES, build_model, build_tokenizer
+    from peft_transfer.worlds.corpus import generic_corpus
+    from peft_transfer.worlds.tiny_models import FAMILIES, build_model, build_tokenizer
 
     docs = generic_corpus(num_docs=300, seed=0, doc_chars=300)
     source_tok = build_tokenizer("byte_bpe", 384, docs)

@@ -1,7 +1,7 @@
 """`SyntheticFilterCallback` inside a plain `transformers.Trainer`.
 
 The models are tiny and untrained (no pretraining: the session's `tiny_world` costs minutes), built from the two
-families of `peft_transfer.testing` with their own tokenizers, so teacher and student differ in vocabulary. An
+families of `peft_transfer.worlds.tiny_models` with their own tokenizers, so teacher and student differ in vocabulary. An
 untrained generator would almost never end an item, so the test generator treats a quarter of its vocabulary
 as end-of-sequence: its candidates are short random strings that parse, which is all the callback's mechanics need.
 The real `synthesize`, `score`, `label` and `Trainer` run; only the quality of the text is not the point here.
@@ -39,7 +39,7 @@ def make_trainer(models, callback, tmp_path, **args):
     from peft import LoraConfig, get_peft_model
     from transformers import Trainer, TrainingArguments
 
-    from peft_transfer.testing import FAMILIES, build_model
+    from peft_transfer.worlds.tiny_models import FAMILIES, build_model
 
     student = get_peft_model(build_model(FAMILIES["tiny-gemma"], models["target_tok"], seed=1),
                              LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
@@ -156,7 +156,7 @@ def test_rows_match_what_sft_trainer_trains_on(models, tmp_path):
     from trl import SFTConfig, SFTTrainer
 
     from peft_transfer.callbacks import tokenize_completion
-    from peft_transfer.testing import FAMILIES, build_model
+    from peft_transfer.worlds.tiny_models import FAMILIES, build_model
 
     tok = models["target_tok"]
     rows = [{"prompt": "sort the letters: b a c\nAnswer:", "completion": " a b c"},

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from benchmarks.pretrain import format_copy_rate
-from peft_transfer.tasks import TASKS
-from peft_transfer.testing import DEMO_MODELS
+from peft_transfer.worlds.tasks import TASKS
+from peft_transfer.worlds.tiny_models import DEMO_MODELS
 
 SOURCE = os.path.join(DEMO_MODELS, "tiny-llama")
 TARGET = os.path.join(DEMO_MODELS, "tiny-gemma")

@@ -17,7 +17,7 @@ INPUTS = ["dcba", "zyx", "hello", "world", "qwerty", "plane", "abc", "train"]
 def bases(tmp_path_factory):
     from transformers import AutoTokenizer
 
-    from peft_transfer.testing import FAMILIES, build_family, build_model, save_family
+    from peft_transfer.worlds.tiny_models import FAMILIES, build_family, build_model, save_family
 
     root = tmp_path_factory.mktemp("peft_types")
     paths = {

@@ -162,7 +162,7 @@ def test_tokenizer_without_pad_token(tiny_world, tmp_path):
 
 
 def test_generator_whose_output_never_parses(make_config, run_dir, tiny_world, tmp_path):
-    from peft_transfer.testing import build_family
+    from peft_transfer.worlds.tiny_models import build_family
 
     # An untrained base writes noise: never a finished item within 3 tokens.
     noise = build_family("tiny-gemma", str(tmp_path / "noise"), pretrain_steps=0, seed=3)

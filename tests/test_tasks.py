@@ -1,4 +1,4 @@
-"""The benchmark's procedural tasks and pretraining corpus (peft_transfer/tasks.py, peft_transfer/corpus.py).
+"""The benchmark's procedural tasks and pretraining corpus (peft_transfer/worlds/tasks.py, peft_transfer/worlds/corpus.py).
 
 The answers are checked against reference solvers written here from the task's text alone; each solver is
 itself pinned by examples worked out by hand.
@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from peft_transfer.corpus import (
+from peft_transfer.worlds.corpus import (
     ANSWER_PREFIX,
     LIST_HEADER,
     block_kind,
@@ -18,7 +18,7 @@ from peft_transfer.corpus import (
     list_block,
     qa_block,
 )
-from peft_transfer.tasks import (
+from peft_transfer.worlds.tasks import (
     MAX_INPUT_CHARS,
     MAX_TARGET_CHARS,
     TASKS,

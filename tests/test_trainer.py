@@ -22,7 +22,7 @@ def kd_world(tmp_path_factory):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoTokenizer
 
-    from peft_transfer.testing import FAMILIES, TinyFamily, build_family, build_model, save_family
+    from peft_transfer.worlds.tiny_models import FAMILIES, TinyFamily, build_family, build_model, save_family
 
     root = tmp_path_factory.mktemp("kd")
     teacher_base = build_family("tiny-llama", str(root / "teacher_base"), num_docs=300)
@@ -329,8 +329,8 @@ def test_different_vocabularies_are_refused(kd_world, tmp_path):
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
-    from peft_transfer.corpus import generic_corpus
-    from peft_transfer.testing import build_tokenizer
+    from peft_transfer.worlds.corpus import generic_corpus
+    from peft_transfer.worlds.tiny_models import build_tokenizer
 
     other = build_tokenizer("metaspace_bpe", 384, generic_corpus(num_docs=100, seed=1, doc_chars=300))
     with pytest.raises(ValueError, match="tokenizers differ.*loss_type: sequence"):

@@ -77,7 +77,7 @@ def hd32(tmp_path_factory):
     from peft import LoraConfig, get_peft_model
 
     from peft_transfer.modeling import load_base
-    from peft_transfer.testing import build_family
+    from peft_transfer.worlds.tiny_models import build_family
 
     python = _vllm_python()
     root = tmp_path_factory.mktemp("vllm")
@@ -147,8 +147,8 @@ def test_a_transfer_writes_candidates_and_labels_through_vllm(hd32, tmp_path):
 
     from peft_transfer import Transfer, TransferConfig
     from peft_transfer.rundir import RunDir, read_json
-    from peft_transfer.tasks import make_task
-    from peft_transfer.testing import task_files
+    from peft_transfer.worlds.tasks import make_task
+    from peft_transfer.worlds.tiny_models import task_files
 
     files = task_files(make_task("sort_letters", n_train=40, n_test=8, seed=0), str(tmp_path / "task"))
     # The served adapter is the source adapter; unfiltered, so that only the generating stages run.

@@ -5,9 +5,9 @@ transfer pairs do: a Llama-style model with a byte-level BPE tokenizer and a Gem
 differently trained Metaspace BPE tokenizer (different vocabularies, different ids). Both are saved with
 `save_pretrained` and are meant to be loaded back through the ordinary `from_pretrained` path that a Hub id takes.
 
-`pretrain_steps` optionally trains a base on the generic corpus of `peft_transfer.corpus` (filler text, numbered
+`pretrain_steps` optionally trains a base on the generic corpus of `peft_transfer.worlds.corpus` (filler text, numbered
 lists and question/answer demos of *generic* task variants) so that it can continue a numbered list and has some
-partial skill, the way a real pretrained base does. The tasks themselves live in `peft_transfer.tasks`.
+partial skill, the way a real pretrained base does. The tasks themselves live in `peft_transfer.worlds.tasks`.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-DEMO_TASK = "sort_letters"  # a family of `peft_transfer.tasks`
-DEMO_MODELS = os.path.join(os.path.dirname(__file__), "demo_models")  # committed, pretrained bases (if present)
+DEMO_TASK = "sort_letters"  # a family of `peft_transfer.worlds.tasks`
+DEMO_MODELS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "demo_models")  # committed, pretrained bases (if present)
 
 @dataclass
 class TinyFamily:

@@ -7,7 +7,7 @@ Trans-LoRA's claims on tasks made up below. Each task family has two faces:
   length, one answer format. Its samples fill `Task.train` / `Task.test`. Because the template is fixed, real
   inputs can be told apart from a generator's imitations, which is what the discriminator has to learn.
 - **generic** variants teach the same skill in other formats (other phrasings, separators, ranges, answer
-  styles). Only these go into the pretraining corpus (`peft_transfer/corpus.py`), so base models get partial
+  styles). Only these go into the pretraining corpus (`peft_transfer/worlds/corpus.py`), so base models get partial
   skill on the family without ever seeing the specific template or any of its train/test inputs.
 
 `TaskFamily.specific_pattern` is a regex that every specific input matches and no generic input does; the
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .data import load_examples
+from ..data import load_examples
 
 MAX_INPUT_CHARS = 80
 MAX_TARGET_CHARS = 20
