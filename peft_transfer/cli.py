@@ -27,7 +27,8 @@ INTERRUPTED_STATUS = 130  # 128 + SIGINT, what a shell reports for a command sto
 
 
 def make_parser(**defaults):
-    """A `TrlParser` for `TransferConfig` whose mistakes are `ConfigError`s (see `TransferParser`)."""
+    """A `TrlParser` for `TransferConfig` and the training fields of `DistillationConfig` whose mistakes are
+    `ConfigError`s (see `TransferParser`)."""
     parser = _parser_class()((TransferConfig,))
     if defaults:
         parser.set_defaults(**defaults)
@@ -45,7 +46,43 @@ def _parser_class():
         `HfArgumentParser` refuses unknown flags with "Some specified arguments are not used by the
         HfArgumentParser"; argparse itself prints the whole usage (a hundred settings) and exits on a bad value.
         Here each of those is one `ConfigError` that names the setting.
+
+        Beside `TransferConfig`'s own fields it takes the `DistillationConfig` fields a run passes to its trainings
+        (`config.training_field_names()`, one group in `--help` with TRL's and transformers' own help texts): those
+        given, on the command line or in the recipe, land in `TransferConfig.training_kwargs`.
         """
+
+        def __init__(self, dataclass_types, **kwargs):
+            super().__init__(dataclass_types, **kwargs)
+            import dataclasses
+            from typing import get_type_hints
+
+            from .config import training_field_names
+            from .distillation import DistillationConfig
+
+            group = self.add_argument_group("training (DistillationConfig / TrainingArguments fields)")
+            hints, names = get_type_hints(DistillationConfig), set(training_field_names())
+            for f in dataclasses.fields(DistillationConfig):
+                if f.name in names:
+                    field = _copy_field(f, hints[f.name])
+                    self._parse_dataclass_field(group, field)
+            # What each parses to when not given (argparse converts string defaults with the field's type).
+            self._training_defaults = {}
+            for a in group._group_actions:  # the first action per name: a `--no_<name>` complement follows it
+                self._training_defaults.setdefault(
+                    a.dest, a.type(a.default) if isinstance(a.default, str) and callable(a.type) else a.default)
+
+        def parse_args_into_dataclasses(self, args=None, return_remaining_strings=False, **kwargs):
+            *outputs, remaining = super().parse_args_into_dataclasses(args=args, return_remaining_strings=True,
+                                                                      **kwargs)
+            config, extra = outputs[0], (outputs[1] if len(outputs) > 1 else None)
+            given = {name: value for name, value in vars(extra or {}).items()
+                     if name in self._training_defaults and value != self._training_defaults[name]}
+            if given:  # a new config, validated again with its training fields
+                import dataclasses
+
+                config = dataclasses.replace(config, training_kwargs={**config.training_kwargs, **given})
+            return (config, remaining) if return_remaining_strings else (config,)
 
         def parse_args_and_config(self, args=None, **kwargs):
             args = list(sys.argv[1:] if args is None else args)
@@ -79,6 +116,15 @@ def _parser_class():
             raise ConfigError(f"{message} (`peft-transfer run --help` lists every setting).")
 
     return TransferParser
+
+
+def _copy_field(f, type_):
+    """A copy of the dataclass field `f` with its resolved type (HfArgumentParser rewrites the type it parses)."""
+    import dataclasses
+
+    copy = dataclasses.field(default=f.default, default_factory=f.default_factory, metadata=f.metadata)
+    copy.name, copy.type = f.name, type_
+    return copy
 
 
 def parse_config(args: list[str] | None = None, **defaults) -> TransferConfig:

@@ -1,9 +1,14 @@
 """`TransferConfig`: every setting of one transfer, validated.
 
-Parsed the TRL way (`TrlParser((TransferConfig,))`), so a flat YAML recipe (`--config recipe.yaml`) and command-line
-flags both work and unknown keys are refused. The defaults are the paper's hyper-parameters (Trans-LoRA, §4 and
-Appendix): AdamW without weight decay, linear schedule without warm-up, lr 2e-5, 20 epochs, effective batch 8,
-LoRA r=8 / alpha=8 on q_proj and v_proj, 5 seeds, N = 250 accepted samples, margin 0.
+Parsed the TRL way: `TrlParser` over `TransferConfig` and the training fields of `DistillationConfig` (TRL's
+`SFTConfig`, so `TrainingArguments`), one help text per field, so a flat YAML recipe (`--config recipe.yaml`) and
+command-line flags both work and unknown keys are refused with the closest valid names. The training settings every
+training of the run shares, and those whose defaults are the paper's, are fields here under their `TrainingArguments`
+names (`learning_rate`, `num_train_epochs`, `per_device_train_batch_size`, `seed`, `report_to`, ...); any other
+`DistillationConfig` field (`lr_scheduler_type`, `warmup_ratio`, `optim`, `max_grad_norm`, ...) is taken by its own
+name into `training_kwargs`. The defaults are the paper's hyper-parameters (Trans-LoRA, §4 and Appendix): AdamW
+without weight decay, linear schedule without warm-up, lr 2e-5, 20 epochs, effective batch 8, LoRA r=8 / alpha=8 on
+q_proj and v_proj, 5 seeds, N = 250 accepted samples, margin 0.
 """
 
 from __future__ import annotations
@@ -175,7 +180,7 @@ class TransferConfig:
     answer_stop: str | None = field(default="\n", metadata={"help": "Answers are cut at this string (None: keep all)."})
 
     # Distillation (the target_adapter stage) and the other trainings
-    loss_type: str = field(default="sequence", metadata={"help": f"One of {LOSS_TYPES}; token-level ones need a shared vocabulary."})
+    kd_loss: str = field(default="sequence", metadata={"help": f"One of {LOSS_TYPES}; token-level ones need a shared vocabulary."})
     sequence_weight: float = field(
         default=0.0,
         metadata={"help": "For token-level losses: weight of the sequence CE in the mix (1 - weight on the divergence)."},
@@ -204,6 +209,13 @@ class TransferConfig:
                           "wandb, mlflow, ...): the training curves and each stage's figures, under one run name."})
     run_name: str | None = field(
         default=None, metadata={"help": "The run's name in the trackers; defaults to the output directory's name."})
+    training_kwargs: dict = field(
+        default_factory=dict,
+        metadata={"help": "Further `DistillationConfig` / `TrainingArguments` fields for every training of the run "
+                          "(e.g. {lr_scheduler_type: cosine, warmup_ratio: 0.1, optim: adamw_torch_fused}). On the "
+                          "command line and at the top of a recipe they go by their own names (`--lr_scheduler_type "
+                          "cosine`); the fields above, and those the run sets itself (output folders, checkpoints, "
+                          "evaluation during training, the Hub), are not among them."})
     source_learning_rate: float = field(default=2e-4, metadata={"help": "When training the source adapter."})
     source_epochs: float = field(default=20, metadata={"help": "When training the source adapter."})
     discriminator_learning_rate: float = field(default=2e-4, metadata={"help": "When training the discriminator."})
@@ -283,8 +295,9 @@ class TransferConfig:
         for name in ("peft_type", "source_peft_type"):
             if getattr(self, name) not in PEFT_TYPES:
                 problems.append(f"{name}={getattr(self, name)!r} is not one of {PEFT_TYPES}.")
-        if self.loss_type not in LOSS_TYPES:
-            problems.append(f"loss_type={self.loss_type!r} is not one of {LOSS_TYPES}.")
+        problems += training_kwargs_problems(self.training_kwargs)
+        if self.kd_loss not in LOSS_TYPES:
+            problems.append(f"kd_loss={self.kd_loss!r} is not one of {LOSS_TYPES}.")
         if self.filter_mode not in FILTER_MODES:
             problems.append(f"filter_mode={self.filter_mode!r} is not one of {FILTER_MODES}.")
         for name in ("num_seeds", "num_samples", "candidate_budget", "generation_batch_size", "max_candidate_tokens",
@@ -392,17 +405,85 @@ class TransferConfig:
     @classmethod
     def from_yaml(cls, path: str, **overrides) -> "TransferConfig":
         """Read a flat YAML recipe (unknown keys refused, with the closest valid names), with keyword overrides."""
-        data = read_recipe(path)
-        data.update(overrides)
+        data = gather_training_settings({**read_recipe(path), **overrides})
         check_setting_names(data, where=f"in {path}")
         return cls(**data)
 
 
 SETTING_NAMES = tuple(f.name for f in fields(TransferConfig))
 
+# `DistillationConfig` fields the run sets itself, with what to do instead.
+RUN_SETS = {
+    **dict.fromkeys(("save_strategy", "save_total_limit", "save_only_model", "save_on_each_node",
+                     "resume_from_checkpoint", "restore_callback_states_from_checkpoint", "enable_jit_checkpoint"),
+                    "checkpoints are the run's: set `save_steps` (0: none); a run resumes by itself"),
+    **dict.fromkeys(("hub_strategy", "hub_always_push", "hub_revision"),
+                    "the run pushes the finished adapter with its card: see `push_to_hub` and `hub_model_id`"),
+    **dict.fromkeys(("use_cpu", "local_rank", "disable_tqdm", "do_train", "do_eval", "do_predict",
+                     "model_init_kwargs", "remove_unused_columns", "label_names"),
+                    "the run sets it from the machine, the models and `show_progress`"),
+    "loss_type": "the distillation loss is `kd_loss` (sequence, forward_kl, reverse_kl or jsd)",
+    **dict.fromkeys(("completion_only_loss", "assistant_only_loss"), "the loss is on the teacher's completion only"),
+}
+
+
+def training_field_names() -> tuple[str, ...]:
+    """The `DistillationConfig` fields a run takes through `training_kwargs` (and as flags and recipe keys): all of
+    them but those `TransferConfig` has itself and those the run sets (`RUN_SETS`, evaluation during training)."""
+    from .distillation import DistillationConfig
+
+    own = set(SETTING_NAMES)
+    return tuple(f.name for f in fields(DistillationConfig) if f.init and f.name not in own
+                 and f.name not in RUN_SETS and not _evaluates(f.name))
+
+
+def _evaluates(name: str) -> bool:
+    """Evaluation during training: the run has no eval dataset in its trainings (the evaluation stage does that)."""
+    return name.startswith("eval_") or name.endswith("_eval") or name in (
+        "per_device_eval_batch_size", "prediction_loss_only", "include_for_metrics", "batch_eval_metrics",
+        "load_best_model_at_end", "metric_for_best_model", "greater_is_better", "eval_packing")
+
+
+def training_kwargs_problems(kwargs) -> list[str]:
+    """What is wrong with a `training_kwargs` mapping, one line per problem (empty: nothing)."""
+    import difflib
+
+    if not isinstance(kwargs, dict):
+        return [f"training_kwargs must be a mapping of DistillationConfig fields to values (got {kwargs!r})."]
+    if not kwargs:
+        return []
+    allowed = training_field_names()
+    problems = []
+    for name in kwargs:
+        if name in allowed:
+            continue
+        if name in SETTING_NAMES:
+            problems.append(f"training_kwargs: {name!r} is a setting of its own: set `{name}` instead.")
+        elif name in RUN_SETS or _evaluates(name):
+            why = RUN_SETS.get(name, "the evaluation stage evaluates the adapters; the trainings have no eval set")
+            problems.append(f"training_kwargs: {name!r} cannot be set: {why}.")
+        else:
+            close = difflib.get_close_matches(str(name), allowed, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else "it is not a DistillationConfig field."
+            problems.append(f"training_kwargs: unknown field {name!r}: {hint}")
+    return problems
+
+
+def gather_training_settings(data: dict) -> dict:
+    """`data` with its top-level `DistillationConfig` fields (`lr_scheduler_type: cosine`) moved into
+    `training_kwargs`, as a recipe may write them."""
+    names = set(training_field_names())
+    moved = {k: data[k] for k in data if k in names}
+    if not moved:
+        return data
+    rest = {k: v for k, v in data.items() if k not in moved}
+    rest["training_kwargs"] = {**(rest.get("training_kwargs") or {}), **moved}
+    return rest
+
 
 def check_setting_names(names, *, where: str, prefix: str = "") -> None:
-    """Refuse names that are not `TransferConfig` fields, suggesting the closest valid ones.
+    """Refuse names that are neither `TransferConfig` fields nor the `DistillationConfig` fields a run takes,
+    suggesting the closest valid ones.
 
     Raises:
         `ConfigError`: one line per unknown name, e.g. "Unknown setting 'num_sampels' in recipe.yaml: did you mean
@@ -410,11 +491,15 @@ def check_setting_names(names, *, where: str, prefix: str = "") -> None:
     """
     import difflib
 
-    lines = []
+    lines, training = [], training_field_names()
     for name in names:
-        if name in SETTING_NAMES:
+        if name in SETTING_NAMES or name in training:
             continue
-        close = difflib.get_close_matches(str(name), SETTING_NAMES, n=1)
+        if name in RUN_SETS or _evaluates(name):
+            why = RUN_SETS.get(name, "the evaluation stage evaluates the adapters; the trainings have no eval set")
+            lines.append(f"The setting {prefix + str(name)!r} {where} cannot be set: {why}.")
+            continue
+        close = difflib.get_close_matches(str(name), SETTING_NAMES + training, n=1)
         hint = f"did you mean {prefix + close[0]!r}?" if close else "`peft-transfer run --help` lists every setting."
         lines.append(f"Unknown setting {prefix + str(name)!r} {where}: {hint}")
     if lines:

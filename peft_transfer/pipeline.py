@@ -384,7 +384,7 @@ class Transfer:
             "discriminator": self.discriminator_adapter if cfg.filter_mode == "discriminator" else None,
             "generator": cfg.generator, "task_name": cfg.task_name, "num_seeds": cfg.num_seeds,
             "num_accepted": stats.get("accepted"), "num_candidates": stats.get("candidates"),
-            "acceptance_rate": stats.get("acceptance_rate"), "loss": cfg.loss_type, "peft_type": cfg.peft_type,
+            "acceptance_rate": stats.get("acceptance_rate"), "kd_loss": cfg.kd_loss, "peft_type": cfg.peft_type,
             "chain": chain,
         }
 

@@ -49,7 +49,7 @@ def check(run, todo) -> None:
     if "discriminator" in names:  # its negatives come from numbered-list prompts of real inputs, on the source base
         real = list(dict.fromkeys(e["input"] for e in load_examples(cfg.train_file, what="train_file")))
         _check_prompt_fits(cfg, cfg.source_model, real, "train_file inputs", "source_model")
-    if "target_adapter" in names and cfg.loss_type != "sequence":
+    if "target_adapter" in names and cfg.kd_loss != "sequence":
         _check_shared_vocabulary(cfg)
     if cfg.generation_backend == "vllm" and names & {"synthesis", "labels"}:
         _check_vllm(cfg, names)
@@ -186,5 +186,5 @@ def _check_shared_vocabulary(cfg) -> None:
     try:
         assert_same_vocabulary(teacher, student)
     except ValueError as e:
-        raise PreflightError(f"loss_type={cfg.loss_type!r} with source_model {cfg.source_model!r} and target_model "
+        raise PreflightError(f"kd_loss={cfg.kd_loss!r} with source_model {cfg.source_model!r} and target_model "
                              f"{cfg.target_model!r}: {e}") from None

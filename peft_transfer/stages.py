@@ -303,10 +303,10 @@ def target_adapter(run, out: str) -> None:
 
     cfg = run.config
     data = load_from_disk(run.dirs.labels)
-    args = training_args(cfg, rundir.RunDir.trainer(out), show_progress=run.show_progress, kd_loss=cfg.loss_type,
-                         sequence_weight=cfg.sequence_weight if cfg.loss_type != "sequence" else 0.0,
+    args = training_args(cfg, rundir.RunDir.trainer(out), show_progress=run.show_progress, kd_loss=cfg.kd_loss,
+                         sequence_weight=cfg.sequence_weight if cfg.kd_loss != "sequence" else 0.0,
                          beta=cfg.beta, kd_temperature=cfg.kd_temperature)
-    token_kd = cfg.loss_type in _TOKEN_KD  # token-level KD runs the teacher during training
+    token_kd = cfg.kd_loss in _TOKEN_KD  # token-level KD runs the teacher during training
     with contextlib.ExitStack() as stack:
         student = stack.enter_context(run.pool.lease(cfg.target_model))
         teacher = stack.enter_context(run.pool.lease(cfg.source_model, run.source_adapter)) \
@@ -370,7 +370,8 @@ def evaluation(run, out: str) -> None:
 
 def training_args(config: TransferConfig, output_dir: str, *, show_progress: bool = True, **overrides):
     """The `DistillationConfig` every training stage starts from: the paper's optimiser settings (AdamW without
-    weight decay, linear schedule without warm-up) and the config's batch, length and logging; `overrides` win."""
+    weight decay, linear schedule without warm-up), the config's batch, length and logging, then the user's
+    `training_kwargs`; `overrides` (the stage's own learning rate, epochs and loss) win."""
     from .distillation import DistillationConfig
 
     kwargs = dict(
@@ -395,6 +396,7 @@ def training_args(config: TransferConfig, output_dir: str, *, show_progress: boo
         use_cpu=not torch.cuda.is_available(),  # also what makes CPU-only processes form a gloo group
         disable_tqdm=not show_progress,
     )
+    kwargs.update(config.training_kwargs)  # the user's own TrainingArguments fields win over the paper's optimiser
     kwargs.update(overrides)
     return DistillationConfig(**kwargs)
 
@@ -430,6 +432,11 @@ _SEED = ("dtype", "seed")
 _ADAPTER = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "num_virtual_tokens",
             "prompt_tuning_init_text")
 _TRAINING = ("per_device_train_batch_size", "gradient_accumulation_steps", "max_length")
+
+
+def _training_kwargs(c: TransferConfig) -> tuple[str, ...]:
+    """The user's further training fields are part of what made a training (left out when there are none)."""
+    return ("training_kwargs",) if c.training_kwargs else ()
 _SAMPLING = ("num_seeds", "generation_batch_size", "max_candidate_tokens", "max_candidate_chars", "do_sample",
              "temperature", "top_p", "top_k")
 _TOKEN_KD = ("forward_kl", "reverse_kl", "jsd")
@@ -442,7 +449,7 @@ def _backend(c: TransferConfig) -> tuple[str, ...]:
 
 def _distillation_reads_teacher(c: TransferConfig) -> bool:
     """Token-level KD and token selection run the teacher (source base + adapter) in the target_adapter stage."""
-    return c.loss_type in _TOKEN_KD or c.token_selection_ratio < 1
+    return c.kd_loss in _TOKEN_KD or c.token_selection_ratio < 1
 
 
 @dataclass
@@ -465,7 +472,7 @@ STAGES: tuple[Stage, ...] = (
           reads=lambda c: (),
           inputs=("train_file",),
           settings=lambda c: ("source_model", "prompt_template", "source_peft_type", *_ADAPTER, "source_learning_rate",
-                              "source_epochs", *_TRAINING, *_SEED),
+                              "source_epochs", *_TRAINING, *_training_kwargs(c), *_SEED),
           bases=lambda c: {c.source_model},
           on_change="keep", resumable=True),
     Stage("discriminator", discriminator,
@@ -475,7 +482,7 @@ STAGES: tuple[Stage, ...] = (
           settings=lambda c: ("source_model", "discriminator_base", "task_name", *_SAMPLING, "discriminator_negatives",
                               *(("discriminator_format_negatives",) if c.discriminator_format_negatives else ()),
                               *_ADAPTER[:4], "discriminator_learning_rate", "discriminator_epochs", *_TRAINING[:2],
-                              *_SEED),
+                              *_training_kwargs(c), *_SEED),
           bases=lambda c: {c.source_model, c.discriminator_base},
           on_change="keep", resumable=True, summary=_discriminator_summary),
     Stage("synthesis", synthesis,
@@ -503,9 +510,9 @@ STAGES: tuple[Stage, ...] = (
           needed=lambda c: True,
           reads=lambda c: ("labels",) + (("source_adapter",) if _distillation_reads_teacher(c) else ()),
           inputs=(),
-          settings=lambda c: ("target_model", "prompt_template", "peft_type", *_ADAPTER, "loss_type", "learning_rate",
-                              "num_train_epochs", *_TRAINING, *_SEED)
-          + (("source_model", "sequence_weight", "beta", "kd_temperature") if c.loss_type in _TOKEN_KD else ())
+          settings=lambda c: ("target_model", "prompt_template", "peft_type", *_ADAPTER, "kd_loss", "learning_rate",
+                              "num_train_epochs", *_TRAINING, *_training_kwargs(c), *_SEED)
+          + (("source_model", "sequence_weight", "beta", "kd_temperature") if c.kd_loss in _TOKEN_KD else ())
           + (("source_model", "token_selection_ratio") if c.token_selection_ratio < 1 else ()),
           bases=lambda c: {c.target_model} | ({c.source_model} if _distillation_reads_teacher(c) else set()),
           on_change="redo", resumable=True),

@@ -100,9 +100,9 @@ def test_typo_in_flag_and_bad_value_are_one_line(capsys, monkeypatch):
 
 def test_impossible_settings_are_one_message(capsys, monkeypatch):
     monkeypatch.delenv("PEFT_TRANSFER_DEBUG", raising=False)
-    assert main(["demo-tiny", "--loss_type", "kl"]) == 2
+    assert main(["demo-tiny", "--kd_loss", "kl"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: Invalid TransferConfig:\n- loss_type='kl' is not one of")
+    assert err.startswith("error: Invalid TransferConfig:\n- kd_loss='kl' is not one of")
     assert "Traceback" not in err
 
 

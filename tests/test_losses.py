@@ -193,7 +193,7 @@ def test_argument_checks(generator):
         forward_kl(student, student, labels, temperature=0.0)
     with pytest.raises(ValueError, match="kind"):
         token_divergence(student, student, labels, kind="kl")
-    with pytest.raises(ValueError, match="loss_type: sequence"):
+    with pytest.raises(ValueError, match="kd_loss: sequence"):
         forward_kl(student, torch.randn(1, 4, VOCAB + 1), labels)
     with pytest.raises(ValueError, match="chunk_size"):
         chunked_token_divergence(torch.randn(1, 4, 3), torch.randn(VOCAB, 3), None, None, labels,
@@ -388,7 +388,7 @@ def test_same_vocabulary_is_accepted():
 def test_different_vocabulary_is_refused():
     teacher = make_tokenizer({word: i for i, word in enumerate(WORDS)})
     student = make_tokenizer({word: i for i, word in enumerate(WORDS[:-1] + ["rug"])})
-    with pytest.raises(ValueError, match="shared vocabulary; set `loss_type: sequence`") as error:
+    with pytest.raises(ValueError, match="shared vocabulary; set `kd_loss: sequence`") as error:
         assert_same_vocabulary(teacher, student)
     assert "mat" in str(error.value) and "rug" in str(error.value)
 
@@ -401,7 +401,7 @@ def test_permuted_ids_are_refused():
     assert set(teacher.get_vocab()) == set(student.get_vocab())
     with pytest.raises(ValueError, match="different ids") as error:
         assert_same_vocabulary(teacher, student)
-    assert "loss_type: sequence" in str(error.value)
+    assert "kd_loss: sequence" in str(error.value)
 
 
 def test_added_token_difference_is_refused():

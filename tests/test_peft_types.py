@@ -91,7 +91,7 @@ def test_transfer_between_peft_types(bases, tmp_path, source_type, target_type, 
     from peft_transfer.synthesis import label
 
     cfg = _config(bases, tmp_path, source_peft_type=source_type, peft_type=target_type, target_model=bases[target],
-                  loss_type=kd_loss)
+                  kd_loss=kd_loss)
     teacher, teacher_tok = _source_adapter(cfg, str(tmp_path / "source_adapter"))
     labels = label(cfg, teacher, teacher_tok, INPUTS, show_progress=False)
     assert all(r["completion"] for r in labels)

@@ -55,7 +55,7 @@ def test_cross_family_transfer_runs_every_stage(make_config, run_dir, tiny_world
 
     lineage = report["lineage"]
     assert lineage["target_model"] == tiny_world["target_model"]
-    assert lineage["num_accepted"] == config.num_samples and lineage["loss"] == "sequence"
+    assert lineage["num_accepted"] == config.num_samples and lineage["kd_loss"] == "sequence"
     assert json.load(open(run_dir / "report.json"))["synthesis"]["accepted"] == config.num_samples
 
     # The new adapter was trained (changes the target's outputs) and reloads by path.

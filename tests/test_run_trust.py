@@ -207,8 +207,8 @@ def test_discriminator_of_another_base_fails_before_synthesis(make_config, run_d
 
 
 def test_token_level_kd_across_vocabularies_fails_before_synthesis(make_config, run_dir, no_model_loads):
-    with pytest.raises(PreflightError, match="loss_type='forward_kl'.*set `loss_type: sequence`"):
-        _run(make_config(output_dir=str(run_dir), loss_type="forward_kl", eval_file=None))
+    with pytest.raises(PreflightError, match="kd_loss='forward_kl'.*set `kd_loss: sequence`"):
+        _run(make_config(output_dir=str(run_dir), kd_loss="forward_kl", eval_file=None))
 
 
 @pytest.mark.parametrize("where", ["under_a_file", "read_only"])

@@ -183,6 +183,52 @@ def test_yaml_and_flags_parse_the_trl_way(tmp_path):
         parse_config(["--config", str(recipe)])
 
 
+def test_training_fields_by_their_own_names_reach_every_training(tmp_path):
+    """Any `DistillationConfig` / `TrainingArguments` field the run does not set itself is a flag or recipe key by its
+    own name; it lands in `training_kwargs`, reaches the trainers' arguments and is part of their fingerprints."""
+    from peft_transfer.cli import parse_config
+    from peft_transfer.errors import ConfigError
+    from peft_transfer.stages import stage, training_args
+
+    base = ["--source_model", "s", "--target_model", "t", "--train_file", "x.jsonl"]
+    config = parse_config([*base, "--lr_scheduler_type", "cosine", "--max_grad_norm", "0.5", "--learning_rate", "1e-3",
+                           "--no_dataloader_pin_memory"])
+    assert config.training_kwargs == {"lr_scheduler_type": "cosine", "max_grad_norm": 0.5,
+                                      "dataloader_pin_memory": False}
+    assert config.learning_rate == 1e-3  # a field of TransferConfig's own, not a training kwarg
+    target = training_args(config, str(tmp_path / "t"), learning_rate=config.learning_rate)
+    source = training_args(config, str(tmp_path / "s"), learning_rate=config.source_learning_rate)
+    for args in (target, source):
+        assert (args.lr_scheduler_type.value, args.max_grad_norm, args.dataloader_pin_memory) == ("cosine", 0.5, False)
+    assert (target.learning_rate, source.learning_rate) == (1e-3, config.source_learning_rate)
+    untouched = training_args(parse_config(base), str(tmp_path / "u"))
+    assert (untouched.lr_scheduler_type.value, untouched.max_grad_norm) == ("linear", 1.0)
+    for name in ("source_adapter", "discriminator", "target_adapter"):
+        assert "training_kwargs" in stage(name).settings(config)
+        assert "training_kwargs" not in stage(name).settings(parse_config(base))  # old fingerprints stay valid
+    assert "training_kwargs" not in stage("synthesis").settings(config)
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("source_model: s\ntarget_model: t\ntrain_file: x.jsonl\noptim: adafactor\n"
+                      "training_kwargs: {weight_decay: 0.1}\n")
+    assert parse_config(["--config", str(recipe)]).training_kwargs == {"optim": "adafactor", "weight_decay": 0.1}
+    from peft_transfer import TransferConfig
+
+    assert TransferConfig.from_yaml(str(recipe)).training_kwargs == {"optim": "adafactor", "weight_decay": 0.1}
+
+    refused = {("--save_strategy", "no"): "checkpoints are the run's: set `save_steps`",
+               ("--eval_steps", "5"): "the evaluation stage evaluates the adapters",
+               ("--loss_type", "jsd"): "the distillation loss is `kd_loss`",
+               ("--lr_schedular_type", "cosine"): "did you mean '--lr_scheduler_type'"}
+    for flag, message in refused.items():
+        with pytest.raises(ConfigError, match=message):
+            parse_config([*base, *flag])
+    for kwargs, message in (({"learning_rate": 1.0}, "a setting of its own: set `learning_rate`"),
+                            ({"save_total_limit": 2}, "cannot be set"), ({"optimm": "sgd"}, "did you mean 'optim'")):
+        with pytest.raises(ConfigError, match=message):
+            TransferConfig(source_model="s", target_model="t", train_file="x.jsonl", training_kwargs=kwargs)
+
+
 RECIPES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes")
 
 

@@ -333,7 +333,7 @@ def test_different_vocabularies_are_refused(kd_world, tmp_path):
     from peft_transfer.worlds.tiny_models import build_tokenizer
 
     other = build_tokenizer("metaspace_bpe", 384, generic_corpus(num_docs=100, seed=1, doc_chars=300))
-    with pytest.raises(ValueError, match="tokenizers differ.*loss_type: sequence"):
+    with pytest.raises(ValueError, match="tokenizers differ.*kd_loss: sequence"):
         DistillationTrainer(model=_base(kd_world["student_base"]), teacher_model=_teacher(kd_world),
                             teacher_processing_class=other, args=_args(tmp_path, kd_loss="forward_kl"),
                             train_dataset=_dataset(), processing_class=kd_world["tokenizer"], peft_config=_lora())

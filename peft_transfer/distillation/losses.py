@@ -122,7 +122,7 @@ def _check_same_vocab(student_size: int, teacher_size: int) -> None:
     if student_size != teacher_size:
         raise ValueError(
             f"Student and teacher vocabulary sizes differ ({student_size} vs {teacher_size}). Token-level losses "
-            "need a shared vocabulary; set `loss_type: sequence` (or `kd_loss='sequence'` in DistillationConfig): "
+            "need a shared vocabulary; set `kd_loss: sequence`: "
             "cross-entropy on the teacher's completions, which works across tokenizers."
         )
 
@@ -360,10 +360,10 @@ def assert_same_vocabulary(
             Rows of the student's `lm_head`.
 
     Raises:
-        `ValueError`: when the vocabularies differ, saying to set `loss_type: sequence` instead.
+        `ValueError`: when the vocabularies differ, saying to set `kd_loss: sequence` instead.
     """
     advice = (
-        "Token-level losses (forward_kl, reverse_kl, jsd) need a shared vocabulary; set `loss_type: sequence` "
+        "Token-level losses (forward_kl, reverse_kl, jsd) need a shared vocabulary; set `kd_loss: sequence` "
         "(or `kd_loss='sequence'` in DistillationConfig): cross-entropy on the teacher's completions, which works "
         "across tokenizers."
     )

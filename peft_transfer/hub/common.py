@@ -109,7 +109,7 @@ def _lineage_table(lineage: dict) -> list[str]:
         ("seed examples", lineage.get("num_seeds")),
         ("accepted / candidates", _accepted(lineage)),
         ("acceptance rate", _rate(lineage)),
-        ("distillation loss", lineage.get("loss")),
+        ("distillation loss", lineage.get("kd_loss", lineage.get("loss"))),  # "loss" in older lineages
         ("PEFT type", lineage.get("peft_type")),
     ]
     return ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows if v not in (None, "—")]
