@@ -18,8 +18,9 @@ import os
 import sys
 from collections.abc import Callable
 
-from .config import TransferConfig, check_setting_names, read_recipe
+from .config import TransferConfig
 from .errors import ConfigError, UserError
+from .recipe import check_setting_names, read_recipe
 
 COMMANDS = ("run", "demo", "demo-tiny")
 USER_ERROR_STATUS = 2  # argparse's status for a bad command line, which this extends to bad files and settings
@@ -57,8 +58,8 @@ def _parser_class():
             import dataclasses
             from typing import get_type_hints
 
-            from .config import training_field_names
             from .distillation import DistillationConfig
+            from .recipe import training_field_names
 
             group = self.add_argument_group("training (DistillationConfig / TrainingArguments fields)")
             hints, names = get_type_hints(DistillationConfig), set(training_field_names())

@@ -32,7 +32,7 @@ from .data import load_examples
 from .distillation import LINEAGE_FILE
 from .distributed import is_main_process, state, wait_for_everyone
 from .errors import SettingsChangedError
-from .evaluation import evaluate, format_report
+from .evaluation import format_report
 from .modeling import ModelPool, free_memory, peak_rss_gb, reset_peak_rss, split_revision
 from .rundir import RunDir, hash_path, read_json, write_json
 from .stages import STAGE_NAMES, STAGES, stage
@@ -286,28 +286,11 @@ class Transfer:
         return list(dict.fromkeys(self.seeds + held_out))
 
     def evaluate(self, keys=("source_adapter", "target_base", "transferred")) -> dict:
-        """Exact match on the first `max_eval_samples` of `eval_file` for each of `keys`: `source_adapter` (the
-        teacher), `target_base`, `transferred` (needs the target_adapter stage). Returns `{key: evaluate(...)}`;
-        the first two are read from and written to `evaluation_cache_dir` when it is set."""
-        cfg = self.config
-        if cfg.evaluation_backend == "lm_eval":
-            return self.evaluate_lm_eval(keys)
-        examples = load_examples(cfg.eval_file, require_target=True, what="eval_file")[: cfg.max_eval_samples]
-        kwargs = dict(prompt_template=cfg.prompt_template, answer_stop=cfg.answer_stop,
-                      max_new_tokens=cfg.label_max_new_tokens, batch_size=cfg.generation_batch_size,
-                      show_progress=self.show_progress)
-        models, results = self._models(), {}
-        for key in keys:
-            base, adapter = models[key]
-            cache = self._evaluation_cache_path(base, adapter, examples) if key != "transferred" else None
-            if cache and os.path.exists(cache):
-                results[key] = read_json(cache)
-                continue
-            with self.pool.lease(base, adapter) as lease:
-                results[key] = evaluate(lease.model, lease.tokenizer, examples, desc=f"evaluate {key}", **kwargs)
-            if cache and is_main_process():
-                write_json(cache, results[key])
-        return results
+        """Exact match on the first `max_eval_samples` of `eval_file` for each of `keys` (`evaluation.evaluate_run`):
+        `source_adapter` (the teacher), `target_base`, `transferred` (needs the target_adapter stage)."""
+        from .evaluation import evaluate_run
+
+        return evaluate_run(self, keys)
 
     def _models(self) -> dict[str, tuple[str, str | None]]:
         """`(base, adapter)` of each of the three evaluated models."""
@@ -316,49 +299,10 @@ class Transfer:
                 "transferred": (cfg.target_model, self.dirs.target_adapter)}
 
     def evaluate_lm_eval(self, keys=("source_adapter", "target_base", "transferred"), folder: str | None = None) -> dict:
-        """lm-evaluation-harness on each of `keys` (`lm_evaluation`): `{key: {"accuracy" (exact match on eval_file,
-        None without one), "num_samples", "predictions", "lm_eval": {task: {metric: value}}, "table"}}`. The local
-        task's files go to `folder` (default: a temporary one)."""
-        import tempfile
+        """lm-evaluation-harness on each of `keys` (`evaluation.evaluate_run_lm_eval`)."""
+        from .evaluation import evaluate_run_lm_eval
 
-        from . import lm_evaluation as lme
-
-        cfg = self.config
-        examples = (load_examples(cfg.eval_file, require_target=True, what="eval_file")[: cfg.max_eval_samples]
-                    if cfg.eval_file else [])
-        models, results = self._models(), {}
-        with tempfile.TemporaryDirectory() as tmp:
-            for key in keys:
-                base, adapter = models[key]
-                with self.pool.lease(base, adapter) as lease:
-                    local = None
-                    if examples:
-                        # One task folder per prompt form: a chat model gets the input alone as its user turn.
-                        chat = bool(getattr(lease.tokenizer, "chat_template", None))
-                        local = lme.write_local_task(
-                            os.path.join(folder or tmp, "lm_eval_task" + ("_chat" if chat else "")), examples,
-                            chat=chat, prompt_template=cfg.prompt_template, answer_stop=cfg.answer_stop,
-                            max_new_tokens=cfg.label_max_new_tokens)
-                    if self.show_progress and is_main_process():
-                        logger.info("  lm-eval %s on %s", key,
-                                    ", ".join([lme.LOCAL_TASK] * bool(local) + list(cfg.lm_eval_tasks)))
-                    out = lme.evaluate_model(lease.model, lease.tokenizer, tasks=list(cfg.lm_eval_tasks),
-                                             local_task=local, include_path=cfg.lm_eval_include_path,
-                                             batch_size=cfg.generation_batch_size, num_fewshot=cfg.lm_eval_num_fewshot,
-                                             limit=cfg.lm_eval_limit)
-                results[key] = {"accuracy": lme.accuracy(out) if examples else None, "num_samples": len(examples),
-                                "predictions": out["predictions"], "lm_eval": out["results"], "table": out["table"]}
-        return results
-
-    def _evaluation_cache_path(self, base: str, adapter: str | None, examples: list[dict]) -> str | None:
-        """Where an evaluation that does not depend on this run is kept, keyed by everything it depends on."""
-        cfg = self.config
-        if not cfg.evaluation_cache_dir:
-            return None
-        # The adapter's files, not its path: a retrained adapter in the same folder is another model.
-        key = json.dumps([base, cfg.dtype, examples, cfg.prompt_template, cfg.answer_stop, cfg.label_max_new_tokens,
-                          adapter, self._adapter_hash(adapter) if adapter else None], sort_keys=True)
-        return os.path.join(cfg.evaluation_cache_dir, hashlib.sha256(key.encode()).hexdigest()[:32] + ".json")
+        return evaluate_run_lm_eval(self, keys, folder)
 
     # -- Hub and report --------------------------------------------------------------------------------------------
 
