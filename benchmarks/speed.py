@@ -7,7 +7,7 @@ One process, one run, the same models, prompts and rows for both:
     score      the same C candidate texts through the discriminator: paper-style a sampled reply per candidate
                (batch 1, a few tokens, "yes" or not); ours `discriminator.score`, one batched forward pass, log-odds
     label      the first N candidates answered by the teacher (source base + adapter, greedy, answer stop string):
-               paper-style batch 1; ours `synthesis.label`
+               paper-style batch 1; ours `labelling.label`
     train      the N labelled rows for E epochs on the target base with a fresh LoRA: paper-style stock
                `trl.SFTTrainer` at the paper's batch 8 (the output layer at every position); ours
                `DistillationTrainer` (the output layer only where the loss is), at the pipeline's batch
@@ -230,7 +230,7 @@ def score_both(side, model, tokenizer, texts, task_name, batch_size):
 
 def label_both(side, model, tokenizer, inputs, cfg, batch_size):
     from peft_transfer import TransferConfig
-    from peft_transfer.synthesis import label
+    from peft_transfer.labelling import label
 
     tc = TransferConfig(source_model="x", target_model="y", source_adapter="a", seed_file="s", filter_mode="none",
                         label_max_new_tokens=cfg["label_max_new_tokens"], generation_batch_size=batch_size)

@@ -8,7 +8,7 @@ token lengths (random weights write garbage, so nothing here can rely on parsing
                     of a shape and the steady state are reported apart; optionally at batch 1 (the paper's loop) and
                     with `cache_implementation="static"` (transformers compiles the decode step on CUDA)
     score           `discriminator.score` on a LoRA-adapted model: one forward pass per candidate, batched
-    label           `synthesis.label`: the teacher (base + LoRA) answers greedily, with the answer stop string
+    label           `labelling.label`: the teacher (base + LoRA) answers greedily, with the answer stop string
     train           `DistillationTrainer` (sequence-level KD, LoRA r=8 alpha=8 on q_proj/v_proj) for a few steps
 
 Model FLOPs utilisation of the training stage. The base is frozen: its weight-gradient GEMMs are never run, only the
@@ -414,7 +414,7 @@ def run_label(model, tokenizer, cfg, args, words, calls) -> tuple[dict, object]:
     from peft import get_peft_model
 
     from peft_transfer.data import task_prompt
-    from peft_transfer.synthesis import label
+    from peft_transfer.labelling import label
 
     batch_size = cfg.generation_batch_size
 
@@ -435,7 +435,7 @@ def run_label(model, tokenizer, cfg, args, words, calls) -> tuple[dict, object]:
     finally:
         model = teacher.unload()
     result = {
-        "stage": "label", "unit": "samples/s", "function": "peft_transfer.synthesis.label",
+        "stage": "label", "unit": "samples/s", "function": "peft_transfer.labelling.label",
         "batch_size": batch_size, "calls": calls + 1, "prompt_tokens": lengths([measure(x) for x in inputs]),
         "new_tokens": cfg.label_max_new_tokens, "do_sample": cfg.label_do_sample, "answer_stop": cfg.answer_stop,
         "adapter": f"LoRA r={args.lora_r} q_proj,v_proj",

@@ -38,7 +38,8 @@ from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 from .config import TransferConfig
 from .data import task_prompt
 from .metrics import distinct_n
-from .synthesis import SynthesisError, SynthesisSettings, label, synthesize
+from .labelling import label
+from .synthesis import SynthesisError, SynthesisSettings, synthesize
 
 logger = logging.getLogger(__name__)
 

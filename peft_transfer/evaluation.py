@@ -88,7 +88,7 @@ def format_report(report: dict) -> str:
                      f"{'n/a' if accepted is None else f'{accepted:.4f}'}, unfiltered {diag['mmd_unfiltered']:.4f}"
                      " (lower is closer)")
     if (report.get("labels") or {}).get("votes", 1) > 1:
-        from .synthesis import describe_votes
+        from .labelling import describe_votes
 
         lines.append(f"Labels: {describe_votes(report['labels'])}")
     disc = report.get("discriminator") or {}

@@ -42,8 +42,8 @@ if point == "round":  # the count-th generate -> filter round of synthesis, as i
     synthesis.generate = generate
 elif point == "label":  # the count-th batch of teacher answers (model.generate calls while labelling)
     import transformers
-    import peft_transfer.synthesis as synthesis
-    real_generate, real_label = transformers.GenerationMixin.generate, synthesis.label
+    import peft_transfer.labelling as labelling_module
+    real_generate, real_label = transformers.GenerationMixin.generate, labelling_module.label
     labelling = []
 
     def generate(self, *args, **kwargs):
@@ -56,7 +56,7 @@ elif point == "label":  # the count-th batch of teacher answers (model.generate 
         return real_label(*args, **kwargs)
 
     transformers.GenerationMixin.generate = generate
-    synthesis.label = label
+    labelling_module.label = label
 elif point == "step":  # before optimizer step number `count` of the first training
     import transformers
     real_step = transformers.Trainer.training_step

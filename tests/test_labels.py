@@ -19,14 +19,14 @@ def _scripted_generate(script):
 
 
 def test_votes_pick_the_most_frequent_answer_ties_to_the_first(config_only, monkeypatch):
-    from peft_transfer import synthesis
+    from peft_transfer import labelling
 
     cfg = config_only(label_votes=4, label_temperature=0.5, prompt_template="{input}")
     script = {"a": ["1", "2", "2", "3"], "b": ["7", "8", "8", "7"], "c": ["5", "5", "5", "5"]}
     generate, calls = _scripted_generate(script)
-    monkeypatch.setattr(synthesis, "generate", generate)
-    monkeypatch.setattr(synthesis, "task_prompt", lambda tok, x, template: x)
-    rows = synthesis.label(cfg, None, None, ["a", "b", "c"], show_progress=False)
+    monkeypatch.setattr(labelling, "generate", generate)
+    monkeypatch.setattr(labelling, "task_prompt", lambda tok, x, template: x)
+    rows = labelling.label(cfg, None, None, ["a", "b", "c"], show_progress=False)
     assert [(r["answer"], r["agreement"]) for r in rows] == [("2", 0.5), ("7", 0.5), ("5", 1.0)]
     assert rows[0]["completion"] == " 2"  # as the teacher wrote it
     # The first answer greedy (the paper's), the 3 further votes sampled at label_temperature, batched over inputs.
@@ -34,12 +34,12 @@ def test_votes_pick_the_most_frequent_answer_ties_to_the_first(config_only, monk
 
 
 def test_one_vote_is_the_papers_single_answer(config_only, monkeypatch):
-    from peft_transfer import synthesis
+    from peft_transfer import labelling
 
     generate, calls = _scripted_generate({"a": ["4"]})
-    monkeypatch.setattr(synthesis, "generate", generate)
-    monkeypatch.setattr(synthesis, "task_prompt", lambda tok, x, template: x)
-    rows = synthesis.label(config_only(), None, None, ["a"], show_progress=False)
+    monkeypatch.setattr(labelling, "generate", generate)
+    monkeypatch.setattr(labelling, "task_prompt", lambda tok, x, template: x)
+    rows = labelling.label(config_only(), None, None, ["a"], show_progress=False)
     assert rows == [{"input": "a", "completion": " 4", "answer": "4"}] and calls == [(1, False, 1.0)]
 
 
@@ -53,7 +53,7 @@ def test_vote_settings_are_checked(config_only, overrides):
 def test_labels_stage_drops_disagreed_inputs_and_reports_agreement(make_config, run_dir, monkeypatch):
     from datasets import load_from_disk
 
-    from peft_transfer import synthesis
+    from peft_transfer import labelling
     from peft_transfer.errors import UserError
 
     cfg = make_config(output_dir=str(run_dir), eval_file=None, label_votes=3, label_min_agreement=0.6,
@@ -74,7 +74,7 @@ def test_labels_stage_drops_disagreed_inputs_and_reports_agreement(make_config, 
 
     import shutil
 
-    monkeypatch.setattr(synthesis, "label", disagreeing)
+    monkeypatch.setattr(labelling, "label", disagreeing)
     shutil.rmtree(dirs.labels)
     with pytest.raises(UserError, match="dropped all 12 inputs"):
         Transfer(cfg, show_progress=False).run(stages=("labels",))

@@ -2,7 +2,7 @@
 
 Each case runs the pipeline's own pieces on tiny untrained bases: the source adapter (built from
 `peft_config_from`, given non-trivial weights) is saved and reloaded with `modeling.load_adapter`, labels the inputs
-with `synthesis.label`, and a `DistillationTrainer` trains the new adapter on the target; that adapter is saved as the
+with `labelling.label`, and a `DistillationTrainer` trains the new adapter on the target; that adapter is saved as the
 pipeline saves it, reloaded, and must give the same outputs. Cross-family pairs (Llama-style -> Gemma-style, other
 vocabulary) use the paper's sequence loss; same-vocabulary pairs use a token-level loss.
 """
@@ -88,7 +88,7 @@ def test_transfer_between_peft_types(bases, tmp_path, source_type, target_type, 
     from peft_transfer.data import task_prompt
     from peft_transfer.distillation import DistillationConfig, DistillationTrainer
     from peft_transfer.modeling import load_adapter, load_base, load_tokenizer, peft_config_from
-    from peft_transfer.synthesis import label
+    from peft_transfer.labelling import label
 
     cfg = _config(bases, tmp_path, source_peft_type=source_type, peft_type=target_type, target_model=bases[target],
                   kd_loss=kd_loss)

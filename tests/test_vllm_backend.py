@@ -169,7 +169,7 @@ def test_a_transfer_writes_candidates_and_labels_through_vllm(hd32, tmp_path):
     from datasets import load_from_disk
 
     from peft_transfer.modeling import load_adapter, load_base, load_tokenizer
-    from peft_transfer.synthesis import label
+    from peft_transfer.labelling import label
 
     rows = load_from_disk(dirs.labels)
     teacher = load_adapter(load_base(hd32["base"], dtype="float32"), hd32["adapter"], hd32["base"])

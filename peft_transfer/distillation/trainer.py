@@ -16,8 +16,6 @@ loss is computed chunk by chunk from those hidden states (`chunked.chunked_token
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
 import os
 
@@ -27,10 +25,19 @@ from trl import SFTTrainer
 from ..citation import CITATION
 from . import LINEAGE_FILE
 from .config import DistillationConfig
-
-# Config attributes that rescale logits after `lm_head` (Cohere, Granite, Falcon-H1, ...): the chunked loss reads
-# `lm_head` directly and would silently skip them.
-_LOGIT_SCALES = ("logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
+from .models import (
+    adapter_active,
+    add_student_adapter,
+    final_hidden,
+    freeze,
+    freeze_adapter,
+    logit_softcap,
+    refuse_adapter_on_lm_head,
+    refuse_shared_parameters,
+    save_only_student_adapters,
+    unwrap,
+    unwrapped_peft,
+)
 
 
 class DistillationTrainer(SFTTrainer):
@@ -106,9 +113,9 @@ class DistillationTrainer(SFTTrainer):
                 raise ValueError("Pass either `teacher_model` or `teacher_adapter_name` (the teacher's adapter on the "
                                  "student model), not both.")
             # The student's adapter is added here, so SFTTrainer gets no `peft_config` of its own.
-            _add_student_adapter(model, teacher_adapter_name, kwargs.pop("peft_config", None))
+            add_student_adapter(model, teacher_adapter_name, kwargs.pop("peft_config", None))
         elif isinstance(teacher_model, torch.nn.Module) and isinstance(model, torch.nn.Module):
-            _refuse_shared_parameters(model, teacher_model)
+            refuse_shared_parameters(model, teacher_model)
         if self._uses_teacher and getattr(args, "deepspeed_plugin", None) is not None \
                 and args.deepspeed_plugin.zero_stage == 3:
             raise NotImplementedError(
@@ -122,8 +129,8 @@ class DistillationTrainer(SFTTrainer):
         self.teacher_name = None
         if teacher_adapter_name is not None:
             self.teacher_name = f"adapter {teacher_adapter_name!r} on the student's base"
-            _freeze_adapter(self.model, teacher_adapter_name)
-            _save_only_student_adapters(self.model, teacher_adapter_name)
+            freeze_adapter(self.model, teacher_adapter_name)
+            save_only_student_adapters(self.model, teacher_adapter_name)
         elif isinstance(teacher_model, str):
             self.teacher_name = teacher_model + (f" + {teacher_adapter}" if teacher_adapter else "")
             if self._uses_teacher:  # the sequence loss never runs the teacher: do not load it
@@ -132,7 +139,7 @@ class DistillationTrainer(SFTTrainer):
             if teacher_adapter:
                 raise ValueError("`teacher_adapter` is only used with a teacher given as a path or Hub id.")
             self.teacher_name = getattr(teacher_model, "name_or_path", None)
-            self.teacher_model = _freeze(teacher_model)
+            self.teacher_model = freeze(teacher_model)
 
         self._softcaps = (None, None)
         if self._uses_teacher:
@@ -146,8 +153,8 @@ class DistillationTrainer(SFTTrainer):
                 self.teacher_model = self._prepare_teacher(self.teacher_model)
         if args.kd_loss != "sequence":
             teacher = self.teacher_model if self.teacher_model is not None else self.model
-            self._softcaps = (_logit_softcap(self.model), _logit_softcap(teacher))
-            _refuse_adapter_on_lm_head(_unwrap(teacher), "teacher")
+            self._softcaps = (logit_softcap(self.model), logit_softcap(teacher))
+            refuse_adapter_on_lm_head(unwrap(teacher), "teacher")
 
     # -- teacher ---------------------------------------------------------------------------------------------------
 
@@ -158,7 +165,7 @@ class DistillationTrainer(SFTTrainer):
         teacher = load_base(ref, dtype=dtype, device=self.accelerator.device)
         if adapter:
             teacher = load_adapter(teacher, adapter, ref)
-        return _freeze(teacher)
+        return freeze(teacher)
 
     def _prepare_teacher(self, teacher):
         if self.is_deepspeed_enabled:
@@ -207,10 +214,10 @@ class DistillationTrainer(SFTTrainer):
         model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
         model_inputs["use_cache"] = False
         length = labels.shape[1]
-        student = _unwrap(model)
+        student = unwrap(model)
         student_head = student.get_output_embeddings()
         # Prompt-learning adapters prepend virtual tokens: keep the positions of the real sequence (the last L).
-        student_hidden = _final_hidden(model, student_head, model_inputs)[:, -length:]
+        student_hidden = final_hidden(model, student_head, model_inputs)[:, -length:]
         teacher_hidden = teacher_head = None
         if self._uses_teacher:
             with torch.no_grad():
@@ -250,13 +257,13 @@ class DistillationTrainer(SFTTrainer):
         wrapper answers `.weight` with the *active* adapter's copy.
         """
         if self.teacher_adapter_name is None:
-            head = _unwrap(self.teacher_model).get_output_embeddings()
-            return _final_hidden(self.teacher_model, head, model_inputs), (head.weight, getattr(head, "bias", None))
+            head = unwrap(self.teacher_model).get_output_embeddings()
+            return final_hidden(self.teacher_model, head, model_inputs), (head.weight, getattr(head, "bias", None))
         # One base, two adapters: run the unwrapped model (not DDP's forward) with the teacher's adapter.
         peft_model = self.accelerator.unwrap_model(model)
-        head = _unwrap(peft_model).get_output_embeddings()
-        with _adapter_active(peft_model, self.teacher_adapter_name):
-            return _final_hidden(peft_model, head, model_inputs), (head.weight, getattr(head, "bias", None))
+        head = unwrap(peft_model).get_output_embeddings()
+        with adapter_active(peft_model, self.teacher_adapter_name):
+            return final_hidden(peft_model, head, model_inputs), (head.weight, getattr(head, "bias", None))
 
     def _log_kd_metrics(self, mode, inputs, divergence, cross_entropy):
         gather = self.accelerator.gather_for_metrics
@@ -285,7 +292,7 @@ class DistillationTrainer(SFTTrainer):
             rows.update({"sequence weight": self.args.sequence_weight, "temperature": self.args.kd_temperature})
             if self.args.kd_loss == "jsd":
                 rows["beta"] = self.args.beta
-        peft_config = getattr(_unwrapped_peft(self.model), "active_peft_config", None)
+        peft_config = getattr(unwrapped_peft(self.model), "active_peft_config", None)
         if peft_config is not None:
             rows["student PEFT type"] = str(peft_config.peft_type.value)
         lines = ["", "## Transfer lineage", "", "| | |", "|---|---|"]
@@ -301,151 +308,6 @@ class DistillationTrainer(SFTTrainer):
             with open(path) as f:
                 return json.load(f)
         return {}
-
-
-# -- helpers -------------------------------------------------------------------------------------------------------
-
-
-def _unwrapped_peft(model):
-    """The model under DDP/DeepSpeed wrappers (a `PeftModel` when it has adapters)."""
-    while hasattr(model, "module"):
-        model = model.module
-    return model
-
-
-def _unwrap(model):
-    """The `transformers` model under DDP/DeepSpeed wrappers and PEFT."""
-    model = _unwrapped_peft(model)
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def _freeze(model):
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
-
-
-def _final_hidden(model, lm_head, model_inputs) -> torch.Tensor:
-    """Run `model`'s own forward and return the input of its `lm_head`, `(B, T, H)` (after the final norm).
-
-    The ordinary forward keeps whatever the model and its adapter do (PEFT's virtual tokens and prefixes included);
-    the pre-hook passes only the last position on to `lm_head`, so the full logits are never computed.
-    """
-    captured = []
-
-    def hook(module, args):
-        captured.append(args[0])
-        # Contiguous: a strided 3-D input cannot be folded into one matmul, and torch then broadcasts the whole
-        # (vocab, hidden) weight per row into a bmm — 12 s per step for Gemma's 262k vocabulary on a CPU.
-        return (args[0][..., -1:, :].contiguous(), *args[1:])
-
-    handle = lm_head.register_forward_pre_hook(hook)
-    try:
-        model(**model_inputs)
-    finally:
-        handle.remove()
-    if len(captured) != 1:
-        raise RuntimeError(f"Expected the model to call its lm_head once per forward, got {len(captured)} calls.")
-    return captured[0]
-
-
-@contextlib.contextmanager
-def _adapter_active(peft_model, adapter_name: str):
-    """Run with `adapter_name` active and the model in eval mode (no adapter dropout); restore everything after.
-
-    `PeftModel.set_adapter` also flips `requires_grad` (the active adapter trainable, the others frozen), so the exact
-    flags are recorded and put back: the student stays trainable and the teacher frozen whatever PEFT does.
-    """
-    previous = peft_model.active_adapter
-    was_training = peft_model.training
-    flags = [(p, p.requires_grad) for p in peft_model.parameters()]
-    peft_model.set_adapter(adapter_name)
-    peft_model.eval()
-    try:
-        yield
-    finally:
-        peft_model.set_adapter(previous)
-        peft_model.train(was_training)
-        for p, flag in flags:
-            p.requires_grad_(flag)
-
-
-def _add_student_adapter(model, teacher_adapter_name: str, peft_config):
-    """For one base with two adapters: check the model, add the student's adapter from `peft_config` when given."""
-    from peft import PeftModel
-
-    if not isinstance(model, PeftModel) or teacher_adapter_name not in model.peft_config:
-        raise ValueError(
-            f"`teacher_adapter_name={teacher_adapter_name!r}` names an adapter of the student `PeftModel`: load it "
-            f"first, e.g. `PeftModel.from_pretrained(base, teacher_adapter, adapter_name={teacher_adapter_name!r})`."
-        )
-    if peft_config is not None:
-        name = "default" if "default" not in model.peft_config else "student"
-        model.add_adapter(name, peft_config)
-        model.set_adapter(name)
-    if model.active_adapter == teacher_adapter_name:
-        raise ValueError(
-            f"The teacher's adapter {teacher_adapter_name!r} is the active one: pass `peft_config` for a new student "
-            "adapter, or add the student's adapter and `set_adapter` it before building the trainer."
-        )
-
-
-def _freeze_adapter(model, adapter_name: str) -> None:
-    marker = f".{adapter_name}."
-    for name, p in _unwrapped_peft(model).named_parameters():
-        if marker in name or name.endswith(f".{adapter_name}"):
-            p.requires_grad_(False)
-
-
-def _save_only_student_adapters(model, teacher_adapter_name: str) -> None:
-    """`save_pretrained` on the shared model writes the student's adapter only, unless `selected_adapters` is given.
-
-    PEFT saves every adapter by default, so the teacher's would end up in a subfolder of every checkpoint and of the
-    transferred adapter. The instance's method is wrapped (as TRL patches `forward`), so that `trainer.save_model()`,
-    checkpoints and a caller's own `model.save_pretrained(path)` all behave the same.
-    """
-    peft_model = _unwrapped_peft(model)
-    original = peft_model.save_pretrained
-    students = [name for name in peft_model.peft_config if name != teacher_adapter_name]
-
-    @functools.wraps(original)
-    def save_pretrained(save_directory, *args, selected_adapters=None, **kwargs):
-        return original(save_directory, *args, selected_adapters=selected_adapters or students, **kwargs)
-
-    peft_model.save_pretrained = save_pretrained
-
-
-def _refuse_shared_parameters(student, teacher) -> None:
-    student_params = {id(p) for p in student.parameters()}
-    if any(id(p) in student_params for p in teacher.parameters()):
-        raise ValueError(
-            "The teacher shares parameters with the student (the same base model object): freezing the teacher would "
-            "freeze the student, and the student's adapter would change the teacher. Load the base twice, or load the "
-            "teacher's adapter onto the student `PeftModel` and pass `teacher_adapter_name`."
-        )
-
-
-def _refuse_adapter_on_lm_head(model, who: str) -> None:
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    if isinstance(model.get_output_embeddings(), BaseTunerLayer):
-        raise ValueError(
-            f"The {who}'s adapter targets lm_head: token-level KD reads lm_head.weight directly and would ignore it. "
-            f"Merge the {who}'s adapter (`merge_and_unload()`) or use kd_loss='sequence'."
-        )
-
-
-def _logit_softcap(model) -> float | None:
-    config = _unwrap(model).config
-    config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    for name in _LOGIT_SCALES:
-        if getattr(config, name, None) not in (None, 1, 1.0):
-            raise NotImplementedError(
-                f"{type(config).__name__} rescales its logits ({name}={getattr(config, name)}), which token-level KD "
-                "does not reproduce yet: use kd_loss='sequence'."
-            )
-    return getattr(config, "final_logit_softcapping", None)
 
 
 def _card_value(value) -> str:

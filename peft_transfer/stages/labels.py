@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 def body(run, out: str) -> None:
     from datasets import Dataset, load_from_disk
 
-    from ..synthesis import label
+    from ..labelling import label
 
     cfg = run.config
     accepted = load_from_disk(run.dirs.accepted)["input"]
@@ -42,6 +42,6 @@ def body(run, out: str) -> None:
 
 
 def summary(dirs: rundir.RunDir) -> str:
-    from ..synthesis import describe_votes
+    from ..labelling import describe_votes
 
     return describe_votes(read_json(dirs.label_stats))
