@@ -37,9 +37,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
-from peft_transfer.worlds.corpus import generic_corpus
 from peft_transfer.data import generator_prompt, parse_candidate
-from peft_transfer.worlds.tasks import TASKS, WEEKDAYS, WORDS, make_task, pseudo_word
+from peft_transfer.worlds.corpus import generic_corpus
+from peft_transfer.worlds.samplers import WEEKDAYS, WORDS, pseudo_word
+from peft_transfer.worlds.tasks import TASKS, make_task
 from peft_transfer.worlds.tiny_models import TinyFamily, build_model, build_tokenizer, save_family
 
 PROBE_TASKS = tuple(TASKS)  # every family

@@ -19,7 +19,8 @@ import random
 from collections import Counter
 from typing import Iterable
 
-from .tasks import TASKS, WEEKDAYS, WORDS, Sample, pseudo_word
+from .samplers import WEEKDAYS, WORDS, Sample, pseudo_word
+from .tasks import TASKS
 
 ANSWER_PREFIX = "\nAnswer:"  # the prompt is f"{input}{ANSWER_PREFIX}", the completion f" {target}"
 LIST_HEADER = "Here are {n} examples:"
