@@ -646,6 +646,15 @@ def write_outputs(out: str, rows: list[dict], meta: dict) -> dict:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def external_task(args, parser):
+    """The task of `--task-file` / `--test-file` (JSONL of {'input', 'target'}), as a benchmark task."""
+    from peft_transfer.worlds.tasks import load_task_files
+
+    if not args.test_file:
+        parser.error("--task-file needs --test-file")
+    return load_task_files(args.task_file, args.test_file, name=args.task_name, seed=args.seed)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="micro")
@@ -685,12 +694,10 @@ def main(argv=None):
         print(json.dumps(bases, indent=1))
         return 0
 
-    from peft_transfer.worlds.tasks import load_task_files, make_task, write_task
+    from peft_transfer.worlds.tasks import make_task, write_task
 
     if args.task_file:
-        if not args.test_file:
-            parser.error("--task-file needs --test-file")
-        tasks = [load_task_files(args.task_file, args.test_file, name=args.task_name, seed=args.seed)]
+        tasks = [external_task(args, parser)]
     else:
         from peft_transfer.worlds.tasks import list_tasks
 

@@ -53,6 +53,7 @@ from benchmarks.quality import (  # noqa: E402
     _verdict,
     _versions,
     claims_ab_lines,
+    external_task,
     random_text,
     table9_lines,
 )
@@ -535,12 +536,10 @@ def main(argv=None):
         print(markdown(result))
         return 0
 
-    from peft_transfer.worlds.tasks import load_task_files, write_task
+    from peft_transfer.worlds.tasks import write_task
 
     if args.task_file:
-        if not args.test_file:
-            parser.error("--task-file needs --test-file")
-        tasks = [load_task_files(args.task_file, args.test_file, name=args.task_name, seed=args.seed)]
+        tasks = [external_task(args, parser)]
     else:
         tasks = [make_real_task(name, n_train=SETTINGS["n_train"], n_test=SETTINGS["n_test"],
                                 n_seeds=SETTINGS["n_seeds"], seed=args.seed) for name in args.tasks]
