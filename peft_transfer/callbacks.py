@@ -37,8 +37,8 @@ from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from .config import TransferConfig
 from .data import task_prompt
-from .metrics import distinct_n
 from .labelling import label
+from .metrics import distinct_n
 from .synthesis import SynthesisError, SynthesisSettings, synthesize
 
 logger = logging.getLogger(__name__)

@@ -155,6 +155,12 @@ class TransferConfig:
                           "negatives pass (needs the held-out scores of a discriminator trained in this run)."},
     )
     filter_batch_size: int = field(default=64, metadata={"help": "Candidates per discriminator forward pass."})
+    near_duplicate_similarity: float | None = field(
+        default=None,
+        metadata={"help": "Drop a candidate that passed the filter when the cosine similarity of its embedding to an "
+                          "already accepted one is at least this (e.g. 0.95), for more diverse inputs at the same "
+                          "cost; embeddings as for MMD (`embedding_model`, else the generator's hidden states). "
+                          "None: off (the paper's)."})
     leak_threshold: float | None = field(
         default=0.8,
         metadata={"help": "Drop candidates whose character 4-gram overlap with a seed or held-out real input is at "
@@ -380,6 +386,14 @@ class TransferConfig:
                 )
         if self.save_steps < 0:
             problems.append(f"save_steps must be 0 (off) or positive (got {self.save_steps}).")
+        if self.near_duplicate_similarity is not None:
+            if not -1.0 < self.near_duplicate_similarity <= 1.0:
+                problems.append("near_duplicate_similarity is a cosine similarity: it must lie in (-1, 1] or be None "
+                                f"(got {self.near_duplicate_similarity}).")
+            if self.generation_backend == "vllm" and not self.embedding_model:
+                problems.append("near_duplicate_similarity with generation_backend: vllm embeds with "
+                                "`embedding_model` (the vLLM server has no hidden states to give): set it, e.g. "
+                                "packaged:all-minilm-l6-v2.")
         if self.leak_threshold is not None and not 0.0 < self.leak_threshold <= 1.0:
             problems.append(f"leak_threshold must lie in (0, 1] or be None (got {self.leak_threshold}).")
         if problems:

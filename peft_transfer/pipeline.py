@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 # reuse the stored candidates (a margin re-takes the verdicts from the stored scores; N and the budget only decide
 # when to stop; the diagnostics come after).
 PROGRESS_EXEMPT = ("filter_margin", "target_false_accept_rate", "num_samples", "compute_mmd", "embedding_model",
-                   "plot_projection")
+                   "plot_projection", "near_duplicate_similarity")
 
 
 class Transfer:

@@ -22,6 +22,7 @@ never interrupted.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -61,6 +62,7 @@ class SynthesisStats:
     scored: int = 0  # candidates that reached the filter
     passed: int = 0  # scored candidates above the margin; more than `accepted` when a round passes more than needed
     accepted: int = 0  # passed candidates kept (the first `num_samples`)
+    near_duplicates: int = 0  # passed, but too like an accepted one in embedding space (`near_duplicate_similarity`)
     rounds: int = 0
     leak_threshold_raised: float | None = None  # the guard's threshold where `leak_threshold_for` raised it
 
@@ -95,6 +97,7 @@ class SynthesisSettings:
     filter_mode: str
     filter_margin: float
     leak_threshold: float | None
+    near_duplicate_similarity: float | None
     label_max_new_tokens: int
     label_do_sample: bool
     label_votes: int
@@ -129,6 +132,47 @@ def _passes(s: float | None, margin: float) -> bool:
     # Compared as Python floats both when scoring and when re-taking verdicts from the file: numpy would compare a
     # float32 score with the margin rounded to float32, and a resumed run could then disagree at the boundary.
     return s is None or float(s) > margin
+
+
+class _Verdicts:
+    """Which passed candidates are accepted: the first `num_samples` in order, skipping (with
+    `near_duplicate_similarity`) those whose embedding's cosine similarity to an already accepted one reaches it.
+
+    A round's passed candidates are embedded as one batch, both when they are scored and when a resumed run re-takes
+    the verdicts from the stored rows, so that both see the same numbers."""
+
+    def __init__(self, cfg, num_samples: int, embed):
+        self.threshold = getattr(cfg, "near_duplicate_similarity", None)
+        if self.threshold is not None and embed is None:
+            raise ValueError("near_duplicate_similarity needs an embedding function (`embed=`) in synthesize.")
+        self.margin, self.num_samples, self.embed, self.kept = cfg.filter_margin, num_samples, embed, []
+
+    def take(self, round_rows: list[dict], stats: SynthesisStats) -> None:
+        """Set `passed`, `accepted` (and `near_duplicate`) of one round's rows in order, counting them in `stats`."""
+        for r in round_rows:
+            r["passed"] = _passes(r["score"], self.margin)
+            r["accepted"] = False
+            if self.threshold is not None:  # a column of its own only where the setting is on
+                r["near_duplicate"] = False
+        passed = [r for r in round_rows if r["passed"]]
+        vectors = self._unit(self.embed([r["input"] for r in passed])) if self.threshold is not None and passed             else None
+        for i, r in enumerate(passed):
+            stats.passed += 1
+            if stats.accepted >= self.num_samples:  # a round may pass more than are still needed
+                continue
+            if vectors is not None:
+                if self.kept and float(np.max(np.stack(self.kept) @ vectors[i])) >= self.threshold:
+                    r["near_duplicate"] = True
+                    stats.near_duplicates += 1
+                    continue
+                self.kept.append(vectors[i])
+            r["accepted"] = True
+            stats.accepted += 1
+
+    @staticmethod
+    def _unit(vectors) -> np.ndarray:
+        vectors = np.asarray(vectors, dtype=np.float64)
+        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
 def _round_size(cfg, need: int, stats: SynthesisStats, budget: int) -> int:
@@ -230,7 +274,7 @@ def _read_progress(path: str, key: dict | None, write: bool) -> list[dict]:
 def synthesize(cfg, generator, generator_tokenizer, seeds: list[str], *, discriminator=None,
                discriminator_tokenizer=None, num_samples: int | None = None, candidate_budget: int | None = None,
                references: list[str] | None = None, progress_path: str | None = None,
-               progress_key: dict | None = None, fresh: bool = False, show_progress: bool = True):
+               progress_key: dict | None = None, fresh: bool = False, show_progress: bool = True, embed=None):
     """Collect `num_samples` accepted synthetic inputs.
 
     Args:
@@ -253,6 +297,8 @@ def synthesize(cfg, generator, generator_tokenizer, seeds: list[str], *, discrim
             and a larger budget or sample count continues with more rounds).
         fresh (`bool`, *optional*, defaults to `False`): delete the progress file and start from nothing
             (`--overwrite`).
+        embed (`Callable[[list[str]], array]`, *optional*): embeddings of texts, one row each; needed with
+            `cfg.near_duplicate_similarity`, which drops a passed candidate too like an accepted one (cosine).
 
     Returns:
         `(rows, stats)`: one row per scored candidate (`input`, `score`, `passed`, `accepted`, `round`) and the counts.
@@ -291,15 +337,13 @@ def synthesize(cfg, generator, generator_tokenizer, seeds: list[str], *, discrim
             dedup.add(rec["input"])
         elif "leak" in rec:  # the original run's dedup saw it too; without it a redone round would differ
             dedup.add(rec["leak"])
+    verdicts = _Verdicts(cfg, num_samples, embed)
     if rows:
-        # The verdicts are re-taken from the stored scores, so a start with another margin reuses the candidates;
-        # `passed` is recounted too (files from before it was stored lack it).
-        stats.passed = stats.accepted = 0
-        for r in rows:
-            r["passed"] = _passes(r["score"], cfg.filter_margin)
-            r["accepted"] = r["passed"] and stats.accepted < num_samples
-            stats.passed += r["passed"]
-            stats.accepted += r["accepted"]
+        # The verdicts are re-taken from the stored scores, round by round, so a start with another margin (or
+        # near-duplicate similarity) reuses the candidates; `passed` is recounted too (older files lack it).
+        stats.passed = stats.accepted = stats.near_duplicates = 0
+        for _, group in itertools.groupby(rows, key=lambda r: r["round"]):
+            verdicts.take(list(group), stats)
     if stats.rounds and is_main_process():
         logger.info("synthesis resumed from %s: %d rounds, %d of %d accepted, %d candidates spent", progress_path,
                     stats.rounds, stats.accepted, num_samples, stats.candidates)
@@ -338,14 +382,10 @@ def synthesize(cfg, generator, generator_tokenizer, seeds: list[str], *, discrim
                 desc="filter", show_progress=show_progress and is_main_process()).tolist(), unseen), dtype=np.float32)
         else:
             scores = [None] * len(unseen)  # unfiltered: every candidate passes
-        new_rows = []
-        for item, s in zip(unseen, scores):
-            s = None if s is None else float(s)  # a non-finite score stays one (json writes NaN/-Infinity)
-            passed = _passes(s, cfg.filter_margin)
-            ok = passed and stats.accepted < num_samples  # a round may pass more than are still needed
-            stats.passed += passed
-            stats.accepted += ok
-            new_rows.append({"input": item, "score": s, "passed": passed, "accepted": ok, "round": stats.rounds})
+        # A non-finite score stays one (json writes NaN/-Infinity).
+        new_rows = [{"input": item, "score": None if s is None else float(s), "round": stats.rounds}
+                    for item, s in zip(unseen, scores)]
+        verdicts.take(new_rows, stats)
         stats.scored += len(unseen)
         leak_records = [{"leak": text, "round": stats.rounds} for text in leaked]
         stats.rounds += 1

@@ -226,3 +226,77 @@ def test_a_raised_leak_threshold_is_part_of_the_key(models, full, tmp_path, capl
     assert (tmp_path / "progress.jsonl.stale-1").read_bytes() == full[2]
     header = json.loads(lines_of(path.read_bytes())[0])["progress_key"]
     assert header == {**KEY, "leak_threshold_for_these_inputs": stats.leak_threshold_raised}
+
+
+def test_near_duplicates_in_embedding_space_are_dropped_and_a_resumed_run_agrees(models, full, tmp_path,
+                                                                                 monkeypatch):
+    import numpy as np
+
+    cfg = make_cfg(near_duplicate_similarity=0.7)
+    calls = []
+
+    def embed(texts):  # a stand-in embedding: character counts (texts of the same letters point the same way)
+        calls.append(len(texts))
+        return _fixed_alphabet(texts)
+
+    path = tmp_path / "progress.jsonl"
+    rows, stats = run(models, path, cfg=cfg, embed=embed)
+    accepted = [r["input"] for r in rows if r["accepted"]]
+    dropped = [r for r in rows if r["near_duplicate"]]
+    assert stats.accepted == len(accepted) == 60 and stats.near_duplicates == len(dropped) > 0
+    assert all(r["passed"] and not r["accepted"] for r in dropped)
+    unit = lambda v: v / np.linalg.norm(v, axis=-1, keepdims=True)  # noqa: E731
+    kept = unit(_fixed_alphabet(accepted))
+    similarity = kept @ kept.T
+    assert (similarity[np.triu_indices(len(kept), 1)] < 0.7).all()  # no two accepted ones are near-duplicates
+    position = {text: i for i, text in enumerate(r["input"] for r in rows)}
+    for r in dropped:  # each dropped one is that near an input accepted before it
+        earlier = [t for t in accepted if position[t] < position[r["input"]]]
+        assert (unit(_fixed_alphabet(earlier)) @ unit(_fixed_alphabet([r["input"]]))[0]).max() >= 0.7
+    assert stats.rounds > full[1].rounds or stats.candidates >= full[1].candidates  # the drops cost candidates
+    assert len(calls) == stats.rounds  # one batch per round
+
+    killed = tmp_path / "killed.jsonl"
+    kill_generate_after(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        run(models, killed, cfg=cfg, embed=embed)
+    monkeypatch.undo()
+    assert run(models, killed, cfg=cfg, embed=embed) == (rows, stats)
+    assert killed.read_bytes() == path.read_bytes()
+
+    # The paper run's file, read with the setting on: the stored candidates' verdicts are re-taken.
+    reread = tmp_path / "paper.jsonl"
+    reread.write_bytes(full[2])
+    rows2, stats2 = run(models, reread, cfg=cfg, embed=embed)
+    stored = len(full[0])
+    assert [r["input"] for r in rows2[:stored]] == [r["input"] for r in full[0]]
+    assert stats2.near_duplicates > 0 and stats2.accepted == 60
+
+    with pytest.raises(ValueError, match="needs an embedding function"):
+        run(models, tmp_path / "none.jsonl", cfg=cfg)
+
+
+ALPHABET = [chr(i) for i in range(32, 127)]
+
+
+def _fixed_alphabet(texts):
+    import numpy as np
+
+    return np.array([[t.count(c) for c in ALPHABET] + [1e-3] for t in texts], dtype=float)
+
+
+def test_near_duplicate_similarity_is_validated_and_in_the_synthesis_fingerprint():
+    from peft_transfer import TransferConfig
+    from peft_transfer.errors import ConfigError
+    from peft_transfer.pipeline import PROGRESS_EXEMPT
+    from peft_transfer.stages import stage
+
+    base = dict(source_model="s", target_model="t", train_file="x.jsonl")
+    on = TransferConfig(**base, near_duplicate_similarity=0.95)
+    assert "near_duplicate_similarity" in stage("synthesis").settings(on)
+    assert "near_duplicate_similarity" not in stage("synthesis").settings(TransferConfig(**base))
+    assert "near_duplicate_similarity" in PROGRESS_EXEMPT  # the stored candidates are re-verdicted, not redone
+    with pytest.raises(ConfigError, match="cosine similarity"):
+        TransferConfig(**base, near_duplicate_similarity=1.5)
+    with pytest.raises(ConfigError, match="embedding_model"):
+        TransferConfig(**base, near_duplicate_similarity=0.9, generation_backend="vllm")

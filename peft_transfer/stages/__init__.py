@@ -94,6 +94,7 @@ STAGES: tuple[Stage, ...] = (
           inputs=("seeds", "eval_file"),
           settings=lambda c: ("generator", "filter_mode", "task_name", "filter_margin", "target_false_accept_rate",
                               "num_samples", *_SAMPLING, "leak_threshold",
+                              *(("near_duplicate_similarity",) if c.near_duplicate_similarity is not None else ()),
                               *(("generate_with_source_adapter",) if c.generate_with_source_adapter else ()),
                               *(("discriminator_base",) if c.filter_mode == "discriminator" else ()),
                               "compute_mmd", "embedding_model", "plot_projection", *_SEED, *_backend(c)),

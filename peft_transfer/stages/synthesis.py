@@ -45,8 +45,8 @@ def body(run, out: str) -> None:
         rows, stats = synthesize(cfg, generator.model, generator.tokenizer, run.seeds, discriminator=disc.model,
                                  discriminator_tokenizer=disc.tokenizer, references=run.real_inputs(),
                                  progress_path=run.dirs.progress, progress_key=run.progress_key(),
-                                 fresh=cfg.overwrite,
-                                 show_progress=run.show_progress)
+                                 fresh=cfg.overwrite, show_progress=run.show_progress,
+                                 embed=_embedder(cfg, generator) if cfg.near_duplicate_similarity is not None else None)
         if is_main_process():
             Dataset.from_list(rows).save_to_disk(os.path.join(out, rundir.CANDIDATES))
             Dataset.from_list([r for r in rows if r["accepted"]]).save_to_disk(os.path.join(out, rundir.ACCEPTED))
@@ -63,6 +63,16 @@ def body(run, out: str) -> None:
     wait_for_everyone()
     if is_main_process() and os.path.exists(run.dirs.progress):
         os.remove(run.dirs.progress)
+
+
+def _embedder(cfg, generator):
+    """Embeddings for the near-duplicate check: `embedding_model`, else the generator's mean-pooled hidden states;
+    each process embeds a shard."""
+    from ..metrics import embed_texts
+
+    kwargs = dict(sentence_model=cfg.embedding_model, model=None if cfg.embedding_model else generator.model,
+                  tokenizer=None if cfg.embedding_model else generator.tokenizer, batch_size=cfg.filter_batch_size)
+    return lambda texts: np.asarray(map_across_processes(lambda shard: list(embed_texts(shard, **kwargs)), texts))
 
 
 def _diagnostics(run, rows: list[dict], model, tokenizer, out: str) -> dict:
