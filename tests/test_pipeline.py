@@ -253,3 +253,25 @@ def test_each_stage_prints_one_line_with_its_time_and_peak_memory(make_config, r
     assert len(done) == 1 and "peak RSS" in done[0] and "accepted" in done[0]
     info = json.loads((run_dir / "synthesis" / "stage.json").read_text())
     assert info["seconds"] > 0 and info["peak_rss_gb"] > 0.05  # a process with torch loaded holds more than 50 MB
+
+
+def test_near_duplicates_dropped_in_the_generators_embedding_space(make_config, run_dir):
+    """The synthesis stage embeds with the generator's hidden states (no `embedding_model`): passed candidates that
+    near to an accepted one are marked and counted, and the accepted ones are pairwise below the similarity."""
+    import numpy as np
+    from datasets import load_from_disk
+
+    from peft_transfer.metrics import embed_texts
+    from peft_transfer.modeling import load_base, load_tokenizer
+
+    config = make_config(output_dir=str(run_dir), near_duplicate_similarity=0.6, eval_file=None, num_samples=8,
+                         candidate_budget=2000, compute_mmd=False)
+    _run(config, stages=("synthesis",))
+    stats = json.load(open(run_dir / "synthesis" / "stats.json"))
+    candidates = load_from_disk(str(run_dir / "synthesis" / "candidates"))
+    assert stats["accepted"] == 8 and stats["near_duplicates"] == sum(candidates["near_duplicate"]) > 0
+    accepted = [r["input"] for r in candidates if r["accepted"]]
+    model, tokenizer = load_base(config.target_model, dtype=config.dtype), load_tokenizer(config.target_model)
+    vectors = embed_texts(accepted, model=model, tokenizer=tokenizer)
+    vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    assert (np.triu(vectors @ vectors.T, 1) < 0.6 + 0.01).all()  # other batches: bf16 sums in another order
