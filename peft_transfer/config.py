@@ -9,6 +9,9 @@ names (`learning_rate`, `num_train_epochs`, `per_device_train_batch_size`, `seed
 name into `training_kwargs`. The defaults are the paper's hyper-parameters (Trans-LoRA, §4 and Appendix): AdamW
 without weight decay, linear schedule without warm-up, lr 2e-5, 20 epochs, effective batch 8, LoRA r=8 / alpha=8 on
 q_proj and v_proj, 5 seeds, N = 250 accepted samples, margin 0.
+
+The module is long because the fields are: each is declared once, with the help text `--help` shows; the reading
+of recipes and the names of settings are in `recipe`.
 """
 
 from __future__ import annotations
