@@ -39,7 +39,7 @@ _START_PREFIX = "<!-- peft-transfer:start"
 LINEAGE_KEYS = {
     "source_model", "source_model_revision", "source_adapter", "source_adapter_revision", "target_model",
     "target_model_revision", "discriminator", "generator", "task_name", "num_seeds", "num_accepted",
-    "num_candidates", "acceptance_rate", "loss", "peft_type", "chain",
+    "num_candidates", "acceptance_rate", "kd_loss", "loss", "peft_type", "chain",  # "loss": older lineages
 }  # fmt: skip
 EVALUATION_KEYS = {"source_adapter", "target_base", "transferred", "num_samples"}
 DISCRIMINATOR_KEYS = {
