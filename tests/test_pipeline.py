@@ -206,15 +206,15 @@ def test_margin_calibrated_on_held_out_negatives(make_config, run_dir):
 def test_evaluation_cache_reuses_what_does_not_depend_on_the_run(make_config, run_dir, tmp_path, monkeypatch):
     import shutil
 
-    from peft_transfer import pipeline
+    from peft_transfer import evaluation
 
     config = make_config(output_dir=str(run_dir), evaluation_cache_dir=str(tmp_path / "cache"))
     first = _run(config)["evaluation"]
     assert len(os.listdir(tmp_path / "cache")) == 2  # source adapter, target base
 
     calls = []
-    real_evaluate = pipeline.evaluate
-    monkeypatch.setattr(pipeline, "evaluate", lambda *a, **k: calls.append(k["desc"]) or real_evaluate(*a, **k))
+    real_evaluate = evaluation.evaluate
+    monkeypatch.setattr(evaluation, "evaluate", lambda *a, **k: calls.append(k["desc"]) or real_evaluate(*a, **k))
     shutil.rmtree(run_dir / "evaluation")
     second = _run(make_config(output_dir=str(run_dir), evaluation_cache_dir=str(tmp_path / "cache")))["evaluation"]
     assert calls == ["evaluate transferred"]
