@@ -29,6 +29,12 @@ accuracies are evaluated once per task and model (`evaluation_cache_dir`). MMD²
 candidates uses all-MiniLM-L6-v2 embeddings (Table 9). Every 95% interval is the Wilson interval of the accuracy on
 the test inputs.
 
+The data owner's rows outlive the run folder: the report copies each finished `owner-*` row's adapters (the
+source adapter and discriminator stages, without training checkpoints: a few MB each) to `owners/` beside
+`results.json`, and a run given that `--prior` puts them back in place of a missing owner row, with their stage
+records (so the pipeline checks they were made by the same settings and data) and their row marked `carried_from`:
+a later session adds rows without training the owner again.
+
 Outputs: `results.json` (`tables.table1.<pair>.per_task.<task>` with `source_lora`, `target_base`, `translora`, as
 the tiny world's; every row, setting, version and the command), `results.md` (tables and the claims (a)-(d) as
 holds/fails with their numbers) and `fig3_scatter.png`. Rows that failed are reported with their error.
@@ -117,9 +123,10 @@ def wilson(p: float | None, n: int | None, z: float = 1.96) -> list[float] | Non
 
 
 def run_task(task_dir: str, task_name: str, description: str, pairs: list[str], seed: int,
-             only: tuple[str, ...] = ROWS) -> list[dict]:
+             only: tuple[str, ...] = ROWS, owners: str | None = None) -> list[dict]:
     """The rows of one task over `pairs` (those named in `only`, and the owner and translora rows they need); each
-    row's record is kept in `<row>/row.json` (resume per row)."""
+    row's record is kept in `<row>/row.json` (resume per row). An owner row missing here is first restored from
+    `owners` (a results folder's `owners/`) where it has one."""
     from peft_transfer import Transfer, TransferConfig
     from peft_transfer.data import load_examples
     from peft_transfer.rundir import RunDir
@@ -132,6 +139,8 @@ def run_task(task_dir: str, task_name: str, description: str, pairs: list[str], 
     rows = []
 
     def run(row: str, cfg: TransferConfig, *, pair: str, setting: str, stages=None) -> dict:
+        if row.startswith("owner-") and owners:
+            restore_owner(os.path.join(owners, task_name, row), cfg.output_dir)
         record_path = os.path.join(cfg.output_dir, "row.json")
         if os.path.exists(record_path):
             with open(record_path) as f:
@@ -237,6 +246,55 @@ def run_task(task_dir: str, task_name: str, description: str, pairs: list[str], 
     with open(os.path.join(task_dir, "rows.json"), "w") as f:
         json.dump(rows, f, indent=1)
     return rows
+
+
+OWNER_STAGES = ("source_adapter", "discriminator")
+
+
+def keep_owners(run_root: str, owners: str) -> list[str]:
+    """Copy each finished owner row of `run_root` (`<task>/owner-*/` with a `row.json` and no error) to
+    `owners/<task>/<row>/`: its finished owner stages without their training checkpoints, its `config.json` and
+    its `row.json`. Returns the rows copied."""
+    import shutil
+
+    from peft_transfer.rundir import RunDir
+
+    kept = []
+    for task in sorted(os.listdir(run_root)) if os.path.isdir(run_root) else []:
+        for row in sorted(os.listdir(os.path.join(run_root, task))) if os.path.isdir(os.path.join(run_root, task)) else []:
+            src = RunDir(os.path.join(run_root, task, row))
+            if not row.startswith("owner-") or not os.path.exists(src("row.json")):
+                continue
+            with open(src("row.json")) as f:
+                if json.load(f).get("error"):
+                    continue
+            dst = RunDir(os.path.join(owners, task, row))
+            for name in OWNER_STAGES:
+                if os.path.isdir(src.stage(name)):
+                    shutil.rmtree(dst.stage(name), ignore_errors=True)
+                    shutil.copytree(src.stage(name), dst.stage(name), ignore=shutil.ignore_patterns("trainer"))
+            for name in ("config.json", "row.json"):
+                shutil.copy2(src(name), dst(name))
+            kept.append(f"{task}/{row}")
+    return kept
+
+
+def restore_owner(kept: str, row_dir: str) -> bool:
+    """Put a kept owner row (`keep_owners`) in place of the missing `row_dir`; its record is marked with where it
+    came from. The stages keep their records, so the pipeline reuses them only under the same fingerprints."""
+    import shutil
+
+    if os.path.exists(row_dir) or not os.path.exists(os.path.join(kept, "row.json")):
+        return False
+    shutil.copytree(kept, row_dir)
+    path = os.path.join(row_dir, "row.json")
+    with open(path) as f:
+        record = json.load(f)
+    record.setdefault("carried_from", kept)
+    with open(path, "w") as f:
+        json.dump(record, f, indent=1)
+    print(f"[{record['task']}] {record['row']}: restored from {kept}", flush=True)
+    return True
 
 
 def _reuse(cfg, source, stages: tuple[str, ...], *, made_by: str) -> None:
@@ -553,6 +611,8 @@ def main(argv=None):
             "versions": _versions(), "threads": __import__("torch").get_num_threads()}
     if args.report:
         result = write_outputs(args.out, collect(args.report), dict(meta, collected_from=args.report), args.prior)
+        kept = keep_owners(args.report, os.path.join(args.out, "owners"))
+        print(f"owner rows kept in {os.path.join(args.out, 'owners')}: {len(kept)}")
         print(markdown(result))
         return 0
 
@@ -569,7 +629,8 @@ def main(argv=None):
         task_dir = os.path.join(out, task.name)
         if not os.path.exists(os.path.join(task_dir, "data", "seeds.jsonl")):
             write_task(task, os.path.join(task_dir, "data"))
-        run_task(task_dir, task.name, task.description, args.pairs, args.seed, only=tuple(args.rows))
+        run_task(task_dir, task.name, task.description, args.pairs, args.seed, only=tuple(args.rows),
+                 owners=os.path.join(os.path.dirname(os.path.abspath(args.prior)), "owners") if args.prior else None)
         write_outputs(out, collect(out), dict(meta, wall_s=round(time.time() - start, 1)), args.prior)  # as it goes
     result = write_outputs(out, collect(out), dict(meta, wall_s=round(time.time() - start, 1)), args.prior)
     print(markdown(result))

@@ -153,3 +153,41 @@ def test_an_earlier_results_file_keeps_the_rows_not_measured_again(tmp_path):
     assert rows[0] == again[0]  # measured again: the new record wins and is not marked
     assert rows[1]["row"] == "owner-qwen" and rows[1]["carried_from"] == str(prior)
     assert quality_real.with_prior(again, None) == (again, 0)
+
+
+def test_owner_rows_are_kept_beside_the_results_and_restored_in_a_new_run_folder(tmp_path):
+    import json
+
+    run = tmp_path / "run"
+
+    def row(task, name, stages, **record):
+        folder = run / task / name
+        for stage in stages:
+            (folder / stage / "trainer" / "checkpoint-8").mkdir(parents=True)
+            (folder / stage / "trainer" / "checkpoint-8" / "optimizer.pt").write_bytes(b"x" * 100)
+            (folder / stage / "adapter_model.safetensors").write_bytes(b"weights of " + stage.encode())
+            (folder / stage / "stage.json").write_text(json.dumps({"fingerprint": stage}))
+        (folder / "config.json").write_text("{}")
+        (folder / "row.json").write_text(json.dumps(dict(task=task, row=name, **record)))
+
+    row("addition", "owner-qwen", ("source_adapter", "discriminator"), seconds=2700.0)
+    row("addition", "owner-smollm2", ("source_adapter",), error="SynthesisError: ...")
+    row("addition", "translora-qwen-smollm2", ("synthesis",), transferred=0.6)
+    (run / "addition" / "owner-gemma3" / "source_adapter.incomplete").mkdir(parents=True)  # unfinished: no row.json
+    owners = tmp_path / "results" / "owners"
+
+    assert quality_real.keep_owners(str(run), str(owners)) == ["addition/owner-qwen"]
+    kept = owners / "addition" / "owner-qwen"
+    assert sorted(p.name for p in kept.iterdir()) == ["config.json", "discriminator", "row.json", "source_adapter"]
+    assert not (kept / "source_adapter" / "trainer").exists()  # checkpoints stay behind
+    assert (kept / "discriminator" / "stage.json").read_text() == json.dumps({"fingerprint": "discriminator"})
+
+    fresh = tmp_path / "fresh" / "addition" / "owner-qwen"
+    assert quality_real.restore_owner(str(kept), str(fresh))
+    record = json.loads((fresh / "row.json").read_text())
+    assert record["seconds"] == 2700.0 and record["carried_from"] == str(kept)
+    assert (fresh / "source_adapter" / "adapter_model.safetensors").read_bytes() == b"weights of source_adapter"
+    (fresh / "row.json").write_text(json.dumps(dict(record, seconds=1.0)))
+    assert not quality_real.restore_owner(str(kept), str(fresh))  # a row already there is never replaced
+    assert json.loads((fresh / "row.json").read_text())["seconds"] == 1.0
+    assert not quality_real.restore_owner(str(owners / "addition" / "owner-smollm2"), str(tmp_path / "x"))
