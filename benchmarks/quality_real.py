@@ -261,8 +261,9 @@ def keep_owners(run_root: str, owners: str) -> list[str]:
 
     kept = []
     for task in sorted(os.listdir(run_root)) if os.path.isdir(run_root) else []:
-        for row in sorted(os.listdir(os.path.join(run_root, task))) if os.path.isdir(os.path.join(run_root, task)) else []:
-            src = RunDir(os.path.join(run_root, task, row))
+        folder = os.path.join(run_root, task)
+        for row in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+            src = RunDir(os.path.join(folder, row))
             if not row.startswith("owner-") or not os.path.exists(src("row.json")):
                 continue
             with open(src("row.json")) as f:
