@@ -126,7 +126,9 @@ class TransferConfig:
     lora_alpha: int = field(default=8, metadata={"help": "LoRA alpha."})
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
     lora_target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "v_proj"], metadata={"help": "Modules that get LoRA/DoRA/IA3 layers."}
+        default_factory=lambda: ["q_proj", "v_proj"],
+        metadata={"help": "Modules that get LoRA/DoRA/IA3 layers, or `all-linear`: every linear layer but the output "
+                          "head."},
     )
     num_virtual_tokens: int = field(default=20, metadata={"help": "Virtual tokens for prompt and prefix tuning."})
     prompt_tuning_init_text: str | None = field(
@@ -287,6 +289,8 @@ class TransferConfig:
     seed: int = field(default=42, metadata={"help": "Seed of every random choice."})
 
     def __post_init__(self):
+        if isinstance(self.lora_target_modules, str):  # `lora_target_modules: all-linear` in a recipe or from Python
+            self.lora_target_modules = [self.lora_target_modules]
         if self.learning_rate is None:
             self.learning_rate = 2e-3 if self.peft_type in ("prompt_tuning", "prefix_tuning") else 2e-5
         self._validate(require_paths=True)

@@ -171,21 +171,25 @@ def peft_config_from(config, tokenizer_name_or_path: str | None = None, *, peft_
     from peft import IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig, PromptTuningInit
 
     peft_type = peft_type or config.peft_type
+    # PEFT reads `all-linear` (every linear layer but the output head) only as a string: in a list it would look for
+    # a module of that name. Module names stay a list (a string would be matched as a regex on the full name).
+    targets = list(config.lora_target_modules)
+    targets = targets[0] if [t.lower() for t in targets] == ["all-linear"] else targets
 
     if peft_type in ("lora", "dora"):
         return LoraConfig(
             r=config.lora_r,
             lora_alpha=config.lora_alpha,
             lora_dropout=config.lora_dropout,
-            target_modules=list(config.lora_target_modules),
+            target_modules=targets,
             use_dora=peft_type == "dora",
             bias="none",
             task_type=task_type,
         )
     if peft_type == "ia3":
-        targets = list(config.lora_target_modules)
-        return IA3Config(target_modules=targets, feedforward_modules=[m for m in targets if "mlp" in m or m in (
-            "down_proj", "up_proj", "gate_proj")], task_type=task_type)
+        feedforward = [m for m in ([targets] if isinstance(targets, str) else targets)
+                       if "mlp" in m or m in ("down_proj", "up_proj", "gate_proj")]
+        return IA3Config(target_modules=targets, feedforward_modules=feedforward, task_type=task_type)
     if peft_type == "prompt_tuning":
         if config.prompt_tuning_init_text:
             return PromptTuningConfig(
