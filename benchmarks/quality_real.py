@@ -86,6 +86,9 @@ IMPROVEMENTS = {
     # same inputs (what the gap rows point at when the target cannot learn the task from 250 inputs); 15 seeds.
     "n-scaling": (dict(num_samples=1000, num_train_epochs=1.5, candidate_budget=12000), ()),
     "more-steps": (dict(num_train_epochs=12), ("synthesis", "labels")),
+    # The new adapter on every linear layer (PEFT's all-linear) at the paper's rank and alpha, on the same inputs and
+    # labels: what the student can copy of its teacher when the adapter is not limited to q/v.
+    "all-linear": (dict(lora_target_modules=["all-linear"]), ("synthesis", "labels")),
     "seeds-15": (dict(num_seeds=15), ()),
     # A discriminator that knows formats: half its negatives real train inputs perturbed in format (the owner trains
     # it beside the paper's, from the same source adapter: `OWNER_VARIANTS`); the transfer filters with it.
@@ -454,7 +457,8 @@ def markdown(result: dict) -> str:
               "token-selection: the loss on the top 50% of each completion's tokens by the teacher's contrastive "
               "excess over the source base; titok: TiTok's curriculum (the source with its adapter writes the inputs, "
               "no filter, token selection); n-scaling: 1,000 accepted inputs at the paper row's number of training steps "
-              "(1.5 epochs); more-steps: 12 epochs instead of 6 on the paper row's inputs and labels; seeds-15: 15 "
+              "(1.5 epochs); more-steps: 12 epochs instead of 6 on the paper row's inputs and labels; all-linear: the "
+              "new LoRA on every linear layer (r 8, alpha 8) on the same inputs and labels; seeds-15: 15 "
               "seeds per generation prompt instead of 5; format-negatives: the filter's discriminator trained with half "
               "its negatives real inputs perturbed in format (truncated, shortened, shuffled, spliced, doubled); "
               "format-negatives+more-steps: that and 12 epochs. Rows that change a later stage only reuse the "
