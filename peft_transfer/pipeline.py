@@ -13,7 +13,8 @@ the same command reuses the finished stages whose fingerprints match and goes on
 - the distillation and the evaluation are redone, with a line that says what changed.
 
 `overwrite=True` redoes every stage, the progress file included. The report and the lineage are written from the
-records of what made the artifacts.
+records of what made the artifacts. The module is a little over 400 lines because the fingerprints, the plan that
+reads them and the report of what made each artifact are one job; the stage bodies are in `stages/`.
 """
 
 from __future__ import annotations

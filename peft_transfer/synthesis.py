@@ -17,7 +17,8 @@ Each round (its rows, leaks and stats line) is one write followed by an fsync, s
 of the file; the next start drops a torn tail and any records after the last stats line (a round cut mid-way) and
 redoes that round. Every round draws its prompts and sampling noise from `(seed, round)`, and the duplicate filter
 is rebuilt from the stored rows and leaks, so a resumed run ends with the same rows and counts as one that was
-never interrupted.
+never interrupted. The module is a little over 400 lines because the loop and the reading of its progress file are
+one job: each decides what the other must record.
 """
 
 from __future__ import annotations
