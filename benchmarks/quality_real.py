@@ -151,7 +151,7 @@ def run_task(task_dir: str, task_name: str, description: str, pairs: list[str], 
             return rows[-1]
         start = time.perf_counter()
         record = dict(task=task_name, row=row, pair=pair, setting=setting, source_model=cfg.source_model,
-                      target_model=cfg.target_model, filter_mode=cfg.filter_mode)
+                      target_model=cfg.target_model, filter_mode=cfg.filter_mode, **_machine(cfg.dtype))
         print(f"[{task_name}] {row} ...", flush=True)
         try:
             report = Transfer(cfg, show_progress=False).run(stages=stages)
@@ -314,6 +314,17 @@ def _reuse(cfg, source, stages: tuple[str, ...], *, made_by: str) -> None:
             transfer.provide(name, lambda folder, name=name: shutil.copytree(
                 source.stage(name), folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns(STAGE_RECORD)),
                 made_by=made_by)
+
+
+def _machine(dtype: str) -> dict:
+    """What the numbers of a row depend on beyond its settings: the dtype `dtype` resolved to here (`auto` is bf16
+    only on a CPU that computes in it) and the CPU's vector capability as torch sees it."""
+    import torch
+
+    from peft_transfer.modeling import torch_dtype
+
+    return {"dtype": str(torch_dtype(dtype)).replace("torch.", ""),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads()}
 
 
 def _gold_labels(examples: list[dict]):
@@ -613,7 +624,7 @@ def main(argv=None):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     meta = {"settings": SETTINGS, "models": MODELS, "pairs": args.pairs, "seed": args.seed, "argv": sys.argv,
-            "versions": _versions(), "threads": __import__("torch").get_num_threads()}
+            "versions": _versions(), **_machine("auto")}
     if args.report:
         result = write_outputs(args.out, collect(args.report), dict(meta, collected_from=args.report), args.prior)
         kept = keep_owners(args.report, os.path.join(args.out, "owners"))
