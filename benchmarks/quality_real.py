@@ -29,11 +29,11 @@ accuracies are evaluated once per task and model (`evaluation_cache_dir`). MMD²
 candidates uses all-MiniLM-L6-v2 embeddings (Table 9). Every 95% interval is the Wilson interval of the accuracy on
 the test inputs.
 
-The data owner's rows outlive the run folder: the report copies each finished `owner-*` row's adapters (the
-source adapter and discriminator stages, without training checkpoints: a few MB each) to `owners/` beside
-`results.json`, and a run given that `--prior` puts them back in place of a missing owner row, with their stage
-records (so the pipeline checks they were made by the same settings and data) and their row marked `carried_from`:
-a later session adds rows without training the owner again.
+The data owner's rows outlive the run folder: the report copies the finished stages of each `owner-*` row (the
+source adapter and discriminator, without training checkpoints: a few MB each) to `owners/` beside `results.json`,
+and a run given that `--prior` puts them back in place of a missing owner row, with their stage records (so the
+pipeline checks they were made by the same settings and data) and, for a finished row, its record marked
+`carried_from`: a later session adds rows without training the owner again, or trains only what a cut row lacked.
 
 Outputs: `results.json` (`tables.table1.<pair>.per_task.<task>` with `source_lora`, `target_base`, `translora`, as
 the tiny world's; every row, setting, version and the command), `results.md` (tables and the claims (a)-(d) as
@@ -255,9 +255,10 @@ OWNER_STAGES = ("source_adapter", "discriminator")
 
 
 def keep_owners(run_root: str, owners: str) -> list[str]:
-    """Copy each finished owner row of `run_root` (`<task>/owner-*/` with a `row.json` and no error) to
-    `owners/<task>/<row>/`: its finished owner stages without their training checkpoints, its `config.json` and
-    its `row.json`. Returns the rows copied."""
+    """Copy the finished stages of each owner row of `run_root` (`<task>/owner-*/`, unless its `row.json` records an
+    error) to `owners/<task>/<row>/`, without their training checkpoints, with the row's `config.json` and, once the
+    row is done, its `row.json`: a row cut after its source adapter keeps that hour of training. Returns the rows
+    copied."""
     import shutil
 
     from peft_transfer.rundir import RunDir
@@ -267,37 +268,41 @@ def keep_owners(run_root: str, owners: str) -> list[str]:
         folder = os.path.join(run_root, task)
         for row in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
             src = RunDir(os.path.join(folder, row))
-            if not row.startswith("owner-") or not os.path.exists(src("row.json")):
+            finished = [name for name in OWNER_STAGES if src.finished(name)]
+            if not row.startswith("owner-") or not finished:
                 continue
-            with open(src("row.json")) as f:
-                if json.load(f).get("error"):
-                    continue
+            if os.path.exists(src("row.json")):
+                with open(src("row.json")) as f:
+                    if json.load(f).get("error"):
+                        continue
             dst = RunDir(os.path.join(owners, task, row))
-            for name in OWNER_STAGES:
-                if os.path.isdir(src.stage(name)):
-                    shutil.rmtree(dst.stage(name), ignore_errors=True)
-                    shutil.copytree(src.stage(name), dst.stage(name), ignore=shutil.ignore_patterns("trainer"))
+            for name in finished:
+                shutil.rmtree(dst.stage(name), ignore_errors=True)
+                shutil.copytree(src.stage(name), dst.stage(name), ignore=shutil.ignore_patterns("trainer"))
             for name in ("config.json", "row.json"):
-                shutil.copy2(src(name), dst(name))
+                if os.path.exists(src(name)):
+                    shutil.copy2(src(name), dst(name))
             kept.append(f"{task}/{row}")
     return kept
 
 
 def restore_owner(kept: str, row_dir: str) -> bool:
-    """Put a kept owner row (`keep_owners`) in place of the missing `row_dir`; its record is marked with where it
-    came from. The stages keep their records, so the pipeline reuses them only under the same fingerprints."""
+    """Put a kept owner row (`keep_owners`) in place of the missing `row_dir`; its record, when the row was done, is
+    marked with where it came from (a row kept unfinished then runs what it lacks). The stages keep their records, so
+    the pipeline reuses them only under the same fingerprints."""
     import shutil
 
-    if os.path.exists(row_dir) or not os.path.exists(os.path.join(kept, "row.json")):
+    if os.path.exists(row_dir) or not os.path.isdir(kept):
         return False
     shutil.copytree(kept, row_dir)
     path = os.path.join(row_dir, "row.json")
-    with open(path) as f:
-        record = json.load(f)
-    record.setdefault("carried_from", kept)
-    with open(path, "w") as f:
-        json.dump(record, f, indent=1)
-    print(f"[{record['task']}] {record['row']}: restored from {kept}", flush=True)
+    if os.path.exists(path):
+        with open(path) as f:
+            record = json.load(f)
+        record.setdefault("carried_from", kept)
+        with open(path, "w") as f:
+            json.dump(record, f, indent=1)
+    print(f"{row_dir}: restored from {kept}", flush=True)
     return True
 
 
@@ -624,7 +629,7 @@ def main(argv=None):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     meta = {"settings": SETTINGS, "models": MODELS, "pairs": args.pairs, "seed": args.seed, "argv": sys.argv,
-            "versions": _versions(), **_machine("auto")}
+            "versions": _versions()}
     if args.report:
         result = write_outputs(args.out, collect(args.report), dict(meta, collected_from=args.report), args.prior)
         kept = keep_owners(args.report, os.path.join(args.out, "owners"))
@@ -633,6 +638,8 @@ def main(argv=None):
         return 0
 
     from peft_transfer.worlds.tasks import write_task
+
+    meta["machine"] = _machine("auto")  # where this run's rows are made (each row records its own too)
 
     if args.task_file:
         tasks = [external_task(args, parser)]

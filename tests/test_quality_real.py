@@ -173,10 +173,18 @@ def test_owner_rows_are_kept_beside_the_results_and_restored_in_a_new_run_folder
     row("addition", "owner-qwen", ("source_adapter", "discriminator"), seconds=2700.0)
     row("addition", "owner-smollm2", ("source_adapter",), error="SynthesisError: ...")
     row("addition", "translora-qwen-smollm2", ("synthesis",), transferred=0.6)
-    (run / "addition" / "owner-gemma3" / "source_adapter.incomplete").mkdir(parents=True)  # unfinished: no row.json
+    (run / "addition" / "owner-gemma3" / "source_adapter.incomplete").mkdir(parents=True)  # nothing finished
+    row("word_sorting", "owner-qwen", ("source_adapter",))  # cut in its discriminator: no row.json yet
+    (run / "word_sorting" / "owner-qwen" / "row.json").unlink()
+    (run / "word_sorting" / "owner-qwen" / "discriminator.incomplete").mkdir()
     owners = tmp_path / "results" / "owners"
 
-    assert quality_real.keep_owners(str(run), str(owners)) == ["addition/owner-qwen"]
+    assert quality_real.keep_owners(str(run), str(owners)) == ["addition/owner-qwen", "word_sorting/owner-qwen"]
+    cut = owners / "word_sorting" / "owner-qwen"
+    assert sorted(p.name for p in cut.iterdir()) == ["config.json", "source_adapter"]
+    fresh_cut = tmp_path / "fresh" / "word_sorting" / "owner-qwen"
+    assert quality_real.restore_owner(str(cut), str(fresh_cut))  # the row then trains only its discriminator
+    assert not (fresh_cut / "row.json").exists() and (fresh_cut / "source_adapter" / "stage.json").exists()
     kept = owners / "addition" / "owner-qwen"
     assert sorted(p.name for p in kept.iterdir()) == ["config.json", "discriminator", "row.json", "source_adapter"]
     assert not (kept / "source_adapter" / "trainer").exists()  # checkpoints stay behind
