@@ -172,9 +172,13 @@ def discriminator_prompt(tokenizer, text: str, task_name: str) -> str:
 
 
 def duplicate_key(text: str) -> str:
-    """Case-, accent- and whitespace-insensitive form used for duplicate checks."""
+    """Case- and whitespace-insensitive form used for duplicate checks (Unicode-normalized).
+
+    Punctuation is kept, each mark as a word of its own: in many tasks it is the content (brackets, operators), so
+    `( [ {` and `( { [` are two inputs while `( [` and `([` are one.
+    """
     text = unicodedata.normalize("NFKC", text).casefold()
-    return " ".join(re.sub(r"[^\w\s]", " ", text).split())
+    return " ".join(re.sub(r"([^\w\s])", r" \1 ", text).split())
 
 
 class Deduplicator:

@@ -53,9 +53,20 @@ def test_parse_candidate(text, finished, expected):
 def test_deduplicator_drops_exact_normalized_and_seed_copies():
     dedup = Deduplicator(seeds=["Sort these letters: a b"])
     assert dedup.add("Sort these letters: c d")
-    assert not dedup.add("sort these  letters: C D!")  # normalized duplicate
+    assert not dedup.add("sort these  letters :C D")  # normalized duplicate: case and spaces
     assert not dedup.add("Sort these letters: a b")  # seed copy
     assert dedup.dropped == {"duplicate": 1, "seed_copy": 1}
+
+
+def test_deduplicator_keeps_inputs_that_differ_in_punctuation():
+    # In bracket and arithmetic tasks the marks are the input: none of these is a copy of another.
+    dedup = Deduplicator(seeds=["Complete the brackets: ( { } <"])
+    assert dedup.add("Complete the brackets: ( < } {")
+    assert dedup.add("Complete the brackets: [ [")
+    assert dedup.add("((-8 + 8) + (4 * -4)) =")
+    assert dedup.add("((8 - 8) * (4 + 4)) =")
+    assert not dedup.add("Complete the brackets: ({}<")  # the seed, spaced differently
+    assert dedup.dropped == {"duplicate": 0, "seed_copy": 1}
 
 
 def test_discriminator_prompt_plain_and_chat(tiny_world):
