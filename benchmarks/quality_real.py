@@ -73,8 +73,9 @@ PAIRS = {"smollm2-gemma3": ("smollm2", "gemma3"), "smollm2-qwen": ("smollm2", "q
          "qwen-smollm2": ("qwen", "smollm2")}
 ABLATIONS = ("translora", "unfiltered", "seeds-only", "random-text")  # paper Table 5 order
 GAP_ROWS = ("real-inputs", "real-data")
-# Each change alone against the paper's method: its settings, and the translora row's stages it reuses unchanged
-# (the same synthetic inputs, or the same inputs and labels), so that only the change differs.
+# Each change alone against the paper's method: its settings, the stages it reuses unchanged (the same synthetic
+# inputs, or the same inputs and labels) so that only the change differs, and, where not the translora row, the row
+# it reuses them from.
 IMPROVEMENTS = {
     "self-consistency": (dict(label_votes=5, label_min_agreement=0.6), ("synthesis",)),
     "token-selection": (dict(token_selection_ratio=0.5), ("synthesis", "labels")),
@@ -89,17 +90,23 @@ IMPROVEMENTS = {
     # The new adapter on every linear layer (PEFT's all-linear) at the paper's rank and alpha, on the same inputs and
     # labels: what the student can copy of its teacher when the adapter is not limited to q/v.
     "all-linear": (dict(lora_target_modules=["all-linear"]), ("synthesis", "labels")),
+    # Both together (the two changes that helped alone on the paper row's inputs and labels).
+    "all-linear+more-steps": (dict(lora_target_modules=["all-linear"], num_train_epochs=12), ("synthesis", "labels")),
     "seeds-15": (dict(num_seeds=15), ()),
     # A discriminator that knows formats: half its negatives real train inputs perturbed in format (the owner trains
     # it beside the paper's, from the same source adapter: `OWNER_VARIANTS`); the transfer filters with it.
     "format-negatives": (dict(), ()),
-    # The changes that helped alone, together: format negatives and 12 epochs.
-    "format-negatives+more-steps": (dict(num_train_epochs=12), ()),
+    # The changes that helped alone, together, on the inputs and labels of the row named third: format negatives and
+    # 12 epochs; all three.
+    "format-negatives+more-steps": (dict(num_train_epochs=12), ("synthesis", "labels"), "format-negatives"),
+    "combined": (dict(lora_target_modules=["all-linear"], num_train_epochs=12), ("synthesis", "labels"),
+                 "format-negatives"),
 }
 # Rows that need a discriminator the paper's owner row did not train: its settings, trained once per task and
 # source in `owner-<source>-<variant>` (the discriminator stage alone, from the owner's source adapter).
 OWNER_VARIANTS = {"format-negatives": dict(discriminator_format_negatives=0.5)}
-ROW_OWNER = {"format-negatives": "format-negatives", "format-negatives+more-steps": "format-negatives"}
+ROW_OWNER = {"format-negatives": "format-negatives", "format-negatives+more-steps": "format-negatives",
+             "combined": "format-negatives"}
 ROWS = (*ABLATIONS, *GAP_ROWS, *IMPROVEMENTS)
 
 # Chosen by measurement on 2 CPU cores (bf16): LoRA r=8 on q/v, lr 2e-3 (the paper's 2e-5 is for 7B models and 20
@@ -230,8 +237,9 @@ def run_task(task_dir: str, task_name: str, description: str, pairs: list[str], 
                 _prepare(cfg, inputs, {"accepted": len(inputs), "candidates": 0, "extra": {"made_by": setting}},
                          labels=labels, made_by=f"{setting} ({why})")
             run(f"{setting}-{pair}", cfg, pair=pair, setting=setting)
-        paper = RunDir(os.path.join(task_dir, f"translora-{pair}"))
-        for setting, (overrides, reused) in IMPROVEMENTS.items():
+        for setting, (overrides, reused, *base) in IMPROVEMENTS.items():
+            base = base[0] if base else "translora"
+            paper = RunDir(os.path.join(task_dir, f"{base}-{pair}"))
             if setting not in only or not all(paper.finished(s) for s in reused):
                 continue
             if setting in ROW_OWNER:
@@ -244,7 +252,7 @@ def run_task(task_dir: str, task_name: str, description: str, pairs: list[str], 
                     continue
                 overrides = dict(overrides, discriminator_adapter=RunDir(owner_cfg.output_dir).discriminator)
             cfg = config(f"{setting}-{pair}", **overrides)
-            _reuse(cfg, paper, reused, made_by=f"the translora-{pair} row (only {setting} differs)")
+            _reuse(cfg, paper, reused, made_by=f"the {base}-{pair} row (only {setting} differs)")
             run(f"{setting}-{pair}", cfg, pair=pair, setting=setting)
     with open(os.path.join(task_dir, "rows.json"), "w") as f:
         json.dump(rows, f, indent=1)
@@ -477,8 +485,10 @@ def markdown(result: dict) -> str:
               "new LoRA on every linear layer (r 8, alpha 8) on the same inputs and labels; seeds-15: 15 "
               "seeds per generation prompt instead of 5; format-negatives: the filter's discriminator trained with half "
               "its negatives real inputs perturbed in format (truncated, shortened, shuffled, spliced, doubled); "
-              "format-negatives+more-steps: that and 12 epochs. Rows that change a later stage only reuse the "
-              "translora row's synthetic inputs (and labels).",
+              "all-linear+more-steps: both on the translora row's inputs and labels; format-negatives+more-steps: "
+              "12 epochs on the format-negatives row's inputs and labels; combined: all three (all-linear and 12 "
+              "epochs on the format-negatives row's inputs and labels). Other rows that change a later stage only "
+              "reuse the translora row's synthetic inputs (and labels).",
               "", "| task | pair | " + " | ".join(("translora", *IMPROVEMENTS)) + " |",
               "|---|---|" + "---|" * (1 + len(IMPROVEMENTS))]
     for pair, per_task in t["improvements"].items():
