@@ -199,3 +199,16 @@ def test_owner_rows_are_kept_beside_the_results_and_restored_in_a_new_run_folder
     assert not quality_real.restore_owner(str(kept), str(fresh))  # a row already there is never replaced
     assert json.loads((fresh / "row.json").read_text())["seconds"] == 1.0
     assert not quality_real.restore_owner(str(owners / "addition" / "owner-smollm2"), str(tmp_path / "x"))
+
+
+def test_each_change_reuses_stages_a_row_before_it_makes():
+    # A change that reuses another row's inputs (and labels) must name a row that makes them itself (the paper's row,
+    # or a change that reuses nothing) and that runs before it, else the change is silently never run.
+    order = ["translora", *quality_real.IMPROVEMENTS]
+    for setting, (overrides, reused, *base) in quality_real.IMPROVEMENTS.items():
+        base = base[0] if base else "translora"
+        assert base in order[: order.index(setting)], setting
+        if base != "translora":
+            assert quality_real.IMPROVEMENTS[base][1] == (), (setting, base)
+            assert quality_real.ROW_OWNER.get(setting) == quality_real.ROW_OWNER.get(base), setting
+        assert set(reused) <= {"synthesis", "labels"}, setting
