@@ -194,23 +194,23 @@ def run_task(task_dir: str, task_name: str, description: str, pairs: list[str], 
         rows.append(record)
         return record
 
-    owners = {}
+    trained = {}  # source -> (its adapter, its discriminator)
     for source in dict.fromkeys(PAIRS[p][0] for p in pairs):
         cfg = TransferConfig(**common, source_model=MODELS[source], target_model=MODELS[source],
                              output_dir=os.path.join(task_dir, f"owner-{source}"))
         run(f"owner-{source}", cfg, pair=source, setting="owner", stages=("source_adapter", "discriminator"))
         owner = RunDir(cfg.output_dir)
         if owner.finished("source_adapter") and owner.finished("discriminator"):
-            owners[source] = (owner.source_adapter, owner.discriminator)
+            trained[source] = (owner.source_adapter, owner.discriminator)
 
     seeds = [s["input"] for s in load_examples(common["seed_file"], what="seed_file")]
     real = load_examples(common["train_file"], require_target=True, what="train_file")
     n = common["num_samples"]
     for pair in pairs:
         source, target = PAIRS[pair]
-        if source not in owners:
+        if source not in trained:
             continue
-        adapter, discriminator = owners[source]
+        adapter, discriminator = trained[source]
 
         def config(row, **overrides):
             settings = dict(common, source_model=MODELS[source], source_adapter=adapter, target_model=MODELS[target],
