@@ -33,8 +33,11 @@ REAL_DEMO_SETTINGS = dict(
     max_candidate_tokens=32,  # Gemma spells numbers digit by digit
     label_max_new_tokens=8,
     embedding_model="packaged:all-minilm-l6-v2",
-    # Distillation: the paper's LoRA (r=8 on q/v) and 20 epochs, at a learning rate a 270M base can use in 320 steps
-    # (2e-5 barely moves it; measured here on the same labels: 22.7% after 6 epochs, 34.3% after 15).
+    # Distillation: the paper's rank (r=8, alpha 8) and 20 epochs, at a learning rate a 270M base can use in 320 steps
+    # (2e-5 barely moves it; measured here on the same labels: 22.7% after 6 epochs, 34.3% after 15), with the LoRA on
+    # every linear layer instead of q/v only: 46.3% against 35.3% on the same inputs and labels, for about 20% more
+    # time a step in the body (measured in float32; at r=16, alpha 32 the same run collapsed to 0.3%).
+    lora_target_modules="all-linear",
     learning_rate=2e-3,
     per_device_train_batch_size=16,
     max_eval_samples=300,
