@@ -400,8 +400,10 @@ def tables(rows: list[dict]) -> dict:
     } for t in tasks} for pair in pairs}
     improvements = {pair: {t: {s: get(t, f"{s}-{pair}", "transferred") for s in ("translora", *IMPROVEMENTS)}
                            for t in tasks} for pair in pairs}
+    paired = {pair: {t: {s: get(t, f"{s}-{pair}", "paired") for s in IMPROVEMENTS if get(t, f"{s}-{pair}", "paired")}
+                     for t in tasks} for pair in pairs}
     return {"tasks": tasks, "pairs": pairs, "table1": table1, "table5": table5, "table9": table9, "gap": gap,
-            "improvements": improvements}
+            "improvements": improvements, "paired": paired}
 
 
 def claims(t: dict) -> dict:
@@ -494,6 +496,16 @@ def markdown(result: dict) -> str:
     for pair, per_task in t["improvements"].items():
         for task, v in per_task.items():
             lines.append(f"| {task} | {pair} | " + " | ".join(_pct(x) for x in v.values()) + " |")
+    paired = [(pair, task, s, v) for pair, per_task in t.get("paired", {}).items()
+              for task, per_setting in per_task.items() for s, v in per_setting.items()]
+    if paired:
+        lines += ["", "Each change against the row it is measured against, input by input on the same held-out inputs "
+                  "(rows whose predictions are at hand): the inputs only the change gets right, those only the other "
+                  "row gets right, and McNemar's exact two-sided p-value.", "",
+                  "| task | pair | change | against | only the change right | only the other right | p |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {task} | {pair} | {s} | {v['against']} | {v['wins']} | {v['losses']} | {v['p_value']:.3g} |"
+                  for pair, task, s, v in paired]
     lines += ["", "## Claims", ""] + claims_ab_lines(c, len(t["tasks"]))
     for pair, v in c["c_filtered_above_ablations"].items():
         lines.append(f"- (c) {pair}: filtered above unfiltered, seeds only and random text on average: "
@@ -547,7 +559,49 @@ def collect(run_root: str) -> list[dict]:
                     rows.append(json.load(f))
                 rows[-1]["pass_rate"] = _pass_rate(os.path.join(folder, row))
                 rows[-1].update(_label_quality(task, os.path.join(folder, row)))
+                base = _base_row(rows[-1])
+                if base:
+                    paired = paired_comparison(os.path.join(folder, row), os.path.join(folder, base))
+                    if paired:
+                        rows[-1]["paired"] = dict(paired, against=base)
     return rows
+
+
+def _base_row(record: dict) -> str | None:
+    """The row a change is measured against: the one whose inputs (and labels) it reuses, else the paper's."""
+    setting, pair = record.get("setting"), record.get("pair")
+    if setting not in IMPROVEMENTS:
+        return None
+    overrides, reused, *base = IMPROVEMENTS[setting]
+    return f"{base[0] if base else 'translora'}-{pair}"
+
+
+def paired_comparison(row_dir: str, base_dir: str) -> dict | None:
+    """Exact match of the transferred adapters of two rows on the same held-out inputs, input by input: how many only
+    `row_dir` gets right (`wins`), how many only `base_dir` (`losses`), and McNemar's exact two-sided p-value (the
+    binomial test of the discordant pairs), which two accuracies and their separate intervals cannot give."""
+    from peft_transfer.data import load_examples
+    from peft_transfer.evaluation import exact_match
+    from peft_transfer.rundir import RunDir
+
+    preds, eval_files = [], set()
+    for folder in (row_dir, base_dir):
+        dirs = RunDir(folder)
+        if not (os.path.exists(dirs.predictions) and os.path.exists(dirs("config.json"))):
+            return None
+        with open(dirs.predictions) as f:
+            preds.append(json.load(f).get("transferred"))
+        with open(dirs("config.json")) as f:
+            eval_files.add(json.load(f).get("eval_file"))
+    if None in preds or len(preds[0]) != len(preds[1]) or len(eval_files) != 1 or None in eval_files:
+        return None
+    targets = [e["target"] for e in load_examples(eval_files.pop(), require_target=True)][: len(preds[0])]
+    right = [[exact_match(p, t) == 1.0 for p, t in zip(pred, targets)] for pred in preds]
+    wins = sum(a and not b for a, b in zip(*right))
+    losses = sum(b and not a for a, b in zip(*right))
+    n = wins + losses
+    tail = sum(math.comb(n, k) for k in range(0, min(wins, losses) + 1)) / 2 ** n if n else 1.0
+    return {"wins": wins, "losses": losses, "p_value": round(min(1.0, 2 * tail), 4)}
 
 
 def _label_quality(task: str, row_dir: str) -> dict:

@@ -1,6 +1,7 @@
 """benchmarks/quality_real.py and benchmarks/real_tasks.py: the tasks, the Wilson interval, and the tables and claims
 on hand-made rows (the real-model run itself takes hours and is not a test)."""
 
+import os
 import re
 
 import pytest
@@ -212,3 +213,27 @@ def test_each_change_reuses_stages_a_row_before_it_makes():
             assert quality_real.IMPROVEMENTS[base][1] == (), (setting, base)
             assert quality_real.ROW_OWNER.get(setting) == quality_real.ROW_OWNER.get(base), setting
         assert set(reused) <= {"synthesis", "labels"}, setting
+
+
+def test_paired_comparison_counts_inputs_only_one_row_gets_right(tmp_path):
+    import json
+
+    from peft_transfer.rundir import RunDir
+
+    eval_file = tmp_path / "test.jsonl"
+    eval_file.write_text("".join(json.dumps({"input": f"q{i}", "target": str(i)}) + "\n" for i in range(12)))
+    right = [str(i) for i in range(12)]
+    rows = {"change": right[:10] + ["x", "x"],  # right on 0-9
+            "paper": ["x"] * 8 + right[8:]}     # right on 8-11
+    for name, preds in rows.items():
+        dirs = RunDir(str(tmp_path / name))
+        os.makedirs(os.path.dirname(dirs.predictions))
+        with open(dirs.predictions, "w") as f:
+            json.dump({"transferred": [f" {p} " for p in preds]}, f)
+        with open(dirs("config.json"), "w") as f:
+            json.dump({"eval_file": str(eval_file)}, f)
+    result = quality_real.paired_comparison(str(tmp_path / "change"), str(tmp_path / "paper"))
+    # 8 inputs only the change gets right, 2 only the paper's row: two-sided exact p = 2 * P(X <= 2 | 10, 1/2).
+    assert (result["wins"], result["losses"]) == (8, 2)
+    assert result["p_value"] == pytest.approx(2 * (1 + 10 + 45) / 1024, abs=1e-4)
+    assert quality_real.paired_comparison(str(tmp_path / "change"), str(tmp_path / "missing")) is None
