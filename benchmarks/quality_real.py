@@ -237,8 +237,8 @@ def run_task(task_dir: str, task_name: str, description: str, pairs: list[str], 
                 _prepare(cfg, inputs, {"accepted": len(inputs), "candidates": 0, "extra": {"made_by": setting}},
                          labels=labels, made_by=f"{setting} ({why})")
             run(f"{setting}-{pair}", cfg, pair=pair, setting=setting)
-        for setting, (overrides, reused, *base) in IMPROVEMENTS.items():
-            base = base[0] if base else "translora"
+        for setting, (overrides, reused, *_) in IMPROVEMENTS.items():
+            base = reused_from(setting)
             paper = RunDir(os.path.join(task_dir, f"{base}-{pair}"))
             if setting not in only or not all(paper.finished(s) for s in reused):
                 continue
@@ -567,13 +567,16 @@ def collect(run_root: str) -> list[dict]:
     return rows
 
 
-def _base_row(record: dict) -> str | None:
-    """The row a change is measured against: the one whose inputs (and labels) it reuses, else the paper's."""
-    setting, pair = record.get("setting"), record.get("pair")
-    if setting not in IMPROVEMENTS:
-        return None
+def reused_from(setting: str) -> str:
+    """The setting of the row a change reuses stages from and is measured against: the one its `IMPROVEMENTS` entry
+    names third, else the paper's."""
     overrides, reused, *base = IMPROVEMENTS[setting]
-    return f"{base[0] if base else 'translora'}-{pair}"
+    return base[0] if base else "translora"
+
+
+def _base_row(record: dict) -> str | None:
+    setting = record.get("setting")
+    return f"{reused_from(setting)}-{record.get('pair')}" if setting in IMPROVEMENTS else None
 
 
 def paired_comparison(row_dir: str, base_dir: str) -> dict | None:

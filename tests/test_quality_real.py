@@ -206,8 +206,8 @@ def test_each_change_reuses_stages_a_row_before_it_makes():
     # A change that reuses another row's inputs (and labels) must name a row that makes them itself (the paper's row,
     # or a change that reuses nothing) and that runs before it, else the change is silently never run.
     order = ["translora", *quality_real.IMPROVEMENTS]
-    for setting, (overrides, reused, *base) in quality_real.IMPROVEMENTS.items():
-        base = base[0] if base else "translora"
+    for setting, (overrides, reused, *_) in quality_real.IMPROVEMENTS.items():
+        base = quality_real.reused_from(setting)
         assert base in order[: order.index(setting)], setting
         if base != "translora":
             assert quality_real.IMPROVEMENTS[base][1] == (), (setting, base)
