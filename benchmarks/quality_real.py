@@ -604,7 +604,7 @@ def paired_comparison(row_dir: str, base_dir: str) -> dict | None:
     losses = sum(b and not a for a, b in zip(*right))
     n = wins + losses
     tail = sum(math.comb(n, k) for k in range(0, min(wins, losses) + 1)) / 2 ** n if n else 1.0
-    return {"wins": wins, "losses": losses, "p_value": round(min(1.0, 2 * tail), 4)}
+    return {"wins": wins, "losses": losses, "p_value": min(1.0, 2 * tail)}
 
 
 def _label_quality(task: str, row_dir: str) -> dict:
