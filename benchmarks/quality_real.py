@@ -132,11 +132,23 @@ def wilson(p: float | None, n: int | None, z: float = 1.96) -> list[float] | Non
     return [round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)]
 
 
+def row_budget(record: dict) -> int:
+    """The candidate budget a row was made with (rows recorded before it was recorded had the default)."""
+    return record.get("candidate_budget", SETTINGS["transfer"]["candidate_budget"])
+
+
+def budget_raised(record: dict, budget: int) -> bool:
+    """Whether a recorded row is run again: its synthesis ran out of a smaller candidate budget than `budget` (the
+    stored candidates are reused, so it continues where it stopped)."""
+    return (record.get("error") or "").startswith("SynthesisError") and row_budget(record) < budget
+
+
 def run_task(task_dir: str, task_name: str, description: str, pairs: list[str], seed: int,
-             only: tuple[str, ...] = ROWS, owners: str | None = None) -> list[dict]:
+             only: tuple[str, ...] = ROWS, owners: str | None = None, candidate_budget: int | None = None) -> list[dict]:
     """The rows of one task over `pairs` (those named in `only`, and the owner and translora rows they need); each
     row's record is kept in `<row>/row.json` (resume per row). An owner row missing here is first restored from
-    `owners` (a results folder's `owners/`) where it has one."""
+    `owners` (a results folder's `owners/`) where it has one. `candidate_budget` replaces the settings' budget of
+    every synthesis; a row that ran out of a smaller one is continued with it."""
     from peft_transfer import Transfer, TransferConfig
     from peft_transfer.data import load_examples
     from peft_transfer.rundir import RunDir
@@ -146,6 +158,8 @@ def run_task(task_dir: str, task_name: str, description: str, pairs: list[str], 
                   train_file=os.path.join(data, "train.jsonl"), eval_file=os.path.join(data, "test.jsonl"),
                   seed_file=os.path.join(data, "seeds.jsonl"),
                   evaluation_cache_dir=os.path.join(task_dir, "evaluation_cache"))
+    if candidate_budget:
+        common["candidate_budget"] = candidate_budget
     rows = []
 
     def run(row: str, cfg: TransferConfig, *, pair: str, setting: str, stages=None) -> dict:
@@ -154,11 +168,16 @@ def run_task(task_dir: str, task_name: str, description: str, pairs: list[str], 
         record_path = os.path.join(cfg.output_dir, "row.json")
         if os.path.exists(record_path):
             with open(record_path) as f:
-                rows.append(json.load(f))
-            return rows[-1]
+                record = json.load(f)
+            if not budget_raised(record, cfg.candidate_budget):
+                rows.append(record)
+                return record
+            print(f"[{task_name}] {row}: ran out of its candidate budget of {row_budget(record)}; continued with "
+                  f"{cfg.candidate_budget}", flush=True)
         start = time.perf_counter()
         record = dict(task=task_name, row=row, pair=pair, setting=setting, source_model=cfg.source_model,
-                      target_model=cfg.target_model, filter_mode=cfg.filter_mode, **_machine(cfg.dtype))
+                      target_model=cfg.target_model, filter_mode=cfg.filter_mode,
+                      candidate_budget=cfg.candidate_budget, **_machine(cfg.dtype))
         print(f"[{task_name}] {row} ...", flush=True)
         try:
             report = Transfer(cfg, show_progress=False).run(stages=stages)
@@ -689,13 +708,22 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rows", nargs="*", default=list(ROWS), choices=list(ROWS),
                         help="which rows to run beside the owner and translora rows (default: all)")
+    parser.add_argument("--candidate-budget", type=int,
+                        help="most candidates per synthesis (default: the settings'); rows that ran out of a smaller "
+                             "budget continue from their stored candidates")
     parser.add_argument("--report", help="only write the results of the rows finished so far under this run folder")
     parser.add_argument("--prior", help="an earlier results.json: its rows that this run folder has no record of "
                                         "are kept in the results (marked carried_from)")
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    meta = {"settings": SETTINGS, "models": MODELS, "pairs": args.pairs, "seed": args.seed, "argv": sys.argv,
+    settings = SETTINGS
+    if args.candidate_budget:
+        if args.candidate_budget < SETTINGS["transfer"]["num_samples"]:
+            parser.error(f"--candidate-budget {args.candidate_budget} is below the {SETTINGS['transfer']['num_samples']} "
+                         "accepted samples each transfer needs: give at least that many.")
+        settings = dict(SETTINGS, transfer=dict(SETTINGS["transfer"], candidate_budget=args.candidate_budget))
+    meta = {"settings": settings, "models": MODELS, "pairs": args.pairs, "seed": args.seed, "argv": sys.argv,
             "versions": _versions()}
     if args.report:
         result = write_outputs(args.out, collect(args.report), dict(meta, collected_from=args.report), args.prior)
@@ -720,7 +748,8 @@ def main(argv=None):
         if not os.path.exists(os.path.join(task_dir, "data", "seeds.jsonl")):
             write_task(task, os.path.join(task_dir, "data"))
         run_task(task_dir, task.name, task.description, args.pairs, args.seed, only=tuple(args.rows),
-                 owners=os.path.join(os.path.dirname(os.path.abspath(args.prior)), "owners") if args.prior else None)
+                 owners=os.path.join(os.path.dirname(os.path.abspath(args.prior)), "owners") if args.prior else None,
+                 candidate_budget=args.candidate_budget)
         write_outputs(out, collect(out), dict(meta, wall_s=round(time.time() - start, 1)), args.prior)  # as it goes
     result = write_outputs(out, collect(out), dict(meta, wall_s=round(time.time() - start, 1)), args.prior)
     print(markdown(result))

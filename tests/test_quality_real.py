@@ -237,3 +237,24 @@ def test_paired_comparison_counts_inputs_only_one_row_gets_right(tmp_path):
     assert (result["wins"], result["losses"]) == (8, 2)
     assert result["p_value"] == pytest.approx(2 * (1 + 10 + 45) / 1024, abs=1e-4)
     assert quality_real.paired_comparison(str(tmp_path / "change"), str(tmp_path / "missing")) is None
+
+
+def test_a_row_that_ran_out_of_candidates_is_continued_only_with_a_larger_budget():
+    default = quality_real.SETTINGS["transfer"]["candidate_budget"]
+    ran_out = {"error": "SynthesisError: Only 29 of num_samples=250 candidates were accepted ..."}
+    assert quality_real.row_budget(ran_out) == default  # rows recorded before the budget was
+    assert quality_real.budget_raised(ran_out, default + 1)
+    assert not quality_real.budget_raised(ran_out, default)
+    assert not quality_real.budget_raised(dict(ran_out, candidate_budget=6000), 5000)
+    assert quality_real.budget_raised(dict(ran_out, candidate_budget=6000), 6001)
+    # a row that failed otherwise, or finished, is never run again for a budget
+    assert not quality_real.budget_raised({"error": "RuntimeError: out of memory"}, 10 * default)
+    assert not quality_real.budget_raised({"transferred": 0.5}, 10 * default)
+
+
+def test_a_budget_below_the_samples_needed_is_refused_before_any_work(capsys):
+    with pytest.raises(SystemExit) as e:
+        quality_real.main(["--candidate-budget", "10", "--tasks", "addition", "--out", "/nonexistent/never-made"])
+    assert e.value.code == 2
+    assert "--candidate-budget 10 is below the 250" in capsys.readouterr().err
+    assert not os.path.exists("/nonexistent/never-made")
