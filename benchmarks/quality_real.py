@@ -144,7 +144,8 @@ def budget_raised(record: dict, budget: int) -> bool:
 
 
 def run_task(task_dir: str, task_name: str, description: str, pairs: list[str], seed: int,
-             only: tuple[str, ...] = ROWS, owners: str | None = None, candidate_budget: int | None = None) -> list[dict]:
+             only: tuple[str, ...] = ROWS, owners: str | None = None,
+             candidate_budget: int | None = None) -> list[dict]:
     """The rows of one task over `pairs` (those named in `only`, and the owner and translora rows they need); each
     row's record is kept in `<row>/row.json` (resume per row). An owner row missing here is first restored from
     `owners` (a results folder's `owners/`) where it has one. `candidate_budget` replaces the settings' budget of
@@ -719,9 +720,10 @@ def main(argv=None):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     settings = SETTINGS
     if args.candidate_budget:
-        if args.candidate_budget < SETTINGS["transfer"]["num_samples"]:
-            parser.error(f"--candidate-budget {args.candidate_budget} is below the {SETTINGS['transfer']['num_samples']} "
-                         "accepted samples each transfer needs: give at least that many.")
+        need = SETTINGS["transfer"]["num_samples"]
+        if args.candidate_budget < need:
+            parser.error(f"--candidate-budget {args.candidate_budget} is below the {need} accepted samples each "
+                         "transfer needs: give at least that many.")
         settings = dict(SETTINGS, transfer=dict(SETTINGS["transfer"], candidate_budget=args.candidate_budget))
     meta = {"settings": settings, "models": MODELS, "pairs": args.pairs, "seed": args.seed, "argv": sys.argv,
             "versions": _versions()}
