@@ -147,23 +147,20 @@ def budget_raised(record: dict, budget: int) -> bool:
 
 
 def run_task(task_dir: str, task_name: str, description: str, pairs: list[str], seed: int,
-             only: tuple[str, ...] = ROWS, owners: str | None = None,
-             candidate_budget: int | None = None) -> list[dict]:
+             only: tuple[str, ...] = ROWS, owners: str | None = None, transfer: dict | None = None) -> list[dict]:
     """The rows of one task over `pairs` (those named in `only`, and the owner and translora rows they need); each
     row's record is kept in `<row>/row.json` (resume per row). An owner row missing here is first restored from
-    `owners` (a results folder's `owners/`) where it has one. `candidate_budget` replaces the settings' budget of
-    every synthesis; a row that ran out of a smaller one is continued with it."""
+    `owners` (a results folder's `owners/`) where it has one. `transfer` replaces `SETTINGS["transfer"]` (a larger
+    `candidate_budget` in it continues the rows that ran out of a smaller one)."""
     from peft_transfer import Transfer, TransferConfig
     from peft_transfer.data import load_examples
     from peft_transfer.rundir import RunDir
 
     data = os.path.join(task_dir, "data")
-    common = dict(SETTINGS["transfer"], task_name=description, seed=seed,
+    common = dict(transfer or SETTINGS["transfer"], task_name=description, seed=seed,
                   train_file=os.path.join(data, "train.jsonl"), eval_file=os.path.join(data, "test.jsonl"),
                   seed_file=os.path.join(data, "seeds.jsonl"),
                   evaluation_cache_dir=os.path.join(task_dir, "evaluation_cache"))
-    if candidate_budget:
-        common["candidate_budget"] = candidate_budget
     rows = []
 
     def run(row: str, cfg: TransferConfig, *, pair: str, setting: str, stages=None) -> dict:
@@ -754,7 +751,7 @@ def main(argv=None):
             write_task(task, os.path.join(task_dir, "data"))
         run_task(task_dir, task.name, task.description, args.pairs, args.seed, only=tuple(args.rows),
                  owners=os.path.join(os.path.dirname(os.path.abspath(args.prior)), "owners") if args.prior else None,
-                 candidate_budget=args.candidate_budget)
+                 transfer=settings["transfer"])
         write_outputs(out, collect(out), dict(meta, wall_s=round(time.time() - start, 1)), args.prior)  # as it goes
     result = write_outputs(out, collect(out), dict(meta, wall_s=round(time.time() - start, 1)), args.prior)
     print(markdown(result))
