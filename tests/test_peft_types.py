@@ -147,3 +147,28 @@ def test_lora_target_modules_names_modules_or_every_linear_layer(config_only, un
               if isinstance(module, torch.nn.Linear) and name != "lm_head"}
     assert adapted == (linear if "all-linear" in targets else set(targets))
     assert {"q_proj", "v_proj", "down_proj"} <= linear
+
+
+@pytest.mark.parametrize("targets", ["all-linear", ["q_proj", "v_proj", "down_proj"]])
+def test_ia3_scales_the_input_of_mlp_layers_and_the_output_of_the_others(config_only, untrained, targets):
+    """(IA)³ on `all-linear` or on named modules: the MLP's linear layers are its feedforward ones (their input is
+    scaled, a vector as wide as the layer's input), the attention projections are not."""
+    import copy
+
+    from peft import get_peft_model
+
+    from peft_transfer.modeling import peft_config_from
+
+    cfg = config_only(peft_type="ia3", lora_target_modules=targets)
+    model = get_peft_model(copy.deepcopy(untrained["teacher"]), peft_config_from(cfg))
+    layers = {name: module for name, module in model.named_modules() if hasattr(module, "ia3_l")}
+    assert layers
+    feedforward = {name.rsplit(".", 1)[-1] for name, module in layers.items() if module.is_feedforward}
+    other = {name.rsplit(".", 1)[-1] for name, module in layers.items() if not module.is_feedforward}
+    if targets == "all-linear":
+        assert feedforward == {"gate_proj", "up_proj", "down_proj"} and {"q_proj", "v_proj", "o_proj"} <= other
+    else:
+        assert feedforward == {"down_proj"} and other == {"q_proj", "v_proj"}
+    for module in layers.values():
+        width = module.in_features if module.is_feedforward else module.out_features
+        assert module.ia3_l["default"].numel() == width
