@@ -144,3 +144,34 @@ def test_killed_run_resumes_to_the_same_artifacts(point, count, uninterrupted, t
     assert not os.path.exists(dirs.incomplete("target_adapter")) and not os.path.exists(dirs.progress)
     if point == "step":
         assert not report["stages"]["target_adapter"].get("skipped")
+
+
+def test_a_resumed_training_keeps_the_step_counts_its_ratios_were_resolved_to(tmp_path, caplog, monkeypatch):
+    """`save_steps: 0.1` (the default) is stored resolved in the checkpoint; a resume takes that count instead of
+    transformers warning that the arguments differ from the checkpoint's."""
+    import logging
+
+    from transformers import TrainingArguments
+    from transformers.trainer_callback import TrainerState
+    from transformers.trainer_utils import compare_trainer_and_checkpoint_args
+
+    from peft_transfer.stages.common import steps_as_resolved
+
+    checkpoint = tmp_path / "checkpoint-8"
+    checkpoint.mkdir()
+    state_file = str(checkpoint / "trainer_state.json")
+    TrainerState(logging_steps=10, save_steps=8, train_batch_size=4).save_to_json(state_file)
+    args = TrainingArguments(output_dir=str(tmp_path), save_steps=0.1, logging_steps=10, per_device_train_batch_size=4,
+                             use_cpu=True, report_to=[])
+    state = TrainerState.load_from_json(state_file)
+
+    monkeypatch.setattr(logging.getLogger("transformers"), "propagate", True)  # transformers logs to its own handler
+    with caplog.at_level(logging.WARNING, logger="transformers"):
+        compare_trainer_and_checkpoint_args(args, state)
+    assert "save_steps: 0.1 (from args) != 8" in caplog.text, "transformers no longer warns: this helper can go"
+    caplog.clear()
+    steps_as_resolved(args, str(checkpoint))
+    assert (args.save_steps, args.logging_steps) == (8, 10)
+    with caplog.at_level(logging.WARNING, logger="transformers"):
+        compare_trainer_and_checkpoint_args(args, state)
+    assert "do not match" not in caplog.text

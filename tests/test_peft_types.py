@@ -87,8 +87,8 @@ def test_transfer_between_peft_types(bases, tmp_path, source_type, target_type, 
 
     from peft_transfer.data import task_prompt
     from peft_transfer.distillation import DistillationConfig, DistillationTrainer
-    from peft_transfer.modeling import load_adapter, load_base, load_tokenizer, peft_config_from
     from peft_transfer.labelling import label
+    from peft_transfer.modeling import load_adapter, load_base, load_tokenizer, peft_config_from
 
     cfg = _config(bases, tmp_path, source_peft_type=source_type, peft_type=target_type, target_model=bases[target],
                   kd_loss=kd_loss)
@@ -113,7 +113,8 @@ def test_transfer_between_peft_types(bases, tmp_path, source_type, target_type, 
         teacher_processing_class=teacher_tok,
     )
     assert isinstance(trainer.model, PeftModel)
-    assert trainer.model.active_peft_config.peft_type.value.lower() == ("lora" if target_type == "dora" else target_type)
+    peft_type = trainer.model.active_peft_config.peft_type.value.lower()
+    assert peft_type == ("lora" if target_type == "dora" else target_type)
     assert trainer.model.active_peft_config.to_dict().get("use_dora", False) == (target_type == "dora")
     trainer.train()
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before.items()), "the teacher must not change"

@@ -33,9 +33,27 @@ def train(run, out: str, trainer, stage: str) -> None:
     prefix_trainer_logs(trainer, stage, run.dirs.tracking)
     folder = rundir.RunDir.trainer(out)
     last = get_last_checkpoint(folder) if os.path.isdir(folder) else None
-    if last and is_main_process():
-        logger.info("  resuming training from %s", os.path.relpath(last, run.config.output_dir))
+    if last:
+        steps_as_resolved(trainer.args, last)
+        if is_main_process():
+            logger.info("  resuming training from %s", os.path.relpath(last, run.config.output_dir))
     trainer.train(resume_from_checkpoint=last)
+
+
+def steps_as_resolved(args, checkpoint: str) -> None:
+    """Give `args` the step counts the checkpoint's run resolved its ratios to (`save_steps: 0.1` is stored as 8 in
+    `trainer_state.json`), so that a resumed training keeps its cadence and transformers does not warn that the
+    arguments differ from the checkpoint's."""
+    import json
+
+    from transformers.trainer import TRAINER_STATE_NAME
+
+    with open(os.path.join(checkpoint, TRAINER_STATE_NAME)) as f:
+        state = json.load(f)
+    for name in ("logging_steps", "eval_steps", "save_steps"):
+        value, resolved = getattr(args, name, None), state.get(name)
+        if value is not None and 0 < value < 1 and resolved:
+            setattr(args, name, resolved)
 
 
 def _without_summary(kind):
