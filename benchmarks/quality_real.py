@@ -92,6 +92,10 @@ IMPROVEMENTS = {
     "all-linear": (dict(lora_target_modules=["all-linear"]), ("synthesis", "labels")),
     # Both together (the two changes that helped alone on the paper row's inputs and labels).
     "all-linear+more-steps": (dict(lora_target_modules=["all-linear"], num_train_epochs=12), ("synthesis", "labels")),
+    # Four times the accepted inputs at the number of steps of all-linear+more-steps (1,000 inputs, 3 epochs), on its
+    # own synthesis, measured against that row: what more diverse inputs add once the adapter can learn them.
+    "all-linear+n-scaling": (dict(lora_target_modules=["all-linear"], num_samples=1000, num_train_epochs=3,
+                                  candidate_budget=12000), (), "all-linear+more-steps"),
     "seeds-15": (dict(num_seeds=15), ()),
     # A discriminator that knows formats: half its negatives real train inputs perturbed in format (the owner trains
     # it beside the paper's, from the same source adapter: `OWNER_VARIANTS`); the transfer filters with it.
@@ -507,7 +511,9 @@ def markdown(result: dict) -> str:
               "new LoRA on every linear layer (r 8, alpha 8) on the same inputs and labels; seeds-15: 15 "
               "seeds per generation prompt instead of 5; format-negatives: the filter's discriminator trained with half "
               "its negatives real inputs perturbed in format (truncated, shortened, shuffled, spliced, doubled); "
-              "all-linear+more-steps: both on the translora row's inputs and labels; format-negatives+more-steps: "
+              "all-linear+more-steps: both on the translora row's inputs and labels; all-linear+n-scaling: 1,000 "
+              "accepted inputs of its own at the steps of all-linear+more-steps (3 epochs), measured against that row; "
+              "format-negatives+more-steps: "
               "12 epochs on the format-negatives row's inputs and labels; combined: all three (all-linear and 12 "
               "epochs on the format-negatives row's inputs and labels). Other rows that change a later stage only "
               "reuse the translora row's synthetic inputs (and labels).",
