@@ -187,13 +187,10 @@ def peft_config_from(config, tokenizer_name_or_path: str | None = None, *, peft_
             task_type=task_type,
         )
     if peft_type == "ia3":
-        # (IA)³ scales the input of a feedforward layer and the output of any other; with `all-linear` the layers of
-        # each block's MLP are the feedforward ones (a regex on the full module name, as PEFT reads a string).
-        if isinstance(targets, str):
-            feedforward = r".*\.mlp\..*"
-        else:
-            feedforward = [m for m in targets if "mlp" in m or m in ("down_proj", "up_proj", "gate_proj")]
-        return IA3Config(target_modules=targets, feedforward_modules=feedforward, task_type=task_type)
+        # (IA)³ scales the input of a feedforward layer and the output of any other: the layers of each block's MLP
+        # are the feedforward ones, whether named or from `all-linear` (a regex on the full module name).
+        return IA3Config(target_modules=targets, feedforward_modules=r".*(\.mlp\..*|(down|up|gate)_proj)",
+                         task_type=task_type)
     if peft_type == "prompt_tuning":
         if config.prompt_tuning_init_text:
             return PromptTuningConfig(
