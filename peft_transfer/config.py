@@ -7,8 +7,10 @@ training of the run shares, and those whose defaults are the paper's, are fields
 names (`learning_rate`, `num_train_epochs`, `per_device_train_batch_size`, `seed`, `report_to`, ...); any other
 `DistillationConfig` field (`lr_scheduler_type`, `warmup_ratio`, `optim`, `max_grad_norm`, ...) is taken by its own
 name into `training_kwargs`. The defaults are the paper's hyper-parameters (Trans-LoRA, §4 and Appendix): AdamW
-without weight decay, linear schedule without warm-up, lr 2e-5, 20 epochs, effective batch 8, LoRA r=8 / alpha=8 on
-q_proj and v_proj, 5 seeds, N = 250 accepted samples, margin 0.
+without weight decay, linear schedule without warm-up, lr 2e-5, 20 epochs, effective batch 8, LoRA r=8 / alpha=8,
+5 seeds, N = 250 accepted samples, margin 0 — with one measured exception: LoRA goes on every linear layer
+(`all-linear`), not on q_proj and v_proj only, which transferred better on the real-model benchmark (the recipes of
+the paper's pairs name q/v).
 
 The module is long because the fields are: each is declared once, with the help text `--help` shows; the reading
 of recipes and the names of settings are in `recipe`.
@@ -126,9 +128,10 @@ class TransferConfig:
     lora_alpha: int = field(default=8, metadata={"help": "LoRA alpha."})
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
     lora_target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "v_proj"],
-        metadata={"help": "Modules that get LoRA/DoRA/IA3 layers, or `all-linear`: every linear layer but the output "
-                          "head."},
+        default_factory=lambda: ["all-linear"],
+        metadata={"help": "Modules that get LoRA/DoRA/IA3 layers (of the new adapter, and of the source adapter and "
+                          "discriminator when they are trained here), or `all-linear`: every linear layer but the "
+                          "output head (the paper's: [q_proj, v_proj])."},
     )
     num_virtual_tokens: int = field(default=20, metadata={"help": "Virtual tokens for prompt and prefix tuning."})
     prompt_tuning_init_text: str | None = field(

@@ -34,6 +34,7 @@ OWNER_SETTINGS = dict(
     target_model="packaged:gemma-3-270m",  # not used by these two stages; the config names a transfer
     task_name="three-digit addition",
     # Source adapter: LoRA r=8 on q/v (the paper's shape) at a higher learning rate, as a 135M base needs.
+    lora_target_modules=["q_proj", "v_proj"],  # and the discriminator's: the shipped files, whatever the default
     source_learning_rate=2e-3,
     source_epochs=10,
     per_device_train_batch_size=16,

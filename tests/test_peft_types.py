@@ -131,22 +131,22 @@ def test_transfer_between_peft_types(bases, tmp_path, source_type, target_type, 
     assert not torch.allclose(plain, _logits(reloaded, student_tok, texts)), "the new adapter must have been trained"
 
 
-@pytest.mark.parametrize("targets", ["all-linear", ["all-linear"], ["q_proj", "v_proj"], ["v_proj"]])
+@pytest.mark.parametrize("targets", [None, "all-linear", ["all-linear"], ["q_proj", "v_proj"], ["v_proj"]])
 def test_lora_target_modules_names_modules_or_every_linear_layer(config_only, untrained, targets):
-    """`all-linear` (a recipe's string or a one-entry list) reaches PEFT as its shorthand: every linear layer of the
-    blocks gets LoRA, the output head none; module names stay names (one name is not read as a regex)."""
+    """`all-linear` (the default, a recipe's string or a one-entry list) reaches PEFT as its shorthand: every linear
+    layer of the blocks gets LoRA, the output head none; module names stay names (one name is not read as a regex)."""
     import copy
 
     from peft import get_peft_model
 
     from peft_transfer.modeling import peft_config_from
 
-    cfg = config_only(lora_target_modules=targets)
+    cfg = config_only() if targets is None else config_only(lora_target_modules=targets)
     model = get_peft_model(copy.deepcopy(untrained["teacher"]), peft_config_from(cfg))
     adapted = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if hasattr(module, "lora_A")}
     linear = {name.rsplit(".", 1)[-1] for name, module in untrained["teacher"].named_modules()
               if isinstance(module, torch.nn.Linear) and name != "lm_head"}
-    assert adapted == (linear if "all-linear" in targets else set(targets))
+    assert adapted == (linear if targets is None or "all-linear" in targets else set(targets))
     assert {"q_proj", "v_proj", "down_proj"} <= linear
 
 

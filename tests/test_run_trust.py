@@ -239,5 +239,5 @@ def test_adapter_without_a_recorded_base_is_checked_by_its_shapes(make_config, r
     config = make_config(output_dir=str(tmp_path / "other"), source_model=tiny_world["target_model"],
                          source_adapter=str(adapter), discriminator_adapter=str(run_dir / "discriminator"),
                          discriminator_model=tiny_world["source_model"], eval_file=None)
-    with pytest.raises(AdapterMismatchError, match=r"q_proj takes 96 features in .*, 64 in the adapter"):
+    with pytest.raises(AdapterMismatchError, match=r"\w+_proj takes \d+ features in .*, \d+ in the adapter"):
         _run(config)
