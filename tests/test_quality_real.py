@@ -275,3 +275,26 @@ def test_the_paper_row_and_the_owners_keep_the_papers_adapter_whatever_the_defau
                 made = json.load(f)
             assert made["lora_target_modules"] == settings["lora_target_modules"], (task, row)
             assert (made["lora_r"], made["lora_alpha"]) == (settings["lora_r"], settings["lora_alpha"]), (task, row)
+
+
+def test_diversity_counts_the_near_duplicates_the_synthesis_would_drop():
+    """`benchmarks/diversity_real.py` drops in acceptance order against the inputs kept before, as the synthesis's
+    check does (compared on the same vectors), and finds each vector's nearest other one."""
+    import types
+
+    import numpy as np
+
+    from benchmarks import diversity_real
+    from peft_transfer.synthesis import SynthesisStats, _Verdicts
+
+    e = diversity_real.unit([[1, 0], [1, 0.05], [0, 1], [0.05, 1], [1, -1]])
+    assert np.allclose(diversity_real.nearest_other(e)[[0, 2]], [e[0] @ e[1], e[2] @ e[3]])
+    assert diversity_real.dropped_in_order(e, 0.99) == 2 and diversity_real.dropped_in_order(e, 0.9999) == 0
+
+    vectors = diversity_real.unit(np.random.default_rng(0).normal(size=(60, 3)))
+    for threshold in (0.9, 0.97):
+        cfg = types.SimpleNamespace(near_duplicate_similarity=threshold, filter_margin=0.0)
+        verdicts = _Verdicts(cfg, num_samples=1000, embed=lambda texts: vectors[[int(t) for t in texts]])
+        stats = SynthesisStats()
+        verdicts.take([{"input": str(i), "score": 1.0} for i in range(len(vectors))], stats)
+        assert stats.near_duplicates == diversity_real.dropped_in_order(vectors, threshold) > 0
