@@ -100,9 +100,9 @@ def main(argv=None) -> dict:
     results = {}
     for row in map(Path, args.rows):
         real, accepted = row_texts(row)
-        results[f"{row.parent.name}/{row.name}"] = summarise(embed(real), embed(accepted))
-        print(markdown({f"{row.parent.name}/{row.name}": results[f"{row.parent.name}/{row.name}"]}).splitlines()[-1],
-              flush=True)
+        name = f"{row.parent.name}/{row.name}"
+        results[name] = summarise(embed(real), embed(accepted))
+        print(markdown({name: results[name]}).splitlines()[-1], flush=True)
     os.makedirs(args.out, exist_ok=True)
     record = {"embedding_model": args.embedding_model, "thresholds": THRESHOLDS, "quantiles": QUANTILES,
               "rows": results}
