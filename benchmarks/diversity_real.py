@@ -18,16 +18,18 @@ import argparse
 import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
+
+from peft_transfer.synthesis import SynthesisStats, _Verdicts
 
 THRESHOLDS = (0.9, 0.95, 0.99)
 QUANTILES = (0.1, 0.5, 0.9)
 
 
 def unit(embeddings) -> np.ndarray:
-    e = np.asarray(embeddings, dtype=np.float64)
-    return e / np.linalg.norm(e, axis=1, keepdims=True)
+    return _Verdicts._unit(np.asarray(embeddings, dtype=np.float64))
 
 
 def nearest_other(e: np.ndarray) -> np.ndarray:
@@ -38,16 +40,13 @@ def nearest_other(e: np.ndarray) -> np.ndarray:
 
 
 def dropped_in_order(e: np.ndarray, threshold: float) -> int:
-    """How many rows the synthesis's check would drop: a row goes when its similarity to a row kept before it
-    reaches `threshold` (as `synthesis._Verdicts` does)."""
-    kept: list[int] = []
-    dropped = 0
-    for i in range(len(e)):
-        if kept and float((e[kept] @ e[i]).max()) >= threshold:
-            dropped += 1
-        else:
-            kept.append(i)
-    return dropped
+    """How many rows the synthesis's own check (`synthesis._Verdicts`) would drop, every row passed in this order: a
+    row goes when its similarity to a row kept before it reaches `threshold`."""
+    cfg = SimpleNamespace(near_duplicate_similarity=threshold, filter_margin=0.0)
+    stats = SynthesisStats()
+    _Verdicts(cfg, num_samples=len(e), embed=lambda texts: e[[int(t) for t in texts]]).take(
+        [{"input": str(i), "score": None} for i in range(len(e))], stats)
+    return stats.near_duplicates
 
 
 def summarise(real: np.ndarray, accepted: np.ndarray) -> dict:
