@@ -417,6 +417,7 @@ def tables(rows: list[dict]) -> dict:
         "translora": get(t, f"translora-{pair}", "transferred"),
         "in_format": get(t, f"translora-{pair}", "in_format"),
         "labels_correct": get(t, f"translora-{pair}", "labels_correct"),
+        "labels_correct_by_score": get(t, f"translora-{pair}", "labels_correct_by_score"),
         "agrees_with_teacher": get(t, f"translora-{pair}", "agrees_with_teacher"),
         "real_inputs": get(t, f"real-inputs-{pair}", "transferred"),
         "real_inputs_labels_correct": get(t, f"real-inputs-{pair}", "labels_correct"),
@@ -489,19 +490,24 @@ def markdown(result: dict) -> str:
     lines += ["", "## Where the gap to the source comes from", "",
               "Counted from each row's stored inputs, labels and predictions by the task's own solver: the share of "
               "Trans-LoRA's synthetic inputs that are in the task's format (its templates and vocabulary), the share "
-              "of the teacher's labels of those that are right, and the share of held-out inputs on which the "
+              "of the teacher's labels of those that are right (and in the upper / lower half of the inputs by the "
+              "filter's score: what a stricter filter would keep), and the share of held-out inputs on which the "
               "transferred adapter answers as the teacher does. Then the same distillation from the 250 real train "
               "inputs, labelled by the teacher (what synthesis costs; the teacher was trained on these inputs, so its "
               "labels there are better than on new ones) and with their own targets (what the teacher's labels "
               "cost; this row is the target trained on the data itself).", "",
               "| task | pair | source+LoRA | Trans-LoRA | synthetic in format | teacher right (synthetic) | "
-              "agrees with teacher | real inputs, teacher labels | teacher right (real) | real data |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "teacher right, upper / lower half by score | agrees with teacher | real inputs, teacher labels | "
+              "teacher right (real) | real data |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for pair, per_task in t["gap"].items():
         for task, v in per_task.items():
-            lines.append(f"| {task} | {pair} | " + " | ".join(_pct(v[k]) for k in (
-                "source_lora", "translora", "in_format", "labels_correct", "agrees_with_teacher", "real_inputs",
-                "real_inputs_labels_correct", "real_data")) + " |")
+            halves = v.get("labels_correct_by_score") or {}
+            by_score = f"{_pct(halves.get('upper'))} / {_pct(halves.get('lower'))}" if halves else _pct(None)
+            lines.append(f"| {task} | {pair} | " + " | ".join(
+                [_pct(v[k]) for k in ("source_lora", "translora", "in_format", "labels_correct")] + [by_score] +
+                [_pct(v[k]) for k in ("agrees_with_teacher", "real_inputs", "real_inputs_labels_correct",
+                                      "real_data")]) + " |")
     lines += ["", "## Each change alone against the paper's method", "",
               "self-consistency: 5 teacher votes per input, inputs whose label won under 60% of them dropped; "
               "token-selection: the loss on the top 50% of each completion's tokens by the teacher's contrastive "
@@ -637,7 +643,9 @@ def _label_quality(task: str, row_dir: str) -> dict:
     """Counted from a row's stored artifacts (no model runs): how many of the inputs it trained on are in the task's
     format (`in_format`, by the task's solver), how many of the teacher's labels of those are right
     (`labels_correct`), and on how many held-out inputs the transferred adapter answers as the teacher does
-    (`agrees_with_teacher`: how faithfully the distillation copied the teacher, right or wrong)."""
+    (`agrees_with_teacher`: how faithfully the distillation copied the teacher, right or wrong). Where the row kept
+    its scored candidates, the same share of right labels in the upper and the lower half of the inputs by the
+    filter's score (`labels_correct_by_score`: what a stricter filter would keep)."""
     from benchmarks.real_tasks import SOLVERS, solve
     from peft_transfer.rundir import RunDir
 
@@ -650,12 +658,30 @@ def _label_quality(task: str, row_dir: str) -> dict:
         in_format = [(a, y) for a, y in zip(answers, labels["answer"]) if a is not None]
         out.update(num_labels=len(answers), in_format=len(in_format) / len(answers) if answers else None,
                    labels_correct=sum(a == y.strip() for a, y in in_format) / len(in_format) if in_format else None)
+        if os.path.isdir(dirs.candidates):
+            out["labels_correct_by_score"] = _labels_correct_by_score(
+                labels["input"], answers, labels["answer"], load_from_disk(dirs.candidates))
     if os.path.exists(dirs.predictions):
         with open(dirs.predictions) as f:
             p = json.load(f)
         if p.get("transferred") and p.get("source_adapter"):
             pairs = list(zip(p["transferred"], p["source_adapter"]))
             out["agrees_with_teacher"] = sum(a.strip() == b.strip() for a, b in pairs) / len(pairs)
+    return out
+
+
+def _labels_correct_by_score(inputs, answers, labels, candidates) -> dict | None:
+    """The share of right labels among the in-format inputs whose filter score is at or above the median score of
+    the labelled inputs (`upper`) and below it (`lower`), with how many in-format inputs each half holds."""
+    score = dict(zip(candidates["input"], candidates["score"]))
+    scored = [(score[x], a, y) for x, a, y in zip(inputs, answers, labels) if x in score]
+    if len(scored) < 2:
+        return None
+    median = sorted(s for s, _, _ in scored)[len(scored) // 2]
+    out = {}
+    for half, keep in (("upper", lambda s: s >= median), ("lower", lambda s: s < median)):
+        right = [a == y.strip() for s, a, y in scored if keep(s) and a is not None]  # a is None: not in format
+        out[half], out[f"{half}_n"] = (sum(right) / len(right) if right else None), len(right)
     return out
 
 

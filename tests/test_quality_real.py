@@ -78,6 +78,25 @@ def test_label_quality_is_counted_from_a_rows_artifacts(tmp_path):
     q = quality_real._label_quality("addition", str(tmp_path / "row"))
     assert q["num_labels"] == 3 and q["in_format"] == pytest.approx(2 / 3)
     assert q["labels_correct"] == pytest.approx(0.5) and q["agrees_with_teacher"] == pytest.approx(2 / 3)
+    assert "labels_correct_by_score" not in q  # the row kept no scored candidates
+
+
+def test_label_quality_splits_the_labels_by_the_filters_score(tmp_path):
+    from datasets import Dataset
+
+    from peft_transfer.rundir import RunDir
+
+    dirs = RunDir(str(tmp_path / "row"))
+    # Four in-format inputs and one not: the two scored highest have right labels, the two lowest wrong ones.
+    rows = [("What is 1 + 2?", "3", 2.0), ("What is 2 + 2?", "4", 1.5), ("What is 3 + 2?", "9", 0.5),
+            ("What is 4 + 2?", "1", 0.2), ("How much is 2 + 2?", "4", 3.0)]
+    Dataset.from_list([{"input": x, "completion": f" {y}", "answer": y} for x, y, _ in rows]).save_to_disk(dirs.labels)
+    Dataset.from_list([{"input": x, "score": s, "round": 0, "passed": True, "accepted": True} for x, _, s in rows]
+                      + [{"input": "What is 9 + 9?", "score": -1.0, "round": 0, "passed": False, "accepted": False}]
+                      ).save_to_disk(dirs.candidates)
+    q = quality_real._label_quality("addition", str(tmp_path / "row"))["labels_correct_by_score"]
+    # Median of the five labelled scores is 1.5: the upper half holds 3.0 (not in format), 2.0 and 1.5.
+    assert q == {"upper": 1.0, "upper_n": 2, "lower": 0.0, "lower_n": 2}
 
 
 def test_wilson_interval():
@@ -131,13 +150,14 @@ def test_tables_and_claims_on_hand_made_rows(tmp_path):
 
 def test_gap_table_reads_the_diagnostic_rows():
     rows = _rows({"translora": 0.3}, tasks=("t1",))
-    rows[0].update(in_format=0.9, labels_correct=0.6, agrees_with_teacher=0.4)
+    rows[0].update(in_format=0.9, labels_correct=0.6, agrees_with_teacher=0.4,
+                   labels_correct_by_score={"upper": 0.7, "upper_n": 100, "lower": 0.5, "lower_n": 100})
     rows += [{"task": "t1", "row": f"{s}-smollm2-gemma3", "pair": "smollm2-gemma3", "setting": s, "transferred": x}
              for s, x in (("real-inputs", 0.45), ("real-data", 0.55))]
     gap = quality_real.tables(rows)["gap"]["smollm2-gemma3"]["t1"]
     assert (gap["translora"], gap["source_lora"], gap["in_format"], gap["labels_correct"]) == (0.3, 0.5, 0.9, 0.6)
     assert (gap["real_inputs"], gap["real_data"]) == (0.45, 0.55)
-    assert "| t1 | smollm2-gemma3 | 50.0 | 30.0 | 90.0 | 60.0 | 40.0 | 45.0 | — | 55.0 |" in quality_real.markdown(
+    assert "| t1 | smollm2-gemma3 | 50.0 | 30.0 | 90.0 | 60.0 | 70.0 / 50.0 | 40.0 | 45.0 | — | 55.0 |" in quality_real.markdown(
         {"tables": quality_real.tables(rows), "claims": quality_real.claims(quality_real.tables(rows)), "rows": rows})
 
 
