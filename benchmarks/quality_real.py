@@ -100,6 +100,9 @@ IMPROVEMENTS = {
     # A discriminator that knows formats: half its negatives real train inputs perturbed in format (the owner trains
     # it beside the paper's, from the same source adapter: `OWNER_VARIANTS`); the transfer filters with it.
     "format-negatives": (dict(), ()),
+    # The filter's discriminator a LoRA on every linear layer (the library's default) instead of the paper's q/v,
+    # trained the same way from the same source adapter; a new synthesis filtered by it, the rest the paper's.
+    "discriminator-all-linear": (dict(), ()),
     # The changes that helped alone, together, on the inputs and labels of the row named third: format negatives and
     # 12 epochs; all three.
     "format-negatives+more-steps": (dict(num_train_epochs=12), ("synthesis", "labels"), "format-negatives"),
@@ -108,9 +111,10 @@ IMPROVEMENTS = {
 }
 # Rows that need a discriminator the paper's owner row did not train: its settings, trained once per task and
 # source in `owner-<source>-<variant>` (the discriminator stage alone, from the owner's source adapter).
-OWNER_VARIANTS = {"format-negatives": dict(discriminator_format_negatives=0.5)}
+OWNER_VARIANTS = {"format-negatives": dict(discriminator_format_negatives=0.5),
+                  "all-linear-discriminator": dict(lora_target_modules=["all-linear"])}
 ROW_OWNER = {"format-negatives": "format-negatives", "format-negatives+more-steps": "format-negatives",
-             "combined": "format-negatives"}
+             "combined": "format-negatives", "discriminator-all-linear": "all-linear-discriminator"}
 ROWS = (*ABLATIONS, *GAP_ROWS, *IMPROVEMENTS)
 
 # Chosen by measurement on 2 CPU cores (bf16): LoRA r=8 on q/v, lr 2e-3 (the paper's 2e-5 is for 7B models and 20
@@ -148,6 +152,15 @@ def budget_raised(record: dict, budget: int) -> bool:
     """Whether a recorded row is run again: its synthesis ran out of a smaller candidate budget than `budget` (the
     stored candidates are reused, so it continues where it stopped)."""
     return (record.get("error") or "").startswith("SynthesisError") and row_budget(record) < budget
+
+
+def owner_variant_config(common: dict, variant: str, source: str, adapter: str, task_dir: str):
+    """The config of the owner row that trains `variant`'s discriminator (`OWNER_VARIANTS`) from the owner's source
+    adapter: the task's settings with the variant's on top."""
+    from peft_transfer import TransferConfig
+
+    return TransferConfig(**{**common, **OWNER_VARIANTS[variant]}, source_model=MODELS[source], source_adapter=adapter,
+                          target_model=MODELS[source], output_dir=os.path.join(task_dir, f"owner-{source}-{variant}"))
 
 
 def run_task(task_dir: str, task_name: str, description: str, pairs: list[str], seed: int,
@@ -268,9 +281,7 @@ def run_task(task_dir: str, task_name: str, description: str, pairs: list[str], 
                 continue
             if setting in ROW_OWNER:
                 variant = ROW_OWNER[setting]
-                owner_cfg = TransferConfig(**common, **OWNER_VARIANTS[variant], source_model=MODELS[source],
-                                           source_adapter=adapter, target_model=MODELS[source],
-                                           output_dir=os.path.join(task_dir, f"owner-{source}-{variant}"))
+                owner_cfg = owner_variant_config(common, variant, source, adapter, task_dir)
                 run(f"owner-{source}-{variant}", owner_cfg, pair=source, setting="owner", stages=("discriminator",))
                 if not RunDir(owner_cfg.output_dir).finished("discriminator"):
                     continue
@@ -517,7 +528,8 @@ def markdown(result: dict) -> str:
               "new LoRA on every linear layer (r 8, alpha 8) on the same inputs and labels; seeds-15: 15 "
               "seeds per generation prompt instead of 5; format-negatives: the filter's discriminator trained with half "
               "its negatives real inputs perturbed in format (truncated, shortened, shuffled, spliced, doubled); "
-              "all-linear+more-steps: both on the translora row's inputs and labels; all-linear+n-scaling: 1,000 "
+              "discriminator-all-linear: the filter's discriminator a LoRA on every linear layer instead of q/v, a "
+              "synthesis of its own; all-linear+more-steps: both on the translora row's inputs and labels; all-linear+n-scaling: 1,000 "
               "accepted inputs of its own at the steps of all-linear+more-steps (3 epochs), measured against that row; "
               "format-negatives+more-steps: "
               "12 epochs on the format-negatives row's inputs and labels; combined: all three (all-linear and 12 "

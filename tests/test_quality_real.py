@@ -237,6 +237,18 @@ def test_each_change_reuses_stages_a_row_before_it_makes():
         assert set(reused) <= {"synthesis", "labels"}, setting
 
 
+def test_each_owner_variant_changes_the_discriminator_it_names_and_nothing_else(tmp_path):
+    common = dict(quality_real.SETTINGS["transfer"], task_name="t", train_file="train.jsonl", seed=0)
+    paper = quality_real.owner_variant_config(common, "format-negatives", "smollm2", "adapter", str(tmp_path))
+    assert paper.lora_target_modules == ["q_proj", "v_proj"] and paper.discriminator_format_negatives == 0.5
+    wide = quality_real.owner_variant_config(common, "all-linear-discriminator", "smollm2", "adapter", str(tmp_path))
+    assert wide.lora_target_modules == ["all-linear"] and wide.discriminator_format_negatives == 0.0
+    assert wide.output_dir == str(tmp_path / "owner-smollm2-all-linear-discriminator")
+    differ = ("lora_target_modules", "discriminator_format_negatives", "output_dir")
+    assert {k: v for k, v in vars(wide).items() if k not in differ} == {
+        k: v for k, v in vars(paper).items() if k not in differ}
+
+
 def test_paired_comparison_counts_inputs_only_one_row_gets_right(tmp_path):
     import json
 
