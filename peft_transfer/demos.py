@@ -39,6 +39,7 @@ REAL_DEMO_SETTINGS = dict(
     # time a step in the body (measured in float32; at r=16, alpha 32 the same run collapsed to 0.3%).
     lora_target_modules="all-linear",
     learning_rate=2e-3,
+    num_train_epochs=20,
     per_device_train_batch_size=16,
     max_eval_samples=300,
     logging_steps=1000,

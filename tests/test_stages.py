@@ -181,6 +181,16 @@ def test_config_rejects_impossible_settings(tiny_world):
     assert TransferConfig(**tiny_world, hub_token="hf_secret").to_dict()["hub_token"] == "***"
 
 
+def test_default_distillation_takes_the_papers_steps_over_four_times_the_inputs(tiny_world):
+    # The paper: 250 accepted inputs, 20 epochs. The default: 1,000 inputs at the same number of optimizer steps, and
+    # a candidate budget that asks the filter for the same pass rate as the paper-era default (5,000 for 250).
+    from peft_transfer import TransferConfig
+
+    config = TransferConfig(**tiny_world)
+    assert config.num_samples == 1000 and config.num_samples * config.num_train_epochs == 250 * 20
+    assert config.candidate_budget / config.num_samples == 5000 / 250
+
+
 def test_yaml_and_flags_parse_the_trl_way(tmp_path):
     from peft_transfer.cli import parse_config
 
