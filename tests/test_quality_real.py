@@ -296,17 +296,21 @@ def test_a_budget_below_the_samples_needed_is_refused_before_any_work(capsys):
 
 def test_the_paper_row_and_the_owners_keep_the_papers_adapter_whatever_the_default():
     # The benchmark names the paper's adapter itself: a new library default must not change the paper's row, nor
-    # the fingerprints of the owners kept in `owners/` (trained with r 8, alpha 8 on q/v).
+    # the fingerprints of the owners kept in `owners/` (trained with r 8, alpha 8 on q/v; an owner variant that names
+    # its own modules, such as the all-linear discriminator, with those).
     import json
 
     settings = quality_real.SETTINGS["transfer"]
     assert (settings["lora_r"], settings["lora_alpha"], settings["lora_target_modules"]) == (8, 8, ["q_proj", "v_proj"])
+    assert (settings["num_samples"], settings["num_train_epochs"]) == (250, 6)  # the paper's N; 6 epochs on CPU
     owners = os.path.join(os.path.dirname(quality_real.__file__), "results", "quality-real", "owners")
     for task in os.listdir(owners):
         for row in os.listdir(os.path.join(owners, task)):
             with open(os.path.join(owners, task, row, "config.json")) as f:
                 made = json.load(f)
-            assert made["lora_target_modules"] == settings["lora_target_modules"], (task, row)
+            variant = quality_real.OWNER_VARIANTS.get(row.split("-", 2)[2] if row.count("-") >= 2 else "", {})
+            expected = variant.get("lora_target_modules", settings["lora_target_modules"])
+            assert made["lora_target_modules"] == expected, (task, row)
             assert (made["lora_r"], made["lora_alpha"]) == (settings["lora_r"], settings["lora_alpha"]), (task, row)
 
 
