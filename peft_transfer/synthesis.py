@@ -1,7 +1,8 @@
 """Synthesis: generate candidates from shuffled seeds and filter them with the discriminator, in rounds.
 
 Generate-and-filter repeats in rounds until `num_samples` candidates are accepted or `candidate_budget` prompts are
-spent, then stops with an error that gives the acceptance rate — never an endless loop. Each round's results are
+spent, then stops with an error that gives the acceptance rate — never an endless loop. It stops early, with the
+same error, once a quarter of the budget shows that the rest would not bring 80% of `num_samples`. Each round's results are
 appended to a progress file, so an interrupted run continues where it stopped and a failed one keeps what it made.
 Under `accelerate launch` every process generates and scores a shard of each round, and all of them hold the
 gathered results; only the main process writes.
@@ -182,6 +183,19 @@ def _round_size(cfg, need: int, stats: SynthesisStats, budget: int) -> int:
     want = math.ceil(need / max(rate * max(usable, 0.05), 0.02))
     size = min(max(want, cfg.generation_batch_size), 8 * cfg.generation_batch_size)
     return min(size, budget - stats.candidates)
+
+
+def _projected(stats: SynthesisStats, budget: int) -> int:
+    """The number of candidates the whole budget would accept at the yield (accepted per candidate) so far."""
+    return math.floor(stats.accepted / max(stats.candidates, 1) * budget)
+
+
+def _out_of_reach(stats: SynthesisStats, num_samples: int, budget: int) -> bool:
+    """Whether synthesis stops before its budget: a quarter of it (and two rounds) spent, and the yield so far would
+    not reach 80% of `num_samples` with all of it. Accepted per candidate only falls as duplicates of earlier
+    candidates mount, so the projection errs on the hopeful side; what was generated is kept either way."""
+    return (stats.accepted < num_samples and stats.rounds >= 2 and 4 * stats.candidates >= budget
+            and _projected(stats, budget) < 0.8 * num_samples)
 
 
 def _append(path: str, records: list[dict]) -> None:
@@ -404,10 +418,15 @@ def synthesize(cfg, generator, generator_tokenizer, seeds: list[str], *, discrim
                 "ended). Use a base (not chat-only) model that continues numbered lists as `generator_model`, or "
                 "raise `max_candidate_tokens`.", rows, stats
             )
+        if _out_of_reach(stats, num_samples, budget):
+            break
     if stats.accepted < num_samples:
+        spent = (f"after spending the candidate_budget of {budget}" if stats.candidates >= budget else
+                 f"from the first {stats.candidates} of the candidate_budget of {budget}, at a rate that would "
+                 f"give about {_projected(stats, budget)} by its end, so synthesis stopped there")
         raise SynthesisError(
-            f"Only {stats.accepted} of num_samples={num_samples} candidates were accepted after spending the "
-            f"candidate_budget of {budget} ({stats.scored} scored, {stats.passed} passed the filter: acceptance "
+            f"Only {stats.accepted} of num_samples={num_samples} candidates were accepted {spent} "
+            f"({stats.scored} scored, {stats.passed} passed the filter: acceptance "
             f"rate {stats.acceptance_rate:.1%}; {stats.unparsable} unparsable, {stats.duplicates} duplicates, "
             f"{stats.seed_copies} copies of a seed, {stats.leaks} near-copies of real inputs). "
             + ("Most candidates repeated a seed of the prompt: raise `temperature` or `num_seeds`, or use another "

@@ -193,6 +193,38 @@ def test_fresh_deletes_the_progress_file(models, full, tmp_path, monkeypatch, ca
     assert not any("resumed" in r.getMessage() for r in caplog.records)
 
 
+def test_a_budget_that_cannot_reach_num_samples_stops_at_a_quarter_and_keeps_what_it_made(models, tmp_path,
+                                                                                            monkeypatch):
+    from peft_transfer.synthesis import SynthesisError
+
+    path = tmp_path / "progress.jsonl"
+    strict = make_cfg(filter_margin=0.0, candidate_budget=2000)  # a few pass: far fewer than 60 in 2,000
+    with pytest.raises(SynthesisError, match=r"were accepted from the first \d+ of the candidate_budget of 2000, "
+                       r"at a rate that would give about \d+ by its end, so synthesis stopped there") as error:
+        run(models, path, cfg=strict)
+    stats = error.value.stats
+    assert 500 <= stats.candidates < 2000 and stats.rounds >= 2 and 0 < stats.accepted * 2000 / stats.candidates < 48
+    assert [json.loads(line) for line in path.read_text().splitlines()][-1]["stats"]["candidates"] == stats.candidates
+
+    # A lower margin continues from the stored candidates and reaches num_samples without the early stop.
+    rows, stats = run(models, path, cfg=make_cfg(candidate_budget=2000))
+    assert stats.accepted == 60 and len(rows) >= len(error.value.rows)
+
+
+def test_the_early_stop_waits_for_a_quarter_of_the_budget_and_two_rounds():
+    from peft_transfer.synthesis import SynthesisStats, _out_of_reach
+
+    def stats(candidates, accepted, rounds=3):
+        return SynthesisStats(candidates=candidates, accepted=accepted, rounds=rounds)
+
+    assert _out_of_reach(stats(250, 0), 250, 1000)
+    assert not _out_of_reach(stats(249, 0), 250, 1000)  # under a quarter spent
+    assert not _out_of_reach(stats(500, 0, rounds=1), 250, 1000)  # one round is not a rate
+    assert not _out_of_reach(stats(250, 50), 250, 1000)  # 200 projected: 80% of 250
+    assert _out_of_reach(stats(250, 49), 250, 1000)
+    assert not _out_of_reach(stats(250, 250), 250, 1000)
+
+
 def test_another_margin_rescores_the_stored_candidates_and_reports_their_pass_rate(models, full, tmp_path,
                                                                                    monkeypatch):
     path = tmp_path / "progress.jsonl"
