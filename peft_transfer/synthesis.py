@@ -2,8 +2,9 @@
 
 Generate-and-filter repeats in rounds until `num_samples` candidates are accepted or `candidate_budget` prompts are
 spent, then stops with an error that gives the acceptance rate — never an endless loop. It stops early, with the
-same error, once a quarter of the budget shows that the rest would not bring 80% of `num_samples`. Each round's results are
-appended to a progress file, so an interrupted run continues where it stopped and a failed one keeps what it made.
+same error, once a quarter of the budget shows that the rest would not bring 80% of `num_samples`. Each round's
+results are appended to a progress file, so an interrupted run continues where it stopped and a failed one keeps
+what it made.
 Under `accelerate launch` every process generates and scores a shard of each round, and all of them hold the
 gathered results; only the main process writes.
 
