@@ -198,6 +198,12 @@ class TransferConfig:
         default=0.0,
         metadata={"help": "With label_votes > 1: drop the inputs whose label won less than this share of the votes."},
     )
+    label_selection_ratio: float = field(
+        default=1.0,
+        metadata={"help": "Keep this share of the labelled inputs, those whose answer the teacher is surest of (mean "
+                          "log-probability of its answer tokens); the rest are dropped before distillation. 1: all "
+                          "(the paper's). Raise num_samples to train on as many inputs."},
+    )
     answer_stop: str | None = field(default="\n", metadata={"help": "Answers are cut at this string (None: keep all)."})
 
     # Distillation (the target_adapter stage) and the other trainings
@@ -347,6 +353,8 @@ class TransferConfig:
                             f"(got {self.discriminator_format_negatives}).")
         if not 0.0 < self.token_selection_ratio <= 1.0:
             problems.append(f"token_selection_ratio must lie in (0, 1] (got {self.token_selection_ratio}).")
+        if not 0.0 < self.label_selection_ratio <= 1.0:
+            problems.append(f"label_selection_ratio must lie in (0, 1] (got {self.label_selection_ratio}).")
         if self.temperature <= 0 or self.kd_temperature <= 0:
             problems.append("temperature and kd_temperature must be positive.")
         if self.label_votes < 1 or self.label_temperature <= 0:

@@ -87,7 +87,7 @@ def format_report(report: dict) -> str:
         lines.append(f"  MMD² to {diag['num_real']} real inputs: accepted "
                      f"{'n/a' if accepted is None else f'{accepted:.4f}'}, unfiltered {diag['mmd_unfiltered']:.4f}"
                      " (lower is closer)")
-    if (report.get("labels") or {}).get("votes", 1) > 1:
+    if (report.get("labels") or {}).get("votes", 1) > 1 or "selected" in (report.get("labels") or {}):
         from .labelling import describe_votes
 
         lines.append(f"Labels: {describe_votes(report['labels'])}")

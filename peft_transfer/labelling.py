@@ -46,6 +46,11 @@ def label(cfg, teacher, tokenizer, inputs: list[str], *, show_progress: bool = T
 def describe_votes(stats: dict) -> str:
     """The labels stage's `label_stats.json` in words: one answer each, or the votes and what they agreed on."""
     if stats.get("votes", 1) == 1:
-        return f"{stats.get('labelled', 0)} answers"
-    return (f"{stats['votes']} teacher votes per input: agreement {stats['agreement']:.1%}, unanimous "
-            f"{stats['unanimous']:.1%}, dropped {stats['dropped']} of {stats['labelled']}")
+        text = f"{stats.get('labelled', 0)} answers"
+    else:
+        text = (f"{stats['votes']} teacher votes per input: agreement {stats['agreement']:.1%}, unanimous "
+                f"{stats['unanimous']:.1%}, dropped {stats['dropped']} of {stats['labelled']}")
+    if "selected" in stats:
+        text += (f"; the surest {stats['selected']} kept ({stats['selection_ratio']:.0%}, "
+                 f"{stats['dropped_unsure']} dropped)")
+    return text

@@ -8,6 +8,9 @@ student still learns where an answer ends.
 
 Teacher and student may tokenize differently: the excess is kept per character span of the completion text, and a
 student token takes the highest excess of the teacher tokens whose spans overlap it.
+
+The same teacher-forced pass gives the teacher's confidence in a whole answer (`answer_confidence`, its mean token
+log-probability), by which the labels stage keeps the inputs it is surest of (`label_selection_ratio`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,22 @@ def token_excess(model, tokenizer, prompts: list[str], completions: list[str], *
     `model` is a `PeftModel` (the source base with the adapter); the base's log-probabilities come from the same
     model under `disable_adapter()`.
     """
+    return [[(s, e, a - b) for s, e, a, b in row]
+            for row in _completion_logprobs(model, tokenizer, prompts, completions, batch_size, with_base=True)]
+
+
+@torch.no_grad()
+def answer_confidence(model, tokenizer, prompts: list[str], completions: list[str], *,
+                      batch_size: int = 16) -> list[float]:
+    """Per completion: the mean log-probability of its tokens under `model` given the prompt (the teacher's
+    confidence in its own answer); `-inf` for an empty completion."""
+    rows = _completion_logprobs(model, tokenizer, prompts, completions, batch_size, with_base=False)
+    return [sum(a for *_, a, _ in row) / len(row) if row else float("-inf") for row in rows]
+
+
+def _completion_logprobs(model, tokenizer, prompts, completions, batch_size, *, with_base: bool):
+    """Per completion, for each of its tokens: `(start, end, log p under model, log p under the base or None)`,
+    the span in completion characters (the token that crosses from the prompt into the completion counts)."""
     side, tokenizer.padding_side = tokenizer.padding_side, "right"
     out = []
     try:
@@ -34,14 +53,14 @@ def token_excess(model, tokenizer, prompts: list[str], completions: list[str], *
             enc = tokenizer([p + c for p, c in zip(ps, cs)], return_offsets_mapping=True, padding=True,
                             return_tensors="pt").to(model.device)
             offsets = enc.pop("offset_mapping").tolist()
-            with_adapter = _next_token_logprobs(model, enc)
-            with model.disable_adapter():
-                base = _next_token_logprobs(model, enc)
-            excess = (with_adapter - base).tolist()
+            scores = _next_token_logprobs(model, enc).tolist()
+            if with_base:
+                with model.disable_adapter():
+                    base = _next_token_logprobs(model, enc).tolist()
             mask = enc["attention_mask"].tolist()
             for row, (p, c) in enumerate(zip(ps, cs)):
                 start = len(p)
-                out.append([(s - start, e - start, excess[row][j - 1])
+                out.append([(s - start, e - start, scores[row][j - 1], base[row][j - 1] if with_base else None)
                             for j, (s, e) in enumerate(offsets[row])
                             if j > 0 and mask[row][j] and e > start and e > s])
     finally:

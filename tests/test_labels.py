@@ -44,7 +44,8 @@ def test_one_vote_is_the_papers_single_answer(config_only, monkeypatch):
 
 
 @pytest.mark.parametrize("overrides", [dict(label_votes=0), dict(label_votes=3, label_temperature=0.0),
-                                       dict(label_votes=3, label_min_agreement=1.5), dict(label_min_agreement=0.5)])
+                                       dict(label_votes=3, label_min_agreement=1.5), dict(label_min_agreement=0.5),
+                                       dict(label_selection_ratio=0.0), dict(label_selection_ratio=1.5)])
 def test_vote_settings_are_checked(config_only, overrides):
     with pytest.raises(ConfigError):
         config_only(**overrides)
@@ -79,3 +80,25 @@ def test_labels_stage_drops_disagreed_inputs_and_reports_agreement(make_config, 
     with pytest.raises(UserError, match="dropped all 12 inputs"):
         Transfer(cfg, show_progress=False).run(stages=("labels",))
     assert dirs.finished("synthesis") and not dirs.finished("labels")
+
+
+def test_labels_stage_keeps_the_inputs_the_teacher_is_surest_of(make_config, run_dir):
+    from datasets import load_from_disk
+
+    cfg = make_config(output_dir=str(run_dir), eval_file=None, label_selection_ratio=0.5)
+    Transfer(cfg, show_progress=False).run(stages=("synthesis", "labels"))
+    dirs = RunDir(str(run_dir))
+    stats, kept = read_json(dirs.label_stats), load_from_disk(dirs.labels)
+    accepted = load_from_disk(dirs.accepted)["input"]
+    assert stats["labelled"] == cfg.num_samples and stats["selected"] == len(kept) == 6
+    assert stats["dropped_unsure"] == cfg.num_samples - 6
+    # The kept are the surest, in the order synthesis accepted them; every one at or above the threshold.
+    assert min(kept["confidence"]) == stats["confidence_threshold"] and all(c <= 0 for c in kept["confidence"])
+    positions = [accepted.index(x) for x in kept["input"]]
+    assert positions == sorted(positions)
+    from peft_transfer.evaluation import format_report
+
+    assert "Labels: 12 answers; the surest 6 kept (50%, 6 dropped)" in format_report(
+        Transfer(cfg, show_progress=False).report())
+    # Part of the labels' fingerprint: another share is other labels.
+    assert read_json(dirs.stage_record("labels"))["settings"]["label_selection_ratio"] == 0.5

@@ -43,6 +43,27 @@ def test_excess_is_adapter_minus_base_log_probability_per_completion_token(teach
     assert any(abs(x) > 1e-3 for row in spans for _, _, x in row)  # the adapter does change the scores
 
 
+def test_answer_confidence_is_the_mean_log_probability_of_the_answer_tokens(teacher):
+    from peft_transfer.selection import answer_confidence, token_excess
+
+    model, tok = teacher
+    prompts, completions = ["Sort: b a\nAnswer:", "x\nAnswer:", "y\nAnswer:"], [" a b", " yes indeed", ""]
+    confidence = answer_confidence(model, tok, prompts, completions, batch_size=2)
+    assert confidence[2] == float("-inf")  # an empty answer ranks last
+    for p, c, got in zip(prompts[:2], completions[:2], confidence):
+        ids = tok(p + c, return_tensors="pt", return_offsets_mapping=True)
+        offsets = ids.pop("offset_mapping")[0].tolist()
+        with torch.no_grad():
+            lp = torch.log_softmax(model(**ids).logits[0, :-1].float(), -1)
+        target = ids["input_ids"][0, 1:]
+        expected = [lp[j - 1, target[j - 1]].item()
+                    for j, (s, e) in enumerate(offsets) if j > 0 and e > len(p) and e > s]
+        assert got == pytest.approx(sum(expected) / len(expected), abs=1e-4) and got < 0
+    # The shared pass leaves the excess as it was: same spans, one per completion token.
+    assert [len(r) for r in token_excess(model, tok, prompts[:2], completions[:2])] == [
+        len(tok(p + c)["input_ids"]) - len(tok(p)["input_ids"]) for p, c in zip(prompts[:2], completions[:2])]
+
+
 def test_selected_row_keeps_the_top_tokens_and_the_end_of_sequence(untrained):
     from peft_transfer.selection import selected_row
 
