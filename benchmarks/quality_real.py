@@ -96,6 +96,13 @@ IMPROVEMENTS = {
     # own synthesis, measured against that row: what more diverse inputs add once the adapter can learn them.
     "all-linear+n-scaling": (dict(lora_target_modules=["all-linear"], num_samples=1000, num_train_epochs=3,
                                   candidate_budget=12000), (), "all-linear+more-steps"),
+    # The labels the teacher is surest of (`label_selection_ratio`): the surest half of all-linear+n-scaling's 1,000
+    # inputs at its number of steps (500 inputs, 6 epochs), on its inputs; and the surest 1,000 of 2,000 accepted
+    # inputs of its own (3 epochs): the same steps and number of inputs as all-linear+n-scaling, twice the synthesis.
+    "label-selection": (dict(lora_target_modules=["all-linear"], num_samples=1000, num_train_epochs=6,
+                             candidate_budget=12000, label_selection_ratio=0.5), ("synthesis",), "all-linear+n-scaling"),
+    "label-selection+n-scaling": (dict(lora_target_modules=["all-linear"], num_samples=2000, num_train_epochs=3,
+                                       candidate_budget=24000, label_selection_ratio=0.5), (), "all-linear+n-scaling"),
     "seeds-15": (dict(num_seeds=15), ()),
     # A discriminator that knows formats: half its negatives real train inputs perturbed in format (the owner trains
     # it beside the paper's, from the same source adapter: `OWNER_VARIANTS`); the transfer filters with it.
@@ -531,6 +538,9 @@ def markdown(result: dict) -> str:
               "discriminator-all-linear: the filter's discriminator a LoRA on every linear layer instead of q/v, a "
               "synthesis of its own; all-linear+more-steps: both on the translora row's inputs and labels; "
               "all-linear+n-scaling: 1,000 accepted inputs of its own at the steps of all-linear+more-steps (3 epochs), measured against that row; "
+              "label-selection: the surest half of all-linear+n-scaling's inputs by the teacher's mean log-probability "
+              "of its answer (500, 6 epochs), measured against that row; label-selection+n-scaling: the surest 1,000 "
+              "of 2,000 accepted inputs of its own (3 epochs), measured against all-linear+n-scaling; "
               "format-negatives+more-steps: "
               "12 epochs on the format-negatives row's inputs and labels; combined: all three (all-linear and 12 "
               "epochs on the format-negatives row's inputs and labels). Other rows that change a later stage only "
