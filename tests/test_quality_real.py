@@ -335,3 +335,21 @@ def test_diversity_counts_the_near_duplicates_the_synthesis_would_drop():
         stats = SynthesisStats()
         verdicts.take([{"input": str(i), "score": 1.0} for i in range(len(vectors))], stats)
         assert stats.near_duplicates == diversity_real.dropped_in_order(vectors, threshold) > 0
+
+
+def test_label_confidence_counts_right_labels_by_the_teachers_confidence():
+    """`benchmarks/label_confidence.py`: ROC-AUC as the chance a right label outscores a wrong one, and the share
+    right among the surest inputs."""
+    from benchmarks import label_confidence as lc
+
+    scores, right = [0.9, 0.8, 0.1, 0.5, -1.0, 0.5], [True, True, False, False, False, True]
+    # right {0.9, 0.8, 0.5} against wrong {0.1, 0.5, -1.0}: 3 + 3 + (1 + 0.5 + 1) of 9 pairs.
+    assert lc.roc_auc(scores, right) == pytest.approx(8.5 / 9)
+    assert lc.roc_auc(scores, [True] * 6) is None
+    assert lc.right_in_top(scores, right, 0.5) == pytest.approx(2 / 3)  # 0.9, 0.8 and the first 0.5 (wrong)
+    assert lc.right_in_top(scores, right, 0.25) == 1.0  # at least one input
+    out = lc.summarise({"confidence": scores, "excess": [-s for s in scores]}, right, n_labels=8)
+    assert out["n_labels"] == 8 and out["n_in_format"] == 6 and out["right"] == 0.5
+    assert out["excess"]["roc_auc"] == pytest.approx(1 - 8.5 / 9)
+    table = lc.markdown({"addition/all-linear+n-scaling-smollm2-gemma3": out})
+    assert "| addition | all-linear+n-scaling-smollm2-gemma3 | 6 of 8 | 50.0% | 0.944 | 66.7% | 100.0% |" in table

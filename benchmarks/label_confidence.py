@@ -1,0 +1,126 @@
+"""Does the teacher know when its label is right? For the labelled synthetic inputs of a real-model row, the
+teacher's confidence in each answer (`selection.answer_confidence`: the mean log-probability of its tokens, the
+signal of `label_selection_ratio`) and its mean contrastive excess over the source base (TiTok's signal), against
+whether the answer is right by the task's solver.
+
+    python benchmarks/label_confidence.py runs/quality-real-addition/addition/all-linear+n-scaling-smollm2-gemma3 \
+        runs/quality-real-b/word_sorting/all-linear+n-scaling-smollm2-gemma3 --out benchmarks/results/quality-real
+
+Each argument is a row of `benchmarks/quality_real.py` whose labels are done; the teacher is the source base with
+the adapter of the task's owner row (`../owner-<source>/source_adapter`). Only inputs in the task's format count
+(the solver answers them). Per row: how many labels are right, the ROC-AUC of each signal for telling right from
+wrong, and the share right in the surer half and the surest quarter by it. Writes `label_confidence.json` and
+`label_confidence.md` under `--out` (rows already there are kept unless measured again).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+
+
+def roc_auc(scores: list[float], right: list[bool]) -> float | None:
+    """The probability that a right label scores above a wrong one (ties count half)."""
+    pos = [s for s, r in zip(scores, right) if r]
+    neg = [s for s, r in zip(scores, right) if not r]
+    if not pos or not neg:
+        return None
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def right_in_top(scores: list[float], right: list[bool], share: float) -> float:
+    """The share of right labels among the `share` of inputs that score highest (ties to the earlier input)."""
+    top = sorted(range(len(scores)), key=lambda i: -scores[i])[: max(1, int(len(scores) * share))]
+    return sum(right[i] for i in top) / len(top)
+
+
+def summarise(signals: dict[str, list[float]], right: list[bool], n_labels: int) -> dict:
+    out = {"n_labels": n_labels, "n_in_format": len(right), "right": sum(right) / len(right) if right else None}
+    for name, scores in signals.items():
+        out[name] = {"roc_auc": roc_auc(scores, right), "right_in_surer_half": right_in_top(scores, right, 0.5),
+                     "right_in_surest_quarter": right_in_top(scores, right, 0.25)}
+    return out
+
+
+def measure(row: Path) -> dict:
+    from datasets import load_from_disk
+
+    from benchmarks.quality_real import MODELS, PAIRS
+    from benchmarks.real_tasks import solve
+    from peft_transfer.data import task_prompt
+    from peft_transfer.modeling import load_adapter, load_base, load_tokenizer
+    from peft_transfer.selection import answer_confidence, token_excess
+
+    task, pair = row.parent.name, next(p for p in PAIRS if row.name.endswith(p))
+    source = PAIRS[pair][0]
+    cfg = json.loads((row / "config.json").read_text())
+    labels = load_from_disk(str(row / "labels"))
+    ref = MODELS[source]
+    tokenizer = load_tokenizer(ref)
+    teacher = load_adapter(load_base(ref, dtype=cfg.get("dtype", "auto")),
+                           str(row.parent / f"owner-{source}" / "source_adapter"), ref)
+    prompts = [task_prompt(tokenizer, x, cfg["prompt_template"]) for x in labels["input"]]
+    completions = list(labels["completion"])
+    confidence = answer_confidence(teacher, tokenizer, prompts, completions, batch_size=32)
+    excess = [sum(e for *_, e in spans) / len(spans) if spans else float("-inf")
+              for spans in token_excess(teacher, tokenizer, prompts, completions, batch_size=32)]
+    answers = [solve(task, x) for x in labels["input"]]
+    keep = [i for i, a in enumerate(answers) if a is not None]
+    right = [answers[i] == labels["answer"][i].strip() for i in keep]
+    return {"task": task, "pair": pair, "teacher": f"{ref} + owner-{source}/source_adapter",
+            **summarise({"confidence": [confidence[i] for i in keep], "excess": [excess[i] for i in keep]},
+                        right, len(labels))}
+
+
+def markdown(results: dict) -> str:
+    lines = ["| task | row | labels in format | right | confidence: ROC-AUC | right in its surer half | "
+             "in its surest quarter | excess: ROC-AUC | right in its surer half |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    pct = lambda x: "—" if x is None else f"{100 * x:.1f}%"  # noqa: E731
+    auc = lambda x: "—" if x is None else f"{x:.3f}"  # noqa: E731
+    for name, r in results.items():
+        task, row = name.split("/")
+        c, e = r["confidence"], r["excess"]
+        lines.append(f"| {task} | {row} | {r['n_in_format']} of {r['n_labels']} | {pct(r['right'])} | "
+                     f"{auc(c['roc_auc'])} | {pct(c['right_in_surer_half'])} | {pct(c['right_in_surest_quarter'])} | "
+                     f"{auc(e['roc_auc'])} | {pct(e['right_in_surer_half'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("rows", nargs="+", help="row folders of a quality_real run (<out>/<task>/<row>)")
+    parser.add_argument("--out", required=True, help="folder for label_confidence.json and label_confidence.md")
+    args = parser.parse_args(argv)
+    from benchmarks.quality_real import PAIRS
+
+    missing = [r for r in args.rows if not (Path(r) / "labels").is_dir() or not (Path(r) / "config.json").is_file()
+               or not any(Path(r).name.endswith(p) for p in PAIRS)
+               or not (Path(r).parent / f"owner-{PAIRS[next(p for p in PAIRS if Path(r).name.endswith(p))][0]}"
+                       / "source_adapter").is_dir()]
+    if missing:
+        parser.error(f"not a quality_real row with finished labels beside its owner row: {', '.join(missing)}")
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
+    path = Path(args.out, "label_confidence.json")
+    results = json.loads(path.read_text())["rows"] if path.exists() else {}
+    for row in map(Path, args.rows):
+        name = f"{row.parent.name}/{row.name}"
+        with torch.no_grad():
+            results[name] = measure(row)
+        print(markdown({name: results[name]}).splitlines()[-1], flush=True)
+        os.makedirs(args.out, exist_ok=True)
+        path.write_text(json.dumps({"rows": results}, indent=2) + "\n")
+        Path(args.out, "label_confidence.md").write_text(markdown(results))
+    return {"rows": results}
+
+
+if __name__ == "__main__":
+    main()
