@@ -57,7 +57,7 @@ def measure(row: Path) -> dict:
     from benchmarks.real_tasks import solve
     from peft_transfer.data import task_prompt
     from peft_transfer.modeling import load_adapter, load_base, load_tokenizer
-    from peft_transfer.selection import answer_confidence, token_excess
+    from peft_transfer.selection import _completion_logprobs
 
     task, pair = row.parent.name, next(p for p in PAIRS if row.name.endswith(p))
     source = PAIRS[pair][0]
@@ -69,9 +69,11 @@ def measure(row: Path) -> dict:
                            str(row.parent / f"owner-{source}" / "source_adapter"), ref)
     prompts = [task_prompt(tokenizer, x, cfg["prompt_template"]) for x in labels["input"]]
     completions = list(labels["completion"])
-    confidence = answer_confidence(teacher, tokenizer, prompts, completions, batch_size=32)
-    excess = [sum(e for *_, e in spans) / len(spans) if spans else float("-inf")
-              for spans in token_excess(teacher, tokenizer, prompts, completions, batch_size=32)]
+    # One pass with and without the adapter gives both: what `answer_confidence` and `token_excess` compute.
+    tokens = _completion_logprobs(teacher, tokenizer, prompts, completions, 32, with_base=True)
+    mean = lambda xs: sum(xs) / len(xs) if xs else float("-inf")  # noqa: E731
+    confidence = [mean([a for *_, a, _ in row]) for row in tokens]
+    excess = [mean([a - b for *_, a, b in row]) for row in tokens]
     answers = [solve(task, x) for x in labels["input"]]
     keep = [i for i, a in enumerate(answers) if a is not None]
     right = [answers[i] == labels["answer"][i].strip() for i in keep]
