@@ -50,23 +50,32 @@ def summarise(signals: dict[str, list[float]], right: list[bool], n_labels: int)
     return out
 
 
+def owner_adapter(row: Path) -> tuple[str, str, Path] | None:
+    """The row's pair, its source and the source adapter of the task's owner row; None for a row of no known pair."""
+    from benchmarks.quality_real import PAIRS
+
+    pair = next((p for p in PAIRS if row.name.endswith(p)), None)
+    if pair is None:
+        return None
+    source = PAIRS[pair][0]
+    return pair, source, row.parent / f"owner-{source}" / "source_adapter"
+
+
 def measure(row: Path) -> dict:
     from datasets import load_from_disk
 
-    from benchmarks.quality_real import MODELS, PAIRS
+    from benchmarks.quality_real import MODELS
     from benchmarks.real_tasks import solve
     from peft_transfer.data import task_prompt
     from peft_transfer.modeling import load_adapter, load_base, load_tokenizer
     from peft_transfer.selection import _completion_logprobs
 
-    task, pair = row.parent.name, next(p for p in PAIRS if row.name.endswith(p))
-    source = PAIRS[pair][0]
+    task, (pair, source, adapter) = row.parent.name, owner_adapter(row)
     cfg = json.loads((row / "config.json").read_text())
     labels = load_from_disk(str(row / "labels"))
     ref = MODELS[source]
     tokenizer = load_tokenizer(ref)
-    teacher = load_adapter(load_base(ref, dtype=cfg.get("dtype", "auto")),
-                           str(row.parent / f"owner-{source}" / "source_adapter"), ref)
+    teacher = load_adapter(load_base(ref, dtype=cfg.get("dtype", "auto")), str(adapter), ref)
     prompts = [task_prompt(tokenizer, x, cfg["prompt_template"]) for x in labels["input"]]
     completions = list(labels["completion"])
     # One pass with and without the adapter gives both: what `answer_confidence` and `token_excess` compute.
@@ -102,12 +111,8 @@ def main(argv=None) -> dict:
     parser.add_argument("rows", nargs="+", help="row folders of a quality_real run (<out>/<task>/<row>)")
     parser.add_argument("--out", required=True, help="folder for label_confidence.json and label_confidence.md")
     args = parser.parse_args(argv)
-    from benchmarks.quality_real import PAIRS
-
     missing = [r for r in args.rows if not (Path(r) / "labels").is_dir() or not (Path(r) / "config.json").is_file()
-               or not any(Path(r).name.endswith(p) for p in PAIRS)
-               or not (Path(r).parent / f"owner-{PAIRS[next(p for p in PAIRS if Path(r).name.endswith(p))][0]}"
-                       / "source_adapter").is_dir()]
+               or owner_adapter(Path(r)) is None or not owner_adapter(Path(r))[2].is_dir()]
     if missing:
         parser.error(f"not a quality_real row with finished labels beside its owner row: {', '.join(missing)}")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
