@@ -172,7 +172,7 @@ def owner_variant_config(common: dict, variant: str, source: str, adapter: str, 
 
 def run_task(task_dir: str, task_name: str, description: str, pairs: list[str], seed: int,
              only: tuple[str, ...] = ROWS, owners: str | None = None, transfer: dict | None = None) -> list[dict]:
-    """The rows of one task over `pairs` (those named in `only`, and the owner and translora rows they need); each
+    """The rows of one task over `pairs` (those named in `only`, and the owner rows and rows they reuse); each
     row's record is kept in `<row>/row.json` (resume per row). An owner row missing here is first restored from
     `owners` (a results folder's `owners/`) where it has one. `transfer` replaces `SETTINGS["transfer"]` (a larger
     `candidate_budget` in it continues the rows that ran out of a smaller one)."""
@@ -185,7 +185,7 @@ def run_task(task_dir: str, task_name: str, description: str, pairs: list[str], 
                   train_file=os.path.join(data, "train.jsonl"), eval_file=os.path.join(data, "test.jsonl"),
                   seed_file=os.path.join(data, "seeds.jsonl"),
                   evaluation_cache_dir=os.path.join(task_dir, "evaluation_cache"))
-    rows = []
+    rows, only = [], rows_needed(only)
 
     def run(row: str, cfg: TransferConfig, *, pair: str, setting: str, stages=None) -> dict:
         if row.startswith("owner-") and owners:
@@ -262,7 +262,8 @@ def run_task(task_dir: str, task_name: str, description: str, pairs: list[str], 
             settings.update(overrides)
             return TransferConfig(**settings)
 
-        run(f"translora-{pair}", config(f"translora-{pair}"), pair=pair, setting="translora")
+        if "translora" in only:
+            run(f"translora-{pair}", config(f"translora-{pair}"), pair=pair, setting="translora")
         if "unfiltered" in only:
             run(f"unfiltered-{pair}", config(f"unfiltered-{pair}", filter_mode="none", discriminator_adapter=None),
                 pair=pair, setting="unfiltered")
@@ -621,6 +622,16 @@ def collect(run_root: str) -> list[dict]:
     return rows
 
 
+def rows_needed(only) -> tuple[str, ...]:
+    """The rows `only` names and those whose stages they reuse, down the chain (in `ROWS` order)."""
+    need = set(only)
+    while True:
+        more = {reused_from(s) for s in need if s in IMPROVEMENTS and IMPROVEMENTS[s][1]} - need
+        if not more:
+            return tuple(r for r in ROWS if r in need)
+        need |= more
+
+
 def reused_from(setting: str) -> str:
     """The setting of the row a change reuses stages from and is measured against: the one its `IMPROVEMENTS` entry
     names third, else the paper's."""
@@ -762,7 +773,7 @@ def main(argv=None):
     parser.add_argument("--task-name", help="the external task's name (default: the train file's folder)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rows", nargs="*", default=list(ROWS), choices=list(ROWS),
-                        help="which rows to run beside the owner and translora rows (default: all)")
+                        help="which rows to run beside the owner rows and the rows they reuse stages of (default: all)")
     parser.add_argument("--candidate-budget", type=int,
                         help="most candidates per synthesis (default: the settings'); rows that ran out of a smaller "
                              "budget continue from their stored candidates")

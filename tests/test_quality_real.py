@@ -237,6 +237,15 @@ def test_each_change_reuses_stages_a_row_before_it_makes():
         assert set(reused) <= {"synthesis", "labels"}, setting
 
 
+def test_rows_asked_for_bring_the_rows_whose_stages_they_reuse_and_no_others():
+    # `--rows label-selection` runs all-linear+n-scaling first (it reuses its inputs); a row that reuses nothing does
+    # not run the paper's row it is only measured against.
+    assert quality_real.rows_needed(["label-selection"]) == ("all-linear+n-scaling", "label-selection")
+    assert quality_real.rows_needed(["label-selection+n-scaling"]) == ("label-selection+n-scaling",)
+    assert quality_real.rows_needed(["more-steps", "unfiltered"]) == ("translora", "unfiltered", "more-steps")
+    assert quality_real.rows_needed(quality_real.ROWS) == quality_real.ROWS
+
+
 def test_each_owner_variant_changes_the_discriminator_it_names_and_nothing_else(tmp_path):
     common = dict(quality_real.SETTINGS["transfer"], task_name="t", train_file="train.jsonl", seed=0)
     paper = quality_real.owner_variant_config(common, "format-negatives", "smollm2", "adapter", str(tmp_path))
