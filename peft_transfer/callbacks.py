@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import random
 import time
 from typing import Callable
@@ -37,7 +38,7 @@ from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from .config import TransferConfig
 from .data import task_prompt
-from .labelling import label
+from .labelling import keep_agreed, keep_surest, label
 from .metrics import distinct_n
 from .synthesis import SynthesisError, SynthesisSettings, synthesize
 
@@ -143,9 +144,12 @@ class SyntheticFilterCallback(TrainerCallback):
             `answer`) into the features your collator expects; replaces the default tokenisation. `prompt` is
             rendered with `student_tokenizer` when one is given, else with `teacher_tokenizer`.
         config (`TransferConfig`, *optional*): settings to start from (sampling, filter, labelling, `num_samples`,
-            `candidate_budget` per refresh, `seed`, `max_length`); defaults to `TransferConfig`'s defaults.
+            `candidate_budget` per refresh, `seed`, `max_length`); defaults to `TransferConfig`'s defaults. The
+            labels are kept as the labels stage keeps them: with `label_votes` > 1 those below `label_min_agreement`
+            are dropped, and with `label_selection_ratio` < 1 the set holds that share of the `num_samples` accepted
+            inputs, those whose answers the teacher is surest of.
         refresh_steps (`int`, *optional*): refresh every this many optimizer steps; by default at every epoch start.
-        min_fresh (`float`, *optional*, defaults to `0.0`): fraction of `num_samples` a refresh must accept to be
+        min_fresh (`float`, *optional*, defaults to `0.0`): fraction of the set a refresh must fill to be
             used at all; below it the previous set is kept whole (with a warning). Otherwise a short refresh is
             topped up with rows of the previous set.
         references (`list[str]`, *optional*): more real inputs (e.g. held-out data) that no sample may reproduce.
@@ -182,7 +186,9 @@ class SyntheticFilterCallback(TrainerCallback):
         self.student_tokenizer, self.formatting = student_tokenizer, formatting
         self.refresh_steps, self.min_fresh = refresh_steps, min_fresh
         self.references = list(dict.fromkeys([*self.seeds, *(references or [])]))
-        self.dataset = SyntheticDataset(self.settings.num_samples)
+        # With `label_selection_ratio` < 1 each refresh accepts `num_samples` inputs and trains on that share of them.
+        self.dataset = SyntheticDataset(max(1, math.ceil(self.settings.label_selection_ratio
+                                                         * self.settings.num_samples)))
         self.data_collator = None
         if formatting is None:
             pad = student_tokenizer.pad_token_id
@@ -266,7 +272,7 @@ class SyntheticFilterCallback(TrainerCallback):
         distributed = accelerator is not None and accelerator.num_processes > 1
         # Every process runs the refresh (synthesis and labelling may be collective: each process then does its share
         # of the candidates), then all take the main process's rows, so that every rank holds the same set.
-        payload = self._make(step, need)
+        payload = self._make(step)
         if distributed:
             from accelerate.utils import broadcast_object_list
 
@@ -308,7 +314,10 @@ class SyntheticFilterCallback(TrainerCallback):
             "candidates": counts["candidates"],
             "candidates_total": self.candidates_total,
             "scored": counts["scored"],
-            "accepted": len(fresh),
+            "accepted": counts["labelled"],
+            "labels_kept": len(fresh),
+            "labels_dropped_disagreeing": counts["dropped_disagreeing"],
+            "labels_dropped_unsure": counts["dropped_unsure"],
             "acceptance_rate": counts["acceptance_rate"],
             "duplicates_dropped": counts["duplicates"],
             "leaks_dropped": counts["leaks"],
@@ -327,8 +336,9 @@ class SyntheticFilterCallback(TrainerCallback):
             self._pending_logs.append(metrics)
         return metrics
 
-    def _make(self, step: int, need: int) -> dict:
-        """Candidates → leak guard → filter → accepted → teacher labels, with the counts to log."""
+    def _make(self, step: int) -> dict:
+        """Candidates → leak guard → filter → accepted → teacher labels (those agreed on, or surest, when asked), with
+        the counts to log."""
         seed = int(np.random.SeedSequence([self.settings.seed, step]).generate_state(1)[0])
         cfg = dataclasses.replace(self.settings, seed=seed)
         with _preserved_rng():
@@ -336,7 +346,8 @@ class SyntheticFilterCallback(TrainerCallback):
             try:
                 rows, stats = synthesize(cfg, self.generator, self.generator_tokenizer, self.seeds,
                                          discriminator=self.discriminator,
-                                         discriminator_tokenizer=self.discriminator_tokenizer, num_samples=need,
+                                         discriminator_tokenizer=self.discriminator_tokenizer,
+                                         num_samples=cfg.num_samples,
                                          references=self.references, show_progress=False)
             except SynthesisError as error:
                 # Never stop training for a short refresh: keep what was accepted and let `refresh` top it up.
@@ -346,6 +357,8 @@ class SyntheticFilterCallback(TrainerCallback):
             kept = [r["input"] for r in rows if r["accepted"]]
             torch.manual_seed(seed)  # for label_do_sample
             labelled = label(cfg, self.teacher, self.teacher_tokenizer, kept, show_progress=False) if kept else []
+            labelled, agreed = keep_agreed(cfg, labelled)
+            labelled, selected = keep_surest(cfg, self.teacher, self.teacher_tokenizer, labelled)
         prompt_tokenizer = self.student_tokenizer or self.teacher_tokenizer
         for row in labelled:
             row["prompt"] = task_prompt(prompt_tokenizer, row["input"], self.settings.prompt_template)
@@ -356,6 +369,9 @@ class SyntheticFilterCallback(TrainerCallback):
             "duplicates": stats["duplicates"] + stats["seed_copies"],
             "unparsable": stats["unparsable"],
             "leaks": stats["leaks"],
+            "labelled": len(kept),
+            "dropped_disagreeing": agreed.get("dropped", 0),
+            "dropped_unsure": selected.get("dropped_unsure", 0),
         }
         return {"rows": labelled, "counts": counts}
 

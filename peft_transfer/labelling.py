@@ -1,7 +1,9 @@
-"""Labelling: the teacher (source base + adapter) answers every accepted input; self-consistency when asked."""
+"""Labelling: the teacher (source base + adapter) answers every accepted input; self-consistency when asked; the
+answers it agrees on, or is surest of, kept when asked."""
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 
 from .data import task_prompt
@@ -41,6 +43,36 @@ def label(cfg, teacher, tokenizer, inputs: list[str], *, show_progress: bool = T
             row["agreement"] = counts[answer] / votes
         rows.append(row)
     return rows
+
+
+def keep_agreed(cfg, rows: list[dict]) -> tuple[list[dict], dict]:
+    """The rows whose answer won at least `cfg.label_min_agreement` of the teacher's votes, and the counts for
+    `label_stats.json` (agreement, unanimous, dropped); every row when the teacher voted once."""
+    if cfg.label_votes <= 1 or not rows:
+        return rows, {}
+    kept = [r for r in rows if r["agreement"] >= cfg.label_min_agreement]
+    return kept, {"agreement": sum(r["agreement"] for r in rows) / len(rows),
+                  "unanimous": sum(r["agreement"] == 1.0 for r in rows) / len(rows), "dropped": len(rows) - len(kept)}
+
+
+def keep_surest(cfg, teacher, tokenizer, rows: list[dict]) -> tuple[list[dict], dict]:
+    """The `cfg.label_selection_ratio` share of `rows` whose answers the teacher (an HF model) is surest of: the mean
+    log-probability of the answer's tokens, teacher-forced (ties go to the earlier input), in their order, each with
+    its `confidence`; and the counts for `label_stats.json`. Every row, and no counts, at a ratio of 1."""
+    from .selection import answer_confidence
+
+    if cfg.label_selection_ratio >= 1 or not rows:
+        return rows, {}
+    pairs = [(task_prompt(tokenizer, r["input"], cfg.prompt_template), r["completion"]) for r in rows]
+    confidence = map_across_processes(lambda shard: answer_confidence(
+        teacher, tokenizer, [p for p, _ in shard], [c for _, c in shard], batch_size=cfg.filter_batch_size), pairs)
+    keep = max(1, math.ceil(cfg.label_selection_ratio * len(rows)))
+    chosen = sorted(sorted(range(len(rows)), key=lambda i: -confidence[i])[:keep])
+    finite = [c for c in confidence if math.isfinite(c)]
+    counts = {"selection_ratio": cfg.label_selection_ratio, "selected": keep, "dropped_unsure": len(rows) - keep,
+              "confidence_threshold": min(confidence[i] for i in chosen),
+              "mean_confidence": sum(finite) / len(finite) if finite else None}
+    return [dict(rows[i], confidence=confidence[i]) for i in chosen], counts
 
 
 def describe_votes(stats: dict) -> str:

@@ -106,6 +106,7 @@ class SynthesisSettings:
     label_votes: int
     label_temperature: float
     label_min_agreement: float
+    label_selection_ratio: float
     answer_stop: str | None
     seed: int
     max_length: int

@@ -131,6 +131,48 @@ def test_too_few_accepted_reuses_the_previous_set_without_raising(models, caplog
     assert len(callback._pending_logs) == 3  # logged through the trainer once one is attached
 
 
+def test_refresh_keeps_the_labels_the_teacher_is_surest_of_as_the_labels_stage_does(models, monkeypatch):
+    # label_selection_ratio 0.5: each refresh accepts num_samples = 8 inputs and trains on the 4 whose answers the
+    # teacher is surest of, ranked by the same confidence the labels stage uses; the set's size is fixed at 4.
+    from peft_transfer import labelling
+    from peft_transfer.selection import answer_confidence
+
+    callback = make_callback(models, label_selection_ratio=0.5)
+    assert len(callback.dataset) == 4
+    labelled = []
+    real_label = labelling.label
+
+    def spy(cfg, teacher, tokenizer, inputs, **kwargs):
+        labelled.extend(real_label(cfg, teacher, tokenizer, inputs, **kwargs))
+        return labelled[-len(inputs):]
+
+    monkeypatch.setattr("peft_transfer.callbacks.label", spy)
+    metrics = callback.refresh(0)
+    assert metrics["synthetic/accepted"] == 8 and metrics["synthetic/labels_kept"] == 4
+    assert metrics["synthetic/labels_dropped_unsure"] == 4 and metrics["synthetic/reused_rows"] == 0
+    prompts = [e["prompt"] for e in callback.dataset.examples]
+    assert len(labelled) == 8 and len(prompts) == 4
+    from peft_transfer.data import task_prompt
+
+    confidence = answer_confidence(models["teacher"], models["source_tok"],
+                                   [task_prompt(models["source_tok"], r["input"], callback.settings.prompt_template)
+                                    for r in labelled], [r["completion"] for r in labelled], batch_size=8)
+    surest = sorted(range(8), key=lambda i: -confidence[i])[:4]
+    assert [e["input"] for e in callback.dataset.examples] == [labelled[i]["input"] for i in sorted(surest)]
+
+    # Answers the teacher's votes do not agree on are dropped first (here every other one); a short set is topped up.
+    def voted(cfg, teacher, tokenizer, inputs, **kwargs):
+        return [{"input": x, "completion": " a", "answer": "a", "agreement": 1.0 if i % 2 else 1 / 3}
+                for i, x in enumerate(inputs)]
+
+    monkeypatch.setattr("peft_transfer.callbacks.label", voted)
+    callback = make_callback(models, label_votes=3, label_min_agreement=0.6)
+    metrics = callback.refresh(0)
+    assert metrics["synthetic/labels_dropped_disagreeing"] == 4 and metrics["synthetic/labels_kept"] == 4
+    assert metrics["synthetic/labels_dropped_unsure"] == 0 and metrics["synthetic/reused_rows"] == 4
+    assert all(e["agreement"] == 1.0 for e in callback.dataset.examples)
+
+
 def test_near_copies_of_a_seed_are_dropped_and_counted(models, monkeypatch):
     from peft_transfer import synthesis
 

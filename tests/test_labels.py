@@ -57,8 +57,10 @@ def test_labels_stage_drops_disagreed_inputs_and_reports_agreement(make_config, 
     from peft_transfer import labelling
     from peft_transfer.errors import UserError
 
+    # float32: in bf16 the tiny teacher's logits tie often, and a tie splits the sampled votes from the greedy one on
+    # nearly every input (all 12 dropped on a CPU with AMX), which is bf16 rounding, not what this test is about.
     cfg = make_config(output_dir=str(run_dir), eval_file=None, label_votes=3, label_min_agreement=0.6,
-                      label_temperature=0.3)
+                      label_temperature=0.3, dtype="float32")
     Transfer(cfg, show_progress=False).run(stages=("synthesis", "labels"))
     dirs = RunDir(str(run_dir))
     stats, kept = read_json(dirs.label_stats), load_from_disk(dirs.labels)
