@@ -322,11 +322,13 @@ def keep_owners(run_root: str, owners: str) -> list[str]:
             finished = [name for name in OWNER_STAGES if src.finished(name)]
             if not row.startswith("owner-") or not finished:
                 continue
+            dst = RunDir(os.path.join(owners, task, row))
             if os.path.exists(src("row.json")):
                 with open(src("row.json")) as f:
-                    if json.load(f).get("error"):
-                        continue
-            dst = RunDir(os.path.join(owners, task, row))
+                    record = json.load(f)
+                if record.get("error") or (record.get("carried_from") and os.path.abspath(record["carried_from"])
+                                           == os.path.abspath(dst.root)):  # restored from there, unchanged
+                    continue
             for name in finished:
                 shutil.rmtree(dst.stage(name), ignore_errors=True)
                 shutil.copytree(src.stage(name), dst.stage(name), ignore=shutil.ignore_patterns("trainer"))
@@ -350,7 +352,7 @@ def restore_owner(kept: str, row_dir: str) -> bool:
     if os.path.exists(path):
         with open(path) as f:
             record = json.load(f)
-        record.setdefault("carried_from", kept)
+        record.setdefault("carried_from", os.path.relpath(kept))
         with open(path, "w") as f:
             json.dump(record, f, indent=1)
     print(f"{row_dir}: restored from {kept}", flush=True)

@@ -215,7 +215,9 @@ def test_owner_rows_are_kept_beside_the_results_and_restored_in_a_new_run_folder
     fresh = tmp_path / "fresh" / "addition" / "owner-qwen"
     assert quality_real.restore_owner(str(kept), str(fresh))
     record = json.loads((fresh / "row.json").read_text())
-    assert record["seconds"] == 2700.0 and record["carried_from"] == str(kept)
+    assert record["seconds"] == 2700.0 and record["carried_from"] == os.path.relpath(kept)  # no machine's path
+    # A restored owner is not copied back over the one it came from (the report would only rewrite its record).
+    assert quality_real.keep_owners(str(tmp_path / "fresh"), str(owners)) == ["word_sorting/owner-qwen"]
     assert (fresh / "source_adapter" / "adapter_model.safetensors").read_bytes() == b"weights of source_adapter"
     (fresh / "row.json").write_text(json.dumps(dict(record, seconds=1.0)))
     assert not quality_real.restore_owner(str(kept), str(fresh))  # a row already there is never replaced
