@@ -87,7 +87,7 @@ SIZES = {
             max_candidate_tokens=40, label_max_new_tokens=12, learning_rate=2e-3, num_train_epochs=2,
             source_learning_rate=2e-3, source_epochs=10, discriminator_learning_rate=1e-3, discriminator_epochs=1,
             discriminator_negatives=24, per_device_train_batch_size=8, max_eval_samples=16, logging_steps=1000,
-            lora_target_modules=_ALL_MODULES, lora_r=16, lora_alpha=32,
+            lora_target_modules=_ALL_MODULES, lora_r=16, lora_alpha=32, label_selection_ratio=1.0,
         ),
     ),
     # Every task at the paper's sizes (250 train, N = 250) on the committed demo bases and a CPU-sized tiny-llama-b:
@@ -107,7 +107,7 @@ SIZES = {
             # tiny discriminator was near chance and let other formats through.
             source_learning_rate=2e-3, source_epochs=6, discriminator_learning_rate=1e-3, discriminator_epochs=6,
             per_device_train_batch_size=8, max_eval_samples=200, logging_steps=1000,
-            lora_target_modules=_ALL_MODULES, lora_r=16, lora_alpha=32,
+            lora_target_modules=_ALL_MODULES, lora_r=16, lora_alpha=32, label_selection_ratio=1.0,
         ),
     ),
     "full": dict(
@@ -123,7 +123,7 @@ SIZES = {
             max_candidate_tokens=48, label_max_new_tokens=24, learning_rate=2e-3, num_train_epochs=6,
             source_learning_rate=2e-3, source_epochs=8, discriminator_learning_rate=1e-3, discriminator_epochs=3,
             per_device_train_batch_size=8, max_eval_samples=500, logging_steps=100,
-            lora_target_modules=_ALL_MODULES, lora_r=16, lora_alpha=32,
+            lora_target_modules=_ALL_MODULES, lora_r=16, lora_alpha=32, label_selection_ratio=1.0,
         ),
     ),
 }

@@ -31,6 +31,7 @@ FAST = dict(
     per_device_train_batch_size=8,
     max_eval_samples=8,
     filter_margin=-1e9,  # accept whatever parses: filtering itself is tested on its own
+    label_selection_ratio=1.0,  # every label: the selection is tested on its own (tests/test_labels.py)
     logging_steps=1000,
 )
 

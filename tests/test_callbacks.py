@@ -17,7 +17,8 @@ SEEDS = ["sort the letters: b a c", "sort the letters: z y x", "sort the letters
          "sort the letters: k j i"]
 SETTINGS = dict(task_name="sort_letters", num_samples=8, candidate_budget=400, generation_batch_size=16,
                 filter_batch_size=16, max_candidate_tokens=12, label_max_new_tokens=8, max_length=96, seed=0,
-                filter_margin=-1e9)  # a random discriminator: accept what parses (filtering is tested elsewhere)
+                filter_margin=-1e9,  # a random discriminator: accept what parses (filtering is tested elsewhere)
+                label_selection_ratio=1.0)  # every label (the selection has its own test)
 
 
 @pytest.fixture(scope="module")

@@ -314,6 +314,7 @@ def test_the_paper_row_and_the_owners_keep_the_papers_adapter_whatever_the_defau
     settings = quality_real.SETTINGS["transfer"]
     assert (settings["lora_r"], settings["lora_alpha"], settings["lora_target_modules"]) == (8, 8, ["q_proj", "v_proj"])
     assert (settings["num_samples"], settings["num_train_epochs"]) == (250, 6)  # the paper's N; 6 epochs on CPU
+    assert settings["label_selection_ratio"] == 1.0  # the paper distils every label (the library keeps the surer half)
     owners = os.path.join(os.path.dirname(quality_real.__file__), "results", "quality-real", "owners")
     for task in os.listdir(owners):
         for row in os.listdir(os.path.join(owners, task)):

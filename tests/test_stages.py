@@ -181,13 +181,15 @@ def test_config_rejects_impossible_settings(tiny_world):
     assert TransferConfig(**tiny_world, hub_token="hf_secret").to_dict()["hub_token"] == "***"
 
 
-def test_default_distillation_takes_the_papers_steps_over_four_times_the_inputs(tiny_world):
-    # The paper: 250 accepted inputs, 20 epochs. The default: 1,000 inputs at the same number of optimizer steps, and
-    # a candidate budget that asks the filter for the same pass rate as the paper-era default (5,000 for 250).
+def test_default_distillation_takes_the_papers_steps_over_the_surer_half_of_eight_times_the_inputs(tiny_world):
+    # The paper: 250 accepted inputs, 20 epochs, every label. The default: 2,000 accepted inputs, the 1,000 whose
+    # answers the teacher is surest of distilled at the same number of optimizer steps, and a candidate budget that
+    # asks the filter for the same pass rate as the paper-era default (5,000 for 250).
     from peft_transfer import TransferConfig
 
     config = TransferConfig(**tiny_world)
-    assert config.num_samples == 1000 and config.num_samples * config.num_train_epochs == 250 * 20
+    assert config.num_samples == 2000 and config.label_selection_ratio == 0.5
+    assert config.num_samples * config.label_selection_ratio * config.num_train_epochs == 250 * 20
     assert config.candidate_budget / config.num_samples == 5000 / 250
 
 
