@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import math
 import random
 import time
 from typing import Callable
@@ -38,7 +37,7 @@ from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from .config import TransferConfig
 from .data import task_prompt
-from .labelling import keep_agreed, keep_surest, label
+from .labelling import keep_agreed, keep_surest, label, surest_count
 from .metrics import distinct_n
 from .synthesis import SynthesisError, SynthesisSettings, synthesize
 
@@ -187,8 +186,7 @@ class SyntheticFilterCallback(TrainerCallback):
         self.refresh_steps, self.min_fresh = refresh_steps, min_fresh
         self.references = list(dict.fromkeys([*self.seeds, *(references or [])]))
         # With `label_selection_ratio` < 1 each refresh accepts `num_samples` inputs and trains on that share of them.
-        self.dataset = SyntheticDataset(max(1, math.ceil(self.settings.label_selection_ratio
-                                                         * self.settings.num_samples)))
+        self.dataset = SyntheticDataset(surest_count(self.settings.label_selection_ratio, self.settings.num_samples))
         self.data_collator = None
         if formatting is None:
             pad = student_tokenizer.pad_token_id

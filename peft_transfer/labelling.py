@@ -55,6 +55,11 @@ def keep_agreed(cfg, rows: list[dict]) -> tuple[list[dict], dict]:
                   "unanimous": sum(r["agreement"] == 1.0 for r in rows) / len(rows), "dropped": len(rows) - len(kept)}
 
 
+def surest_count(ratio: float, n: int) -> int:
+    """How many of `n` labelled inputs `label_selection_ratio` = `ratio` keeps (at least one)."""
+    return max(1, math.ceil(ratio * n))
+
+
 def keep_surest(cfg, teacher, tokenizer, rows: list[dict]) -> tuple[list[dict], dict]:
     """The `cfg.label_selection_ratio` share of `rows` whose answers the teacher (an HF model) is surest of: the mean
     log-probability of the answer's tokens, teacher-forced (ties go to the earlier input), in their order, each with
@@ -66,7 +71,7 @@ def keep_surest(cfg, teacher, tokenizer, rows: list[dict]) -> tuple[list[dict], 
     pairs = [(task_prompt(tokenizer, r["input"], cfg.prompt_template), r["completion"]) for r in rows]
     confidence = map_across_processes(lambda shard: answer_confidence(
         teacher, tokenizer, [p for p, _ in shard], [c for _, c in shard], batch_size=cfg.filter_batch_size), pairs)
-    keep = max(1, math.ceil(cfg.label_selection_ratio * len(rows)))
+    keep = surest_count(cfg.label_selection_ratio, len(rows))
     chosen = sorted(sorted(range(len(rows)), key=lambda i: -confidence[i])[:keep])
     finite = [c for c in confidence if math.isfinite(c)]
     counts = {"selection_ratio": cfg.label_selection_ratio, "selected": keep, "dropped_unsure": len(rows) - keep,
