@@ -54,6 +54,7 @@ def _parser_class():
         """
 
         def __init__(self, dataclass_types, **kwargs):
+            kwargs.setdefault("formatter_class", _help_formatter())
             super().__init__(dataclass_types, **kwargs)
             import dataclasses
             from typing import get_type_hints
@@ -117,6 +118,20 @@ def _parser_class():
             raise ConfigError(f"{message} (`peft-transfer run --help` lists every setting).")
 
     return TransferParser
+
+
+def _help_formatter():
+    import argparse
+    import re
+
+    class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+        """`HfArgumentParser`'s formatter, with a literal `%` in a help text ("80% of num_samples") kept as it is:
+        argparse formats every help text with `%`, and a lone one would end `--help` in a `TypeError`."""
+
+        def _get_help_string(self, action):
+            return re.sub(r"%(?![(%])", "%%", super()._get_help_string(action))
+
+    return HelpFormatter
 
 
 def _copy_field(f, type_):

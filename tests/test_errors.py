@@ -183,3 +183,14 @@ def test_only_the_main_process_prints(capsys, monkeypatch):
     monkeypatch.setenv("RANK", "0")
     assert main(["demo-tiny", "--num_sampels", "40"]) == 2
     assert capsys.readouterr().err.startswith("error: Unknown setting '--num_sampels'")
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["demo", "-h"]])
+def test_help_lists_every_setting(argv, capsys):
+    # Help texts carry literal `%` signs ("80% of num_samples"), which argparse would take for a format.
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    assert stopped.value.code == 0
+    out = capsys.readouterr().out
+    assert "--candidate_budget" in out and "80% of num_samples" in out
+    assert "--learning_rate" in out  # the training group
