@@ -205,6 +205,12 @@ class TransferConfig:
                           "log-probability of its answer tokens); the rest are dropped before distillation. 1: all "
                           "(the paper's)."},
     )
+    label_selection_strata: int = field(
+        default=1,
+        metadata={"help": "With label_selection_ratio < 1: split the labelled inputs by length (characters) into this "
+                          "many equal groups and keep the surest share within each, so that the kept inputs keep the "
+                          "lengths of the accepted ones. 1: one ranking over all."},
+    )
     answer_stop: str | None = field(default="\n", metadata={"help": "Answers are cut at this string (None: keep all)."})
 
     # Distillation (the target_adapter stage) and the other trainings
@@ -354,6 +360,8 @@ class TransferConfig:
                             f"(got {self.discriminator_format_negatives}).")
         if not 0.0 < self.token_selection_ratio <= 1.0:
             problems.append(f"token_selection_ratio must lie in (0, 1] (got {self.token_selection_ratio}).")
+        if self.label_selection_strata < 1:
+            problems.append(f"label_selection_strata must be at least 1 (got {self.label_selection_strata}).")
         if not 0.0 < self.label_selection_ratio <= 1.0:
             problems.append(f"label_selection_ratio must lie in (0, 1] (got {self.label_selection_ratio}).")
         if self.temperature <= 0 or self.kd_temperature <= 0:

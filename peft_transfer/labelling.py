@@ -60,10 +60,37 @@ def surest_count(ratio: float, n: int) -> int:
     return max(1, math.ceil(ratio * n))
 
 
+def surest_indices(confidence: list[float], keep: int, *, lengths: list[int] | None = None, strata: int = 1) -> list[int]:
+    """The indices (in order) of the `keep` most confident of `confidence` (ties go to the earlier one).
+
+    With `strata` > 1 the inputs are first split by `lengths` into that many groups of (nearly) equal size, shortest
+    first, and each group keeps its share of `keep` (largest remainder): the kept inputs then have the lengths of all
+    of them. Without it, a teacher that is surer of short inputs (a shorter answer has fewer tokens to doubt) keeps
+    mostly short ones, and the student never sees the long ones the task also has.
+    """
+    n = len(confidence)
+    if strata <= 1 or n == 0:
+        return sorted(sorted(range(n), key=lambda i: -confidence[i])[:keep])
+    if lengths is None or len(lengths) != n:
+        raise ValueError("surest_indices needs one length per input to stratify by length.")
+    order = sorted(range(n), key=lambda i: (lengths[i], i))
+    groups = [order[round(g * n / strata):round((g + 1) * n / strata)] for g in range(strata)]
+    shares = [keep * len(group) / n for group in groups]
+    quotas = [math.floor(share) for share in shares]
+    for g in sorted(range(strata), key=lambda g: (quotas[g] - shares[g], g))[:keep - sum(quotas)]:
+        quotas[g] += 1
+    chosen = []
+    for group, quota in zip(groups, quotas):
+        chosen += sorted(group, key=lambda i: -confidence[i])[:quota]  # a group is in index order within a length
+    return sorted(chosen)
+
+
 def keep_surest(cfg, teacher, tokenizer, rows: list[dict]) -> tuple[list[dict], dict]:
     """The `cfg.label_selection_ratio` share of `rows` whose answers the teacher (an HF model) is surest of: the mean
     log-probability of the answer's tokens, teacher-forced (ties go to the earlier input), in their order, each with
-    its `confidence`; and the counts for `label_stats.json`. Every row, and no counts, at a ratio of 1."""
+    its `confidence`; and the counts for `label_stats.json`. Every row, and no counts, at a ratio of 1. With
+    `cfg.label_selection_strata` > 1 the share is kept within each group of inputs of like length
+    (`surest_indices`)."""
     from .selection import answer_confidence
 
     if cfg.label_selection_ratio >= 1 or not rows:
@@ -72,9 +99,11 @@ def keep_surest(cfg, teacher, tokenizer, rows: list[dict]) -> tuple[list[dict], 
     confidence = map_across_processes(lambda shard: answer_confidence(
         teacher, tokenizer, [p for p, _ in shard], [c for _, c in shard], batch_size=cfg.filter_batch_size), pairs)
     keep = surest_count(cfg.label_selection_ratio, len(rows))
-    chosen = sorted(sorted(range(len(rows)), key=lambda i: -confidence[i])[:keep])
+    strata = cfg.label_selection_strata
+    chosen = surest_indices(confidence, keep, lengths=[len(r["input"]) for r in rows], strata=strata)
     finite = [c for c in confidence if math.isfinite(c)]
     counts = {"selection_ratio": cfg.label_selection_ratio, "selected": keep, "dropped_unsure": len(rows) - keep,
+              **({"strata": strata} if strata > 1 else {}),
               "confidence_threshold": min(confidence[i] for i in chosen),
               "mean_confidence": sum(finite) / len(finite) if finite else None}
     return [dict(rows[i], confidence=confidence[i]) for i in chosen], counts

@@ -107,6 +107,7 @@ class SynthesisSettings:
     label_temperature: float
     label_min_agreement: float
     label_selection_ratio: float
+    label_selection_strata: int
     answer_stop: str | None
     seed: int
     max_length: int

@@ -45,7 +45,8 @@ def test_one_vote_is_the_papers_single_answer(config_only, monkeypatch):
 
 @pytest.mark.parametrize("overrides", [dict(label_votes=0), dict(label_votes=3, label_temperature=0.0),
                                        dict(label_votes=3, label_min_agreement=1.5), dict(label_min_agreement=0.5),
-                                       dict(label_selection_ratio=0.0), dict(label_selection_ratio=1.5)])
+                                       dict(label_selection_ratio=0.0), dict(label_selection_ratio=1.5),
+                                       dict(label_selection_strata=0)])
 def test_vote_settings_are_checked(config_only, overrides):
     with pytest.raises(ConfigError):
         config_only(**overrides)
@@ -104,3 +105,41 @@ def test_labels_stage_keeps_the_inputs_the_teacher_is_surest_of(make_config, run
         Transfer(cfg, show_progress=False).report())
     # Part of the labels' fingerprint: another share is other labels.
     assert read_json(dirs.stage_record("labels"))["settings"]["label_selection_ratio"] == 0.5
+
+
+def test_surest_indices_keep_each_length_groups_share():
+    from peft_transfer.labelling import surest_indices
+
+    # Ten inputs; the teacher is surer the shorter the input, as it is of short word lists.
+    lengths = [30, 10, 50, 20, 40, 35, 15, 45, 25, 5]
+    confidence = [-length / 10 for length in lengths]
+    assert surest_indices(confidence, 4) == [1, 3, 6, 9]  # one ranking: the four shortest
+    assert surest_indices(confidence, 4, lengths=lengths, strata=1) == [1, 3, 6, 9]
+    # Two groups by length (5, 10, 15, 20, 25 | 30, 35, 40, 45, 50): the surer (shorter) two of each.
+    assert surest_indices(confidence, 4, lengths=lengths, strata=2) == [0, 1, 5, 9]
+    # Quotas by largest remainder add up to `keep`; a share is kept within each group whatever the confidence.
+    confidence = [0.0, -1.0, -2.0, -3.0, -4.0, -5.0, -6.0, -7.0, -8.0, -9.0]
+    chosen = surest_indices(confidence, 5, lengths=lengths, strata=3)
+    assert len(chosen) == 5 and chosen == sorted(chosen)
+    groups = [[9, 1, 6], [3, 8, 0, 5], [4, 7, 2]]  # by length: 5 10 15 | 20 25 30 35 | 40 45 50
+    assert [len(set(g) & set(chosen)) for g in groups] == [2, 2, 1]
+    assert set(chosen) == {1, 6, 0, 3, 2}
+    # Equal lengths: groups in input order.
+    assert surest_indices([-1.0, 0.0, -1.0, 0.0], 2, lengths=[7] * 4, strata=2) == [1, 3]
+    with pytest.raises(ValueError, match="one length per input"):
+        surest_indices([0.0, 1.0], 1, strata=2)
+
+
+def test_labels_stage_keeps_the_surer_share_within_each_length_group(make_config, run_dir):
+    from datasets import load_from_disk
+
+    cfg = make_config(output_dir=str(run_dir), eval_file=None, label_selection_ratio=0.5, label_selection_strata=2)
+    Transfer(cfg, show_progress=False).run(stages=("synthesis", "labels"))
+    dirs = RunDir(str(run_dir))
+    stats, kept = read_json(dirs.label_stats), load_from_disk(dirs.labels)
+    accepted = load_from_disk(dirs.accepted)["input"]
+    assert stats["strata"] == 2 and stats["selected"] == len(kept) == 6
+    by_length = sorted(range(len(accepted)), key=lambda i: (len(accepted[i]), i))
+    shorter = {accepted[i] for i in by_length[:6]}
+    assert sum(x in shorter for x in kept["input"]) == 3
+    assert read_json(dirs.stage_record("labels"))["settings"]["label_selection_strata"] == 2

@@ -107,7 +107,8 @@ STAGES: tuple[Stage, ...] = (
           settings=lambda c: ("source_model", "prompt_template", "label_max_new_tokens", "label_do_sample",
                               "answer_stop", "generation_batch_size", *_SEED, *_backend(c))
           + (("label_votes", "label_temperature", "label_min_agreement") if c.label_votes > 1 else ())
-          + (("label_selection_ratio",) if c.label_selection_ratio < 1 else ()),
+          + (("label_selection_ratio",) if c.label_selection_ratio < 1 else ())
+          + (("label_selection_strata",) if c.label_selection_ratio < 1 and c.label_selection_strata > 1 else ()),
           bases=lambda c: {c.source_model},
           on_change="stop", summary=labels.summary),
     Stage("target_adapter", target_adapter.body,
