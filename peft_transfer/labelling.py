@@ -60,7 +60,8 @@ def surest_count(ratio: float, n: int) -> int:
     return max(1, math.ceil(ratio * n))
 
 
-def surest_indices(confidence: list[float], keep: int, *, lengths: list[int] | None = None, strata: int = 1) -> list[int]:
+def surest_indices(confidence: list[float], keep: int, *, lengths: list[int] | None = None,
+                   strata: int = 1) -> list[int]:
     """The indices (in order) of the `keep` most confident of `confidence` (ties go to the earlier one).
 
     With `strata` > 1 the inputs are first split by `lengths` into that many groups of (nearly) equal size, shortest
