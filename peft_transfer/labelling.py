@@ -64,25 +64,30 @@ def surest_indices(confidence: list[float], keep: int, *, lengths: list[int] | N
                    strata: int = 1) -> list[int]:
     """The indices (in order) of the `keep` most confident of `confidence` (ties go to the earlier one).
 
-    With `strata` > 1 the inputs are first split by `lengths` into that many groups of (nearly) equal size, shortest
-    first, and each group keeps its share of `keep` (largest remainder): the kept inputs then have the lengths of all
-    of them. Without it, a teacher that is surer of short inputs (a shorter answer has fewer tokens to doubt) keeps
-    mostly short ones, and the student never sees the long ones the task also has.
+    With `strata` > 1 the inputs are first split by `lengths` into that many groups, shortest first, at the
+    quantiles of the lengths (inputs of one length stay in one group: with a single length there is one group, and
+    the selection is the one ranking's), and each group keeps its share of `keep` (largest remainder): the kept
+    inputs then have the lengths of all of them. Without it, a teacher that is surer of short inputs (a shorter
+    answer has fewer tokens to doubt) keeps mostly short ones, and the student never sees the long ones the task also
+    has.
     """
     n = len(confidence)
     if strata <= 1 or n == 0:
         return sorted(sorted(range(n), key=lambda i: -confidence[i])[:keep])
     if lengths is None or len(lengths) != n:
         raise ValueError("surest_indices needs one length per input to stratify by length.")
-    order = sorted(range(n), key=lambda i: (lengths[i], i))
-    groups = [order[round(g * n / strata):round((g + 1) * n / strata)] for g in range(strata)]
+    shorter = {length: i for i, length in reversed(list(enumerate(sorted(lengths))))}  # inputs shorter than it
+    groups = [[] for _ in range(strata)]
+    for i in range(n):  # in index order within a group
+        groups[min(strata - 1, shorter[lengths[i]] * strata // n)].append(i)
+    groups = [group for group in groups if group]
     shares = [keep * len(group) / n for group in groups]
     quotas = [math.floor(share) for share in shares]
-    for g in sorted(range(strata), key=lambda g: (quotas[g] - shares[g], g))[:keep - sum(quotas)]:
+    for g in sorted(range(len(groups)), key=lambda g: (quotas[g] - shares[g], g))[:keep - sum(quotas)]:
         quotas[g] += 1
     chosen = []
     for group, quota in zip(groups, quotas):
-        chosen += sorted(group, key=lambda i: -confidence[i])[:quota]  # a group is in index order within a length
+        chosen += sorted(group, key=lambda i: -confidence[i])[:quota]
     return sorted(chosen)
 
 

@@ -121,11 +121,14 @@ def test_surest_indices_keep_each_length_groups_share():
     confidence = [0.0, -1.0, -2.0, -3.0, -4.0, -5.0, -6.0, -7.0, -8.0, -9.0]
     chosen = surest_indices(confidence, 5, lengths=lengths, strata=3)
     assert len(chosen) == 5 and chosen == sorted(chosen)
-    groups = [[9, 1, 6], [3, 8, 0, 5], [4, 7, 2]]  # by length: 5 10 15 | 20 25 30 35 | 40 45 50
+    groups = [[9, 1, 6, 3], [8, 0, 5], [4, 7, 2]]  # at the length quantiles: 5 10 15 20 | 25 30 35 | 40 45 50
     assert [len(set(g) & set(chosen)) for g in groups] == [2, 2, 1]
-    assert set(chosen) == {1, 6, 0, 3, 2}
-    # Equal lengths: groups in input order.
-    assert surest_indices([-1.0, 0.0, -1.0, 0.0], 2, lengths=[7] * 4, strata=2) == [1, 3]
+    assert chosen == [0, 1, 2, 3, 5]
+    # Inputs of one length stay together: with a single length the selection is the one ranking's.
+    confidence = [-3.0, 0.0, -1.0, -2.0, 0.5, -0.5]
+    assert surest_indices(confidence, 3, lengths=[7] * 6, strata=4) == surest_indices(confidence, 3) == [1, 4, 5]
+    # Lengths 1 1 1 1 2 2 into two groups: [0..3] (length 1) and [4, 5]; shares 2 and 1.
+    assert surest_indices(confidence, 3, lengths=[1, 1, 1, 1, 2, 2], strata=2) == [1, 2, 4]
     with pytest.raises(ValueError, match="one length per input"):
         surest_indices([0.0, 1.0], 1, strata=2)
 
