@@ -124,5 +124,6 @@ def describe_votes(stats: dict) -> str:
                 f"{stats['unanimous']:.1%}, dropped {stats['dropped']} of {stats['labelled']}")
     if "selected" in stats:
         text += (f"; the surest {stats['selected']} kept ({stats['selection_ratio']:.0%}, "
-                 f"{stats['dropped_unsure']} dropped)")
+                 f"{stats['dropped_unsure']} dropped"
+                 + (f", a share in each of {stats['strata']} groups by length" if stats.get("strata") else "") + ")")
     return text

@@ -146,3 +146,7 @@ def test_labels_stage_keeps_the_surer_share_within_each_length_group(make_config
     shorter = {accepted[i] for i in by_length[:6]}
     assert sum(x in shorter for x in kept["input"]) == 3
     assert read_json(dirs.stage_record("labels"))["settings"]["label_selection_strata"] == 2
+    from peft_transfer.evaluation import format_report
+
+    assert "the surest 6 kept (50%, 6 dropped, a share in each of 2 groups by length)" in format_report(
+        Transfer(cfg, show_progress=False).report())
