@@ -105,7 +105,7 @@ IMPROVEMENTS = {
                                        candidate_budget=24000, label_selection_ratio=0.5), (), "all-linear+n-scaling"),
     # The default's surer half kept within each quarter of the inputs by length (`label_selection_strata` 4), on its
     # inputs: a teacher surer of short inputs otherwise keeps mostly short ones (word_sorting's kept lists: 53 of
-    # 1,000 with 6 words or more, against 397 of the 2,000 accepted and half the real ones).
+    # 1,000 of 6 or 7 words, against 397 of the 2,000 accepted and half the real ones).
     "length-strata": (dict(lora_target_modules=["all-linear"], num_samples=2000, num_train_epochs=3,
                            candidate_budget=24000, label_selection_ratio=0.5, label_selection_strata=4),
                       ("synthesis",), "label-selection+n-scaling"),
