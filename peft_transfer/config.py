@@ -207,9 +207,10 @@ class TransferConfig:
     )
     label_selection_strata: int = field(
         default=1,
-        metadata={"help": "With label_selection_ratio < 1: split the labelled inputs by length (characters) into this "
-                          "many equal groups and keep the surest share within each, so that the kept inputs keep the "
-                          "lengths of the accepted ones. 1: one ranking over all."},
+        metadata={"help": "With label_selection_ratio < 1: cut the labelled inputs into this many groups at the "
+                          "quantiles of their length (characters; inputs of one length stay together) and keep the "
+                          "surest share within each, so that the kept inputs keep the lengths of the accepted ones. "
+                          "1: one ranking over all."},
     )
     answer_stop: str | None = field(default="\n", metadata={"help": "Answers are cut at this string (None: keep all)."})
 

@@ -3,6 +3,7 @@ answers it agrees on, or is surest of, kept when asked."""
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import Counter
 
@@ -76,10 +77,10 @@ def surest_indices(confidence: list[float], keep: int, *, lengths: list[int] | N
         return sorted(sorted(range(n), key=lambda i: -confidence[i])[:keep])
     if lengths is None or len(lengths) != n:
         raise ValueError("surest_indices needs one length per input to stratify by length.")
-    shorter = {length: i for i, length in reversed(list(enumerate(sorted(lengths))))}  # inputs shorter than it
+    ordered = sorted(lengths)
     groups = [[] for _ in range(strata)]
-    for i in range(n):  # in index order within a group
-        groups[min(strata - 1, shorter[lengths[i]] * strata // n)].append(i)
+    for i in range(n):  # in index order within a group; the group from the number of inputs shorter than this one
+        groups[min(strata - 1, bisect.bisect_left(ordered, lengths[i]) * strata // n)].append(i)
     groups = [group for group in groups if group]
     shares = [keep * len(group) / n for group in groups]
     quotas = [math.floor(share) for share in shares]
