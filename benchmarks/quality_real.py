@@ -714,9 +714,10 @@ def _label_quality(task: str, row_dir: str) -> dict:
 
 def _labels_correct_by_score(inputs, answers, labels, candidates) -> dict | None:
     """The share of right labels among the in-format inputs whose filter score is at or above the median score of
-    the labelled inputs (`upper`) and below it (`lower`), with how many in-format inputs each half holds."""
+    the labelled inputs (`upper`) and below it (`lower`), with how many in-format inputs each half holds. None for an
+    unfiltered row (its candidates have no score)."""
     score = dict(zip(candidates["input"], candidates["score"]))
-    scored = [(score[x], a, y) for x, a, y in zip(inputs, answers, labels) if x in score]
+    scored = [(score[x], a, y) for x, a, y in zip(inputs, answers, labels) if score.get(x) is not None]
     if len(scored) < 2:
         return None
     median = sorted(s for s, _, _ in scored)[len(scored) // 2]

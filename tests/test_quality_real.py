@@ -365,3 +365,14 @@ def test_label_confidence_counts_right_labels_by_the_teachers_confidence():
     assert out["excess"]["roc_auc"] == pytest.approx(1 - 8.5 / 9)
     table = lc.markdown({"addition/all-linear+n-scaling-smollm2-gemma3": out})
     assert "| addition | all-linear+n-scaling-smollm2-gemma3 | 6 of 8 | 50.0% | 0.944 | 66.7% | 100.0% |" in table
+
+
+def test_labels_right_by_filter_score_splits_at_the_median_and_skips_unfiltered_rows():
+    inputs, answers, labels = ["a", "b", "c", "d"], ["1", "2", None, "4"], [" 1", "0", "3", "4"]
+    scored = {"input": inputs, "score": [0.1, 0.9, 0.5, 0.7]}
+    split = quality_real._labels_correct_by_score(inputs, answers, labels, scored)
+    # median of 0.1 0.5 0.7 0.9 is 0.7: upper b (wrong), d (right); lower a (right), c (not in format)
+    assert split == {"upper": 0.5, "upper_n": 2, "lower": 1.0, "lower_n": 1}
+    # An unfiltered row (TiTok's curriculum, `filter_mode: none`) has no scores: nothing to split.
+    unfiltered = {"input": inputs, "score": [None] * 4}
+    assert quality_real._labels_correct_by_score(inputs, answers, labels, unfiltered) is None
