@@ -73,16 +73,16 @@ def surest_indices(confidence: list[float], keep: int, *, lengths: list[int] | N
     has.
     """
     n = len(confidence)
-    if strata <= 1 or n == 0:
-        return sorted(sorted(range(n), key=lambda i: -confidence[i])[:keep])
-    if lengths is None or len(lengths) != n:
-        raise ValueError("surest_indices needs one length per input to stratify by length.")
-    ordered = sorted(lengths)
-    groups = [[] for _ in range(strata)]
-    for i in range(n):  # in index order within a group; the group from the number of inputs shorter than this one
-        groups[min(strata - 1, bisect.bisect_left(ordered, lengths[i]) * strata // n)].append(i)
-    groups = [group for group in groups if group]
-    shares = [keep * len(group) / n for group in groups]
+    groups = [list(range(n))]
+    if strata > 1 and n:
+        if lengths is None or len(lengths) != n:
+            raise ValueError("surest_indices needs one length per input to stratify by length.")
+        ordered = sorted(lengths)
+        groups = [[] for _ in range(strata)]
+        for i in range(n):  # in index order within a group; the group from the number of inputs shorter than it
+            groups[min(strata - 1, bisect.bisect_left(ordered, lengths[i]) * strata // n)].append(i)
+        groups = [group for group in groups if group]
+    shares = [keep * len(group) / max(n, 1) for group in groups]
     quotas = [math.floor(share) for share in shares]
     for g in sorted(range(len(groups)), key=lambda g: (quotas[g] - shares[g], g))[:keep - sum(quotas)]:
         quotas[g] += 1
