@@ -1,16 +1,23 @@
 """Does the teacher know when its label is right? For the labelled synthetic inputs of a real-model row, the
 teacher's confidence in each answer (`selection.answer_confidence`: the mean log-probability of its tokens, the
 signal of `label_selection_ratio`) and its mean contrastive excess over the source base (TiTok's signal), against
-whether the answer is right by the task's solver.
+whether the answer is right by the task's solver. Beside the mean, two other readings of the same token
+log-probabilities: the lowest one (`min`: an answer is as sure as its least sure token) and their sum (`sum`: the
+log-probability of the whole answer, which favours short ones).
 
     python benchmarks/label_confidence.py runs/quality-real-addition/addition/all-linear+n-scaling-smollm2-gemma3 \
         runs/quality-real-b/word_sorting/all-linear+n-scaling-smollm2-gemma3 --out benchmarks/results/quality-real
+    python benchmarks/label_confidence.py --accepted \
+        runs/quality-real-d/addition/label-selection+n-scaling-smollm2-gemma3 --out benchmarks/results/quality-real
 
 Each argument is a row of `benchmarks/quality_real.py` whose labels are done; the teacher is the source base with
 the adapter of the task's owner row (`../owner-<source>/source_adapter`). Only inputs in the task's format count
 (the solver answers them). Per row: how many labels are right, the ROC-AUC of each signal for telling right from
-wrong, and the share right in the surer half and the surest quarter by it. Writes `label_confidence.json` and
-`label_confidence.md` under `--out` (rows already there are kept unless measured again).
+wrong, and the share right in the surer half and the surest quarter by it. With `--accepted` the teacher labels
+again every accepted input of the row's synthesis (greedy, the row's settings) instead of reading the row's
+labels: for a row that kept only its surest labels (`label_selection_ratio` < 1), the set that selection chose
+from. Writes `label_confidence.json` and `label_confidence.md` under `--out` (rows already there are kept unless
+measured again).
 """
 
 from __future__ import annotations
@@ -61,21 +68,30 @@ def owner_adapter(row: Path) -> tuple[str, str, Path] | None:
     return pair, source, row.parent / f"owner-{source}" / "source_adapter"
 
 
-def measure(row: Path) -> dict:
+def measure(row: Path, *, accepted: bool = False) -> dict:
+    from types import SimpleNamespace
+
     from datasets import load_from_disk
 
     from benchmarks.quality_real import MODELS
     from benchmarks.real_tasks import solve
     from peft_transfer.data import task_prompt
+    from peft_transfer.labelling import label
     from peft_transfer.modeling import load_adapter, load_base, load_tokenizer
     from peft_transfer.selection import _completion_logprobs
 
     task, (pair, source, adapter) = row.parent.name, owner_adapter(row)
     cfg = json.loads((row / "config.json").read_text())
-    labels = load_from_disk(str(row / "labels"))
     ref = MODELS[source]
     tokenizer = load_tokenizer(ref)
     teacher = load_adapter(load_base(ref, dtype=cfg.get("dtype", "auto")), str(adapter), ref)
+    if accepted:
+        inputs = list(load_from_disk(str(row / "synthesis" / "accepted"))["input"])
+        labels = {k: [r[k] for r in label(SimpleNamespace(**cfg), teacher, tokenizer, inputs)]
+                  for k in ("input", "completion", "answer")}
+        labels["input"] = inputs
+    else:
+        labels = load_from_disk(str(row / "labels"))
     prompts = [task_prompt(tokenizer, x, cfg["prompt_template"]) for x in labels["input"]]
     completions = list(labels["completion"])
     # One pass with and without the adapter gives both: what `answer_confidence` and `token_excess` compute.
@@ -83,46 +99,57 @@ def measure(row: Path) -> dict:
     mean = lambda xs: sum(xs) / len(xs) if xs else float("-inf")  # noqa: E731
     confidence = [mean([a for *_, a, _ in row]) for row in tokens]
     excess = [mean([a - b for *_, a, b in row]) for row in tokens]
+    lowest = [min((a for *_, a, _ in row), default=float("-inf")) for row in tokens]
+    total = [sum(a for *_, a, _ in row) if row else float("-inf") for row in tokens]
     answers = [solve(task, x) for x in labels["input"]]
     keep = [i for i, a in enumerate(answers) if a is not None]
     right = [answers[i] == labels["answer"][i].strip() for i in keep]
+    signals = {"confidence": confidence, "excess": excess, "min": lowest, "sum": total}
     return {"task": task, "pair": pair, "teacher": f"{ref} + owner-{source}/source_adapter",
-            **summarise({"confidence": [confidence[i] for i in keep], "excess": [excess[i] for i in keep]},
-                        right, len(labels))}
+            "labelled": "every accepted input, again" if accepted else ROW_LABELS,
+            **summarise({k: [v[i] for i in keep] for k, v in signals.items()}, right, len(labels["input"]))}
+
+
+SIGNALS = ("confidence", "min", "sum", "excess")
+ROW_LABELS = "the row's labels"
 
 
 def markdown(results: dict) -> str:
-    lines = ["| task | row | labels in format | right | confidence: ROC-AUC | right in its surer half | "
-             "in its surest quarter | excess: ROC-AUC | right in its surer half |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    """One line per row and signal (the signals a row was measured with: older rows have confidence and excess)."""
+    lines = ["| task | row | labels | in format | right | signal | ROC-AUC | right in its surer half | "
+             "in its surest quarter |", "|---|---|---|---|---|---|---|---|---|"]
     pct = lambda x: "—" if x is None else f"{100 * x:.1f}%"  # noqa: E731
     auc = lambda x: "—" if x is None else f"{x:.3f}"  # noqa: E731
     for name, r in results.items():
-        task, row = name.split("/")
-        c, e = r["confidence"], r["excess"]
-        lines.append(f"| {task} | {row} | {r['n_in_format']} of {r['n_labels']} | {pct(r['right'])} | "
-                     f"{auc(c['roc_auc'])} | {pct(c['right_in_surer_half'])} | {pct(c['right_in_surest_quarter'])} | "
-                     f"{auc(e['roc_auc'])} | {pct(e['right_in_surer_half'])} |")
+        task, row = name.split("/", 1)
+        for signal in (s for s in SIGNALS if s in r):
+            m = r[signal]
+            lines.append(f"| {task} | {row} | {r.get('labelled', ROW_LABELS)} | {r['n_in_format']} of "
+                         f"{r['n_labels']} | {pct(r['right'])} | {signal} | {auc(m['roc_auc'])} | "
+                         f"{pct(m['right_in_surer_half'])} | {pct(m['right_in_surest_quarter'])} |")
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("rows", nargs="+", help="row folders of a quality_real run (<out>/<task>/<row>)")
+    parser.add_argument("--accepted", action="store_true",
+                        help="label every accepted input of each row's synthesis again instead of reading its labels")
     parser.add_argument("--out", required=True, help="folder for label_confidence.json and label_confidence.md")
     args = parser.parse_args(argv)
-    missing = [r for r in args.rows if not (Path(r) / "labels").is_dir() or not (Path(r) / "config.json").is_file()
+    needs = "synthesis/accepted" if args.accepted else "labels"
+    missing = [r for r in args.rows if not (Path(r) / needs).is_dir() or not (Path(r) / "config.json").is_file()
                or owner_adapter(Path(r)) is None or not owner_adapter(Path(r))[2].is_dir()]
     if missing:
-        parser.error(f"not a quality_real row with finished labels beside its owner row: {', '.join(missing)}")
+        parser.error(f"not a quality_real row with its {needs} beside its owner row: {', '.join(missing)}")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
     path = Path(args.out, "label_confidence.json")
     results = json.loads(path.read_text())["rows"] if path.exists() else {}
     for row in map(Path, args.rows):
-        name = f"{row.parent.name}/{row.name}"
+        name = f"{row.parent.name}/{row.name}" + (" (every accepted input)" if args.accepted else "")
         with torch.no_grad():
-            results[name] = measure(row)
-        print(markdown({name: results[name]}).splitlines()[-1], flush=True)
+            results[name] = measure(row, accepted=args.accepted)
+        print("\n".join(markdown({name: results[name]}).splitlines()[2:]), flush=True)
         os.makedirs(args.out, exist_ok=True)
         path.write_text(json.dumps({"rows": results}, indent=2) + "\n")
         Path(args.out, "label_confidence.md").write_text(markdown(results))

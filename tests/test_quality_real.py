@@ -364,7 +364,9 @@ def test_label_confidence_counts_right_labels_by_the_teachers_confidence():
     assert out["n_labels"] == 8 and out["n_in_format"] == 6 and out["right"] == 0.5
     assert out["excess"]["roc_auc"] == pytest.approx(1 - 8.5 / 9)
     table = lc.markdown({"addition/all-linear+n-scaling-smollm2-gemma3": out})
-    assert "| addition | all-linear+n-scaling-smollm2-gemma3 | 6 of 8 | 50.0% | 0.944 | 66.7% | 100.0% |" in table
+    assert ("| addition | all-linear+n-scaling-smollm2-gemma3 | the row's labels | 6 of 8 | 50.0% | confidence | 0.944 | "
+            "66.7% | 100.0% |") in table
+    assert "| excess | 0.056 | 0.0% | 0.0% |" in table and "| min |" not in table  # only the signals measured
 
 
 def test_labels_right_by_filter_score_splits_at_the_median_and_skips_unfiltered_rows():
