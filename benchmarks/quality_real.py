@@ -306,12 +306,36 @@ def run_task(task_dir: str, task_name: str, description: str, pairs: list[str], 
                 if not RunDir(owner_cfg.output_dir).finished("discriminator"):
                     continue
                 overrides = dict(overrides, discriminator_adapter=RunDir(owner_cfg.output_dir).discriminator)
+            if overrides.get("num_seeds", 0) > len(seeds):  # seeds-15: more seeds than the task keeps
+                overrides = dict(overrides, seed_file=more_seeds(data, overrides["num_seeds"]))
             cfg = config(f"{setting}-{pair}", **overrides)
             _reuse(cfg, paper, reused, made_by=f"the {base}-{pair} row (only {setting} differs)")
             run(f"{setting}-{pair}", cfg, pair=pair, setting=setting)
     with open(os.path.join(task_dir, "rows.json"), "w") as f:
         json.dump(rows, f, indent=1)
     return rows
+
+
+def more_seeds(data: str, n: int) -> str:
+    """`<data>/seeds-<n>.jsonl`: the task's seeds first, then train examples that are not seeds, drawn once with a
+    fixed generator, up to `n` (the seeds-15 row: what more real examples in the generation prompt buy). Written
+    once; its path."""
+    import random
+
+    from peft_transfer.data import load_examples
+
+    path = os.path.join(data, f"seeds-{n}.jsonl")
+    if not os.path.exists(path):
+        seeds = load_examples(os.path.join(data, "seeds.jsonl"), require_target=True, what="seed_file")
+        known = {s["input"] for s in seeds}
+        train = [e for e in load_examples(os.path.join(data, "train.jsonl"), require_target=True, what="train_file")
+                 if e["input"] not in known]
+        extra = random.Random(f"more-seeds:{n}").sample(train, max(0, min(n - len(seeds), len(train))))
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            for e in seeds + extra:
+                f.write(json.dumps({"input": e["input"], "target": e["target"]}, ensure_ascii=False) + "\n")
+        os.replace(path + ".tmp", path)
+    return path
 
 
 OWNER_STAGES = ("source_adapter", "discriminator")
@@ -548,7 +572,7 @@ def markdown(result: dict) -> str:
               "no filter, token selection); n-scaling: 1,000 accepted inputs at the paper row's number of training steps "
               "(1.5 epochs); more-steps: 12 epochs instead of 6 on the paper row's inputs and labels; all-linear: the "
               "new LoRA on every linear layer (r 8, alpha 8) on the same inputs and labels; seeds-15: 15 "
-              "seeds per generation prompt instead of 5; format-negatives: the filter's discriminator trained with half "
+              "seeds per generation prompt instead of 5 (the task's 5 and 10 more of its train examples); format-negatives: the filter's discriminator trained with half "
               "its negatives real inputs perturbed in format (truncated, shortened, shuffled, spliced, doubled); "
               "discriminator-all-linear: the filter's discriminator a LoRA on every linear layer instead of q/v, a "
               "synthesis of its own; all-linear+more-steps: both on the translora row's inputs and labels; "

@@ -1,6 +1,7 @@
 """benchmarks/quality_real.py and benchmarks/real_tasks.py: the tasks, the Wilson interval, and the tables and claims
 on hand-made rows (the real-model run itself takes hours and is not a test)."""
 
+import json
 import os
 import re
 
@@ -378,3 +379,22 @@ def test_labels_right_by_filter_score_splits_at_the_median_and_skips_unfiltered_
     # An unfiltered row (TiTok's curriculum, `filter_mode: none`) has no scores: nothing to split.
     unfiltered = {"input": inputs, "score": [None] * 4}
     assert quality_real._labels_correct_by_score(inputs, answers, labels, unfiltered) is None
+
+
+def test_more_seeds_keeps_the_tasks_seeds_first_and_adds_other_train_examples(tmp_path):
+    """The seeds-15 row: the task keeps 5 seeds, so 15 per prompt needs a file of 15 (the 5 first, then train
+    examples that are not seeds, the same ones on every call); `load_seeds` would refuse the 5-seed file."""
+    from peft_transfer.data import load_seeds
+
+    train = [{"input": f"q{i}", "target": str(i)} for i in range(40)]
+    seeds = [train[i] for i in (3, 7, 11, 20, 33)]
+    for name, rows in (("train", train), ("seeds", seeds)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(Exception, match="num_seeds=15"):
+        load_seeds(str(tmp_path / "seeds.jsonl"), 15)
+    path = quality_real.more_seeds(str(tmp_path), 15)
+    got = load_seeds(path, 15)
+    assert got[:5] == [s["input"] for s in seeds] and len(set(got)) == 15
+    assert set(got) <= {t["input"] for t in train}
+    (tmp_path / "seeds-15.jsonl").unlink()
+    assert load_seeds(quality_real.more_seeds(str(tmp_path), 15), 15) == got  # drawn the same way again
