@@ -308,6 +308,13 @@ class TransferConfig:
         default=False,
         metadata={"help": "Redo every stage (the synthesis progress file included) instead of resuming or reusing."},
     )
+    reuse_stages_from: str | None = field(
+        default=None,
+        metadata={"help": "An earlier run directory: each of its finished stages that this run would make the same "
+                          "(equal fingerprints: the same settings, inputs and earlier stages) is copied here instead "
+                          "of made again, e.g. a new output_dir with another label_selection_ratio keeps that run's "
+                          "synthesis; the log says why each other stage is made here."},
+    )
     save_steps: float = field(
         default=0.1,
         metadata={"help": "Checkpoint each training every N optimizer steps (below 1: that fraction of its steps), so "

@@ -79,6 +79,8 @@ class Transfer:
         chosen = [stage(name) for name in (stages or STAGE_NAMES)]
         todo = [s for s in chosen if s.needed(cfg)]
         preflight.check(self, todo)  # files, seeds, adapters, tokenizers: before any work
+        if cfg.reuse_stages_from:
+            self.reuse_stages(cfg.reuse_stages_from, todo)
         plan = self.plan(todo)  # raises SettingsChangedError before any work
         if is_main_process():
             write_json(self.dirs.config, cfg.to_dict())
@@ -146,7 +148,8 @@ class Transfer:
                 f"{cfg.output_dir} holds stages made with other settings than these:\n  "
                 + "\n  ".join(conflicts)
                 + "\nFinished data stages are never redone silently. Run the same command with `--overwrite true` "
-                "to redo the whole run there, or give another `--output_dir` to keep this one"
+                "to redo the whole run there, or give another `--output_dir` to keep this one (with "
+                f"`--reuse_stages_from {cfg.output_dir}` it copies the stages these settings would make the same)"
                 + (f" (stages that would run anyway: {', '.join(redo)})." if redo else ".")
             )
         return plan
@@ -189,6 +192,32 @@ class Transfer:
             rss = f"peak RSS {info['peak_rss_gb']:.1f} GB" if info["peak_rss_gb"] is not None else ""
             logger.info("✓ %-15s %7.1f s  %-17s %s", s.name, info["seconds"], rss,
                         s.summary(dirs) if s.summary else "")
+
+    def reuse_stages(self, path: str, todo) -> list[str]:
+        """Copy here each stage of `todo` that this run has not finished and the run at `path` has, made the same
+        way (equal fingerprints: the same settings, inputs and earlier stages); its record keeps what made it and
+        says where it came from. A stage made otherwise there is made here, with a line that says why. Returns the
+        stages copied."""
+        src, records, copied = RunDir(path), self.records(), []
+        for s in todo:
+            if self.dirs.finished(s.name) or not src.finished(s.name):
+                continue
+            made = src.read_record(s.name)
+            changes = describe_changes(made, records[s.name])
+            if changes:
+                if is_main_process():
+                    logger.info("  %-15s not reused from %s: %s", s.name, path, "; ".join(changes))
+                continue
+            if is_main_process():
+                shutil.rmtree(self.dirs.incomplete(s.name), ignore_errors=True)
+                shutil.copytree(src.stage(s.name), self.dirs.incomplete(s.name))
+                origin = f"{os.path.abspath(path)} (same settings)"
+                self._finish(s.name, {**made, "provided": f"{made['provided']}, via {origin}"
+                                      if made.get("provided") else origin})
+                logger.info("  %-15s reused from %s, made there with these settings", s.name, path)
+            copied.append(s.name)
+        wait_for_everyone()
+        return copied
 
     def provide(self, name: str, write, *, made_by: str) -> None:
         """Put a stage's artifacts in place from elsewhere (an ablation's inputs, a subset of another run's).

@@ -27,10 +27,27 @@ def check_output_dir(path: str) -> None:
                              "to with `--output_dir`.") from None
 
 
+def check_reuse_source(path: str, output_dir: str) -> None:
+    """`reuse_stages_from` is another run directory with at least one finished stage."""
+    from .rundir import RunDir
+    from .stages import STAGE_NAMES
+
+    if os.path.abspath(path) == os.path.abspath(output_dir):
+        raise PreflightError(f"reuse_stages_from={path!r} is the output_dir itself: a run there already reuses what "
+                             "it made with the same settings. Leave reuse_stages_from unset.")
+    if not os.path.isdir(path):
+        raise PreflightError(f"reuse_stages_from={path!r} is not a folder: give the output_dir of an earlier run.")
+    if not any(RunDir(path).finished(name) for name in STAGE_NAMES):
+        raise PreflightError(f"reuse_stages_from={path!r} holds no finished stage ({', '.join(STAGE_NAMES)}): give "
+                             "the output_dir of an earlier run.")
+
+
 def check(run, todo) -> None:
     """Everything about the stages in `todo` that can be known before they start (see the module docstring)."""
     cfg = run.config
     names = {s.name for s in todo}
+    if cfg.reuse_stages_from:
+        check_reuse_source(cfg.reuse_stages_from, cfg.output_dir)
     from .tracking import check_integrations
 
     check_integrations(cfg.report_to)

@@ -132,6 +132,48 @@ def test_changed_seeds_stop_the_run(make_config, finished, tmp_path, no_model_lo
         _run(make_config(output_dir=str(finished), eval_file=None, seed_file=str(seeds)))
 
 
+# -- 3. another run's stages, where these settings would make them the same ---------------------------------------
+
+
+def test_reuse_stages_from_copies_the_stages_made_the_same_and_says_where_from(make_config, finished, tmp_path,
+                                                                                 no_model_loads, caplog):
+    import logging
+
+    # Another label selection: the data owner's adapters and the synthesis are made the same, the labels are not.
+    new = tmp_path / "new"
+    cfg = make_config(output_dir=str(new), eval_file=None, reuse_stages_from=str(finished), label_selection_ratio=0.5)
+    with caplog.at_level(logging.INFO, logger="peft_transfer"):
+        with pytest.raises(AssertionError, match="a base was loaded"):
+            _run(cfg)  # the labels need the teacher: the first model load is the first work done here
+    said = [r.getMessage() for r in caplog.records]
+    assert any("labels" in m and "not reused" in m and "label_selection_ratio '<unset>' -> 0.5" in m
+               for m in said), said
+    for name in ("source_adapter", "discriminator", "synthesis"):
+        record = json.loads((new / name / "stage.json").read_text())
+        assert record["fingerprint"] == json.loads((finished / name / "stage.json").read_text())["fingerprint"]
+        assert str(finished) in record["provided"]
+    assert (new / "synthesis" / "accepted").is_dir() and not (new / "labels").exists()
+    # The copies are this run's own now: the same command reuses them without `reuse_stages_from`.
+    report = _run(make_config(output_dir=str(new), eval_file=None, label_selection_ratio=0.5),
+                  stages=("source_adapter", "discriminator", "synthesis"))
+    assert report["made_by"]["synthesis"]["provided"].startswith(str(finished))
+
+
+def test_reuse_stages_from_must_be_another_run(make_config, finished, tmp_path, no_model_loads):
+    from peft_transfer.errors import PreflightError
+
+    for path, problem in ((tmp_path / "nowhere", "is not a folder"), (tmp_path, "holds no finished stage"),
+                          (finished, "is the output_dir itself")):
+        out = finished if path == finished else tmp_path / "new"
+        with pytest.raises(PreflightError, match=problem):
+            _run(make_config(output_dir=str(out), eval_file=None, reuse_stages_from=str(path)))
+
+
+def test_the_stop_on_a_changed_data_setting_names_reuse_stages_from(make_config, finished, no_model_loads):
+    with pytest.raises(SettingsChangedError, match=f"--reuse_stages_from {finished}"):
+        _run(make_config(output_dir=str(finished), eval_file=None, label_selection_ratio=0.5))
+
+
 # -- 1. the progress file is keyed by the settings -----------------------------------------------------------------
 
 
