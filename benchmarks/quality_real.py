@@ -72,6 +72,7 @@ MODELS = {
 PAIRS = {"smollm2-gemma3": ("smollm2", "gemma3"), "smollm2-qwen": ("smollm2", "qwen"),
          "qwen-smollm2": ("qwen", "smollm2")}
 ABLATIONS = ("translora", "unfiltered", "seeds-only", "random-text")  # paper Table 5 order
+DEFAULT = "label-selection+n-scaling"  # the row made with the library's defaults (claim (e))
 GAP_ROWS = ("real-inputs", "real-data")
 # Each change alone against the paper's method: its settings, the stages it reuses unchanged (the same synthetic
 # inputs, or the same inputs and labels) so that only the change differs, and, where not the translora row, the row
@@ -484,13 +485,22 @@ def tables(rows: list[dict]) -> dict:
                            for t in tasks} for pair in pairs}
     paired = {pair: {t: {s: get(t, f"{s}-{pair}", "paired") for s in IMPROVEMENTS if get(t, f"{s}-{pair}", "paired")}
                      for t in tasks} for pair in pairs}
+    # The library's default against its teacher and target base (the default row's own measurement of them), the
+    # paper's row and the TiTok-style row, on each task it has run on.
+    default = {pair: {t: {"default": get(t, f"{DEFAULT}-{pair}", "transferred"),
+                          "source_lora": get(t, f"{DEFAULT}-{pair}", "source_adapter"),
+                          "target_base": get(t, f"{DEFAULT}-{pair}", "target_base"),
+                          "translora": get(t, f"translora-{pair}", "transferred"),
+                          "titok": get(t, f"titok-{pair}", "transferred")}
+                      for t in tasks if get(t, f"{DEFAULT}-{pair}", "transferred") is not None} for pair in pairs}
     return {"tasks": tasks, "pairs": pairs, "table1": table1, "table5": table5, "table9": table9, "gap": gap,
-            "improvements": improvements, "paired": paired}
+            "improvements": improvements, "paired": paired, "default": default}
 
 
 def claims(t: dict) -> dict:
     out = {"a_translora_ge_max_source_target_on_average": {}, "b_translora_ge_source_minus_2_points_every_task": {},
-           "c_filtered_above_ablations": {}, "d_mmd_accepted_below_unfiltered_every_task": {}}
+           "c_filtered_above_ablations": {}, "d_mmd_accepted_below_unfiltered_every_task": {},
+           "e_default_ge_max_source_target_and_above_translora_titok": {}}
     for pair, table in t["table1"].items():
         avg = table["average"]
         ok = None if None in avg.values() else avg["translora"] >= max(avg["source_lora"], avg["target_base"])
@@ -513,7 +523,38 @@ def claims(t: dict) -> dict:
             "holds": _on_every_task([v["accepted"] < v["unfiltered"] for v in measured.values()], len(per_task)),
             "tasks_lower": sum(v["accepted"] < v["unfiltered"] for v in measured.values()),
             "tasks_measured": len(measured), "tasks": len(per_task)}
+    for pair, per_task in t.get("default", {}).items():
+        avg = lambda key, among: _mean(per_task[x][key] for x in among)  # noqa: E731
+        known = [x for x, v in per_task.items() if None not in (v["source_lora"], v["target_base"])]
+        both = {k: [x for x in known if per_task[x][k] is not None] for k in ("translora", "titok")}
+        verdicts = {"teacher": None if not known else avg("default", known) >= max(avg("source_lora", known),
+                                                                                    avg("target_base", known)),
+                    **{k: None if not among else avg("default", among) > avg(k, among) for k, among in both.items()}}
+        out["e_default_ge_max_source_target_and_above_translora_titok"][pair] = {
+            "holds": None if None in verdicts.values() or len(known) < len(t["tasks"]) else all(verdicts.values()),
+            "verdicts": verdicts, "tasks": len(t["tasks"]), "tasks_with_default": len(known),
+            "average": {"default": avg("default", known), "source_lora": avg("source_lora", known),
+                        "target_base": avg("target_base", known)},
+            **{f"against_{k}": {"tasks": len(among), "default": avg("default", among), k: avg(k, among)}
+               for k, among in both.items()}}
     return out
+
+
+def claim_e_lines(c: dict) -> list[str]:
+    """Claim (e), per pair: the default at or above max(teacher, target base) on average, and above the paper's and
+    the TiTok-style rows on the tasks each has run on; it holds only once the default has run on every task."""
+    lines = []
+    for pair, v in c.get("e_default_ge_max_source_target_and_above_translora_titok", {}).items():
+        a, r, k = v["average"], v["against_translora"], v["against_titok"]
+        lines.append(
+            f"- (e) {pair}: the default ({DEFAULT}) {_pct(a['default'])} >= max(source+LoRA {_pct(a['source_lora'])}, "
+            f"target base {_pct(a['target_base'])}) on average over the {v['tasks_with_default']} of {v['tasks']} "
+            f"tasks it has run on ({_verdict(v['verdicts']['teacher'])}), above the paper's row on the "
+            f"{r['tasks']} of them it has ({_pct(r['default'])} against {_pct(r['translora'])}: "
+            f"{_verdict(v['verdicts']['translora'])}) and the TiTok-style row on its {k['tasks']} "
+            f"({_pct(k['default'])} against {_pct(k['titok'])}: {_verdict(v['verdicts']['titok'])}); on every task: "
+            f"{_verdict(v['holds'])}")
+    return lines
 
 
 def markdown(result: dict) -> str:
@@ -609,6 +650,7 @@ def markdown(result: dict) -> str:
     for pair, v in c["d_mmd_accepted_below_unfiltered_every_task"].items():
         lines.append(f"- (d) {pair}: MMD accepted < unfiltered on {v['tasks_lower']} of {v['tasks_measured']} "
                      f"measured ({v['tasks']} tasks): {_verdict(v['holds'])}")
+    lines += claim_e_lines(c)
     failed = [r for r in result["rows"] if "error" in r]
     if failed:
         lines += ["", "## Failed rows", ""] + [f"- {r['task']} / {r['row']}: {r['error']}" for r in failed]

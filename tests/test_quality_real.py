@@ -149,6 +149,33 @@ def test_tables_and_claims_on_hand_made_rows(tmp_path):
     assert result["tables"]["table1"]["smollm2-gemma3"]["per_task"]["t1"]["source_lora"] == 0.5
 
 
+def test_claim_e_sets_the_default_against_its_teacher_the_paper_and_titok_on_the_tasks_each_ran():
+    rows = _rows({"translora": 0.3}, tasks=("t1", "t2"))  # source 0.5, target 0.1 on both
+    add = lambda task, setting, x, **more: rows.append(  # noqa: E731
+        {"task": task, "row": f"{setting}-smollm2-gemma3", "pair": "smollm2-gemma3", "setting": setting,
+         "transferred": x, **more})
+    add("t1", quality_real.DEFAULT, 0.56, source_adapter=0.52, target_base=0.0)  # its own teacher: 0.52
+    add("t1", "titok", 0.1)
+    add("t2", "titok", None, error="SynthesisError: duplicates")
+    c = quality_real.claims(quality_real.tables(rows))["e_default_ge_max_source_target_and_above_translora_titok"]
+    e = c["smollm2-gemma3"]
+    assert e["tasks_with_default"] == 1 and e["tasks"] == 2
+    assert e["average"] == {"default": 0.56, "source_lora": 0.52, "target_base": 0.0}
+    assert e["verdicts"] == {"teacher": True, "translora": True, "titok": True}
+    assert e["against_titok"] == {"tasks": 1, "default": 0.56, "titok": 0.1}
+    assert e["holds"] is None  # not yet run on t2
+    add("t2", quality_real.DEFAULT, 0.40, source_adapter=0.50, target_base=0.1)
+    e = quality_real.claims(quality_real.tables(rows))["e_default_ge_max_source_target_and_above_translora_titok"]
+    e = e["smollm2-gemma3"]
+    assert e["average"]["default"] == pytest.approx(0.48) and e["average"]["source_lora"] == pytest.approx(0.51)
+    assert e["verdicts"]["teacher"] is False and e["holds"] is False
+    assert e["against_titok"]["tasks"] == 1  # the failed TiTok row has no number
+    text = quality_real.markdown({"tables": quality_real.tables(rows),
+                                  "claims": quality_real.claims(quality_real.tables(rows)), "rows": rows})
+    assert ("- (e) smollm2-gemma3: the default (label-selection+n-scaling) 48.0 >= max(source+LoRA 51.0, target base "
+            "5.0) on average over the 2 of 2 tasks it has run on (**fails**)") in text
+
+
 def test_gap_table_reads_the_diagnostic_rows():
     rows = _rows({"translora": 0.3}, tasks=("t1",))
     rows[0].update(in_format=0.9, labels_correct=0.6, agrees_with_teacher=0.4,
