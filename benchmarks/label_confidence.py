@@ -89,7 +89,6 @@ def measure(row: Path, *, accepted: bool = False) -> dict:
         inputs = list(load_from_disk(str(row / "synthesis" / "accepted"))["input"])
         labels = {k: [r[k] for r in label(SimpleNamespace(**cfg), teacher, tokenizer, inputs)]
                   for k in ("input", "completion", "answer")}
-        labels["input"] = inputs
     else:
         labels = load_from_disk(str(row / "labels"))
     prompts = [task_prompt(tokenizer, x, cfg["prompt_template"]) for x in labels["input"]]
