@@ -172,8 +172,8 @@ def test_claim_e_sets_the_default_against_its_teacher_the_paper_and_titok_on_the
     assert e["against_titok"]["tasks"] == 1  # the failed TiTok row has no number
     text = quality_real.markdown({"tables": quality_real.tables(rows),
                                   "claims": quality_real.claims(quality_real.tables(rows)), "rows": rows})
-    assert ("- (e) smollm2-gemma3: the default (label-selection+n-scaling) 48.0 >= max(source+LoRA 51.0, target base "
-            "5.0) on average over the 2 of 2 tasks it has run on (**fails**)") in text
+    assert ("- (e) smollm2-gemma3: the default's data settings (label-selection+n-scaling, 3 epochs) 48.0 >= "
+            "max(source+LoRA 51.0, target base 5.0) on average over the 2 of 2 tasks it has run on (**fails**)") in text
 
 
 def test_gap_table_reads_the_diagnostic_rows():
