@@ -556,8 +556,8 @@ def claim_e_lines(c: dict) -> list[str]:
         a, r, k = v["average"], v["against_translora"], v["against_titok"]
         lines.append(
             f"- (e) {pair}: the default's data settings ({DEFAULT}, 3 epochs) {_pct(a['default'])} >= max(source+LoRA "
-            f"{_pct(a['source_lora'])}, "
-            f"target base {_pct(a['target_base'])}) on average over the {v['tasks_with_default']} of {v['tasks']} "
+            f"{_pct(a['source_lora'])}, target base {_pct(a['target_base'])}) on average over the "
+            f"{v['tasks_with_default']} of {v['tasks']} "
             f"tasks it has run on ({_verdict(v['verdicts']['teacher'])}), above the paper's row on the "
             f"{r['tasks']} of them it has ({_pct(r['default'])} against {_pct(r['translora'])}: "
             f"{_verdict(v['verdicts']['translora'])}) and the TiTok-style row on its {k['tasks']} "
@@ -622,8 +622,8 @@ def markdown(result: dict) -> str:
               "no filter, token selection); n-scaling: 1,000 accepted inputs at the paper row's number of training steps "
               "(1.5 epochs); more-steps: 12 epochs instead of 6 on the paper row's inputs and labels; all-linear: the "
               "new LoRA on every linear layer (r 8, alpha 8) on the same inputs and labels; seeds-15: 15 "
-              "seeds per generation prompt instead of 5 (the task's 5 and 10 more of its train examples); format-negatives: the filter's discriminator trained with half "
-              "its negatives real inputs perturbed in format (truncated, shortened, shuffled, spliced, doubled); "
+              "seeds per generation prompt instead of 5 (the task's 5 and 10 more of its train examples); "
+              "format-negatives: the filter's discriminator trained with half its negatives real inputs perturbed in format (truncated, shortened, shuffled, spliced, doubled); "
               "discriminator-all-linear: the filter's discriminator a LoRA on every linear layer instead of q/v, a "
               "synthesis of its own; all-linear+more-steps: both on the translora row's inputs and labels; "
               "all-linear+n-scaling: 1,000 accepted inputs of its own at the steps of all-linear+more-steps (3 epochs), measured against that row; "
