@@ -92,19 +92,33 @@ def surest_indices(confidence: list[float], keep: int, *, lengths: list[int] | N
     return sorted(chosen)
 
 
-def keep_surest(cfg, teacher, tokenizer, rows: list[dict]) -> tuple[list[dict], dict]:
-    """The `cfg.label_selection_ratio` share of `rows` whose answers the teacher (an HF model) is surest of: the mean
-    log-probability of the answer's tokens, teacher-forced (ties go to the earlier input), in their order, each with
-    its `confidence`; and the counts for `label_stats.json`. Every row, and no counts, at a ratio of 1. With
-    `cfg.label_selection_strata` > 1 the share is kept within each group of inputs of like length
-    (`surest_indices`)."""
+def with_confidence(cfg, teacher, tokenizer, rows: list[dict]) -> list[dict]:
+    """`rows`, each with its `confidence`: the mean log-probability of its answer's tokens under the teacher (an HF
+    model), teacher-forced; rows that have one keep it (a stored labelling needs no teacher)."""
     from .selection import answer_confidence
 
-    if cfg.label_selection_ratio >= 1 or not rows:
-        return rows, {}
-    pairs = [(task_prompt(tokenizer, r["input"], cfg.prompt_template), r["completion"]) for r in rows]
+    missing = [i for i, r in enumerate(rows) if "confidence" not in r]
+    if not missing:
+        return rows
+    pairs = [(task_prompt(tokenizer, rows[i]["input"], cfg.prompt_template), rows[i]["completion"]) for i in missing]
     confidence = map_across_processes(lambda shard: answer_confidence(
         teacher, tokenizer, [p for p, _ in shard], [c for _, c in shard], batch_size=cfg.filter_batch_size), pairs)
+    rows = list(rows)
+    for i, c in zip(missing, confidence):
+        rows[i] = dict(rows[i], confidence=c)
+    return rows
+
+
+def keep_surest(cfg, teacher, tokenizer, rows: list[dict]) -> tuple[list[dict], dict]:
+    """The `cfg.label_selection_ratio` share of `rows` whose answers the teacher (an HF model) is surest of: the mean
+    log-probability of the answer's tokens, teacher-forced (ties go to the earlier input; `with_confidence`), in
+    their order, each with its `confidence`; and the counts for `label_stats.json`. Every row, and no counts, at a
+    ratio of 1. With `cfg.label_selection_strata` > 1 the share is kept within each group of inputs of like length
+    (`surest_indices`)."""
+    if cfg.label_selection_ratio >= 1 or not rows:
+        return rows, {}
+    rows = with_confidence(cfg, teacher, tokenizer, rows)
+    confidence = [r["confidence"] for r in rows]
     keep = surest_count(cfg.label_selection_ratio, len(rows))
     strata = cfg.label_selection_strata
     chosen = surest_indices(confidence, keep, lengths=[len(r["input"]) for r in rows], strata=strata)
@@ -113,7 +127,7 @@ def keep_surest(cfg, teacher, tokenizer, rows: list[dict]) -> tuple[list[dict], 
               **({"strata": strata} if strata > 1 else {}),
               "confidence_threshold": min(confidence[i] for i in chosen),
               "mean_confidence": sum(finite) / len(finite) if finite else None}
-    return [dict(rows[i], confidence=confidence[i]) for i in chosen], counts
+    return [rows[i] for i in chosen], counts
 
 
 def describe_votes(stats: dict) -> str:

@@ -9,7 +9,8 @@ the same command reuses the finished stages whose fingerprints match and goes on
 - the data owner's adapters (source adapter, discriminator) trained in the run are kept, as given adapters would
   be, with a warning that names the change (the later stages see them under their recorded fingerprints);
 - a data stage (synthesis, labels) is never redone silently: the run stops before any work with a message that
-  names the changed settings and the two ways out (`overwrite`, or another `output_dir`);
+  names the changed settings and the two ways out (`overwrite`, or another `output_dir`), but for a change of
+  the labels' selection alone (`Stage.selection`), made again from the teacher's stored answers;
 - the distillation and the evaluation are redone, with a line that says what changed.
 
 `overwrite=True` redoes every stage, the progress file included. The report and the lineage are written from the
@@ -35,7 +36,7 @@ from .distributed import is_main_process, state, wait_for_everyone
 from .errors import SettingsChangedError
 from .evaluation import format_report
 from .modeling import ModelPool, free_memory, peak_rss_gb, reset_peak_rss, split_revision
-from .rundir import RunDir, hash_path, read_json, write_json
+from .rundir import LABELLED, RunDir, hash_path, read_json, write_json
 from .stages import STAGE_NAMES, STAGES, stage
 from .tracking import StageTracker
 
@@ -67,6 +68,7 @@ class Transfer:
         self._seeds = None
         self._records = None
         self._hashes: dict[str, str] = {}
+        self._stored_answers: dict[str, str] = {}  # stage -> what it stored before its selection, to start from
 
     # -- the run ---------------------------------------------------------------------------------------------------
 
@@ -136,6 +138,11 @@ class Transfer:
                     logger.warning("  %-15s kept, made with other settings (%s); --overwrite true retrains it",
                                    s.name, "; ".join(changes))
                 plan.append((s, "keep"))
+            elif self._answers_kept(s, self.dirs):
+                if is_main_process():
+                    logger.info("  %-15s made again from its stored answers, only the selection changed: %s", s.name,
+                                "; ".join(changes))
+                plan.append((s, "redo"))
             elif s.on_change == "redo":
                 if is_main_process():
                     logger.info("  %-15s redone: %s", s.name, "; ".join(changes))
@@ -167,13 +174,15 @@ class Transfer:
             self.timings[s.name] = {**_stage_info(dirs.read_record(s.name)), "skipped": True}
             return
         if main:
-            if os.path.isdir(final):
-                shutil.rmtree(final)
             keep = (s.resumable and not self.config.overwrite
                     and dirs.read_record(s.name, incomplete=True).get("fingerprint") == record["fingerprint"])
             if os.path.isdir(tmp) and not keep:
                 shutil.rmtree(tmp)
             os.makedirs(tmp, exist_ok=True)
+            if s.name in self._stored_answers:  # before the finished folder it may sit in goes
+                shutil.copytree(self._stored_answers[s.name], os.path.join(tmp, LABELLED))
+            if os.path.isdir(final):
+                shutil.rmtree(final)
             write_json(dirs.stage_record(s.name, incomplete=True), {"stage": s.name, **record})
         wait_for_everyone()
         if main:
@@ -206,7 +215,8 @@ class Transfer:
             changes = describe_changes(made, records[s.name])
             if changes:
                 if is_main_process():
-                    logger.info("  %-15s not reused from %s: %s", s.name, path, "; ".join(changes))
+                    logger.info("  %-15s not reused from %s: %s%s", s.name, path, "; ".join(changes),
+                                "; made from its stored answers" if self._answers_kept(s, src) else "")
                 continue
             if is_main_process():
                 shutil.rmtree(self.dirs.incomplete(s.name), ignore_errors=True)
@@ -218,6 +228,18 @@ class Transfer:
             copied.append(s.name)
         wait_for_everyone()
         return copied
+
+    def _answers_kept(self, s, dirs: RunDir) -> bool:
+        """Whether the stage `s` finished in `dirs` differs from what these settings would make only in its selection
+        settings (`Stage.selection`) and stored what it chose from: then it is made from that store (noted here for
+        `_stage`) instead of from the start."""
+        stored = os.path.join(dirs.stage(s.name), LABELLED)
+        made, now = dirs.read_record(s.name), self.records()[s.name]
+        if (not s.selection or not os.path.isdir(stored) or "fingerprint" not in made
+                or made.get("before_selection") != now["before_selection"]):
+            return False
+        self._stored_answers[s.name] = stored
+        return True
 
     def provide(self, name: str, write, *, made_by: str) -> None:
         """Put a stage's artifacts in place from elsewhere (an ablation's inputs, a subset of another run's).
@@ -254,7 +276,10 @@ class Transfer:
                     "inputs": {name: hashes[name] for name in s.inputs},
                     "reads": {name: self._artifact_fingerprint(name, records) for name in s.reads(cfg)},
                 }
-                rec["fingerprint"] = hashlib.sha256(json.dumps(rec, sort_keys=True).encode()).hexdigest()[:16]
+                rec["fingerprint"] = _hash(rec)
+                if s.selection:  # what it chooses from: the same but for its selection settings
+                    rec["before_selection"] = _hash({**rec, "fingerprint": None, "settings": {
+                        k: v for k, v in rec["settings"].items() if k not in s.selection}})
                 records[s.name] = rec
             self._records = records
         return self._records
@@ -401,6 +426,10 @@ def describe_changes(made: dict, now: dict) -> list[str]:
         if made.get("reads", {}).get(key) != now["reads"].get(key):
             out.append(f"its input {key} is another one")
     return out or ["its fingerprint differs"]
+
+
+def _hash(record: dict) -> str:
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _short(value) -> str:

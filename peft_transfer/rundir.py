@@ -11,7 +11,8 @@
       source_adapter/              θs (when trained here)
       discriminator/               the yes/no adapter, metrics.json
       synthesis/                   candidates/, accepted/, stats.json, diagnostics.json, projection.png
-      labels/                      the teacher's answers (a `datasets` folder), label_stats.json
+      labels/                      the teacher's answers (a `datasets` folder), label_stats.json, labelled/ (every
+                                   answer before the selection, with its confidence)
       target_adapter/              θt, transfer.json (its lineage), selection.json (with token selection)
       evaluation/                  evaluation.json, predictions.json
 
@@ -31,6 +32,7 @@ STAGE_RECORD = "stage.json"
 METRICS, ACCEPTED, CANDIDATES, STATS = "metrics.json", "accepted", "candidates", "stats.json"
 DIAGNOSTICS, PROJECTION, EVALUATION, PREDICTIONS = "diagnostics.json", "projection.png", "evaluation.json", "predictions.json"
 LABEL_STATS, SELECTION = "label_stats.json", "selection.json"
+LABELLED = "labelled"  # in labels/: every answer before the selection
 LM_EVAL, LM_EVAL_TABLE = "lm_eval.json", "lm_eval.md"
 
 

@@ -171,7 +171,76 @@ def test_reuse_stages_from_must_be_another_run(make_config, finished, tmp_path, 
 
 def test_the_stop_on_a_changed_data_setting_names_reuse_stages_from(make_config, finished, no_model_loads):
     with pytest.raises(SettingsChangedError, match=f"--reuse_stages_from {finished}"):
-        _run(make_config(output_dir=str(finished), eval_file=None, label_selection_ratio=0.5))
+        _run(make_config(output_dir=str(finished), eval_file=None, label_max_new_tokens=12))
+
+
+LABELLING = ("source_adapter", "discriminator", "synthesis", "labels")
+
+
+def _labels(run):
+    from datasets import load_from_disk
+
+    labels = RunDir(str(run)).labels
+    stored = load_from_disk(os.path.join(labels, "labelled", "rows"))
+    return json.loads((run / "labels" / "label_stats.json").read_text()), load_from_disk(labels), stored
+
+
+def test_another_label_selection_is_made_from_the_stored_answers(make_config, finished, monkeypatch, caplog):
+    """A new label_selection_ratio keeps the teacher's answers: no label is generated again, and once their
+    confidences are stored, another selection loads no model at all."""
+    import logging
+
+    from peft_transfer import labelling
+    from peft_transfer.modeling import ModelPool
+
+    def no_labelling(*args, **kwargs):
+        raise AssertionError("the teacher answered again")
+
+    monkeypatch.setattr(labelling, "label", no_labelling)
+    answers = _labels(finished)[2]
+    assert "confidence" not in answers.column_names  # a ratio of 1 measures none
+    with caplog.at_level(logging.INFO, logger="peft_transfer"):
+        _run(make_config(output_dir=str(finished), eval_file=None, label_selection_ratio=0.5), stages=LABELLING)
+    assert any("labels" in m and "stored answers" in m and "label_selection_ratio '<unset>' -> 0.5" in m
+               for m in [r.getMessage() for r in caplog.records])
+    stats, kept, stored = _labels(finished)
+    assert (stats["labelled"], stats["selected"], len(kept)) == (12, 6, 6)
+    assert sorted(stored["input"]) == sorted(answers["input"]) and len(stored) == 12
+    assert set(kept["input"]) <= set(stored["input"]) and "confidence" in stored.column_names
+    # The surest half by the stored confidences.
+    order = sorted(stored["confidence"], reverse=True)
+    assert min(kept["confidence"]) >= order[5]
+
+    def refuse(self, ref):
+        raise AssertionError(f"a base was loaded ({ref})")
+
+    monkeypatch.setattr(ModelPool, "load", refuse)
+    report = _run(make_config(output_dir=str(finished), eval_file=None, label_selection_ratio=0.25,
+                              label_selection_strata=2), stages=LABELLING)
+    stats, kept, _ = _labels(finished)
+    assert (stats["selected"], stats["strata"], len(kept)) == (3, 2, 3)
+    assert report["made_by"]["labels"]["settings"]["label_selection_ratio"] == 0.25
+
+
+def test_reuse_stages_from_makes_another_selection_from_the_stored_answers(make_config, finished, tmp_path,
+                                                                           no_model_loads):
+    import shutil
+
+    source = tmp_path / "source"
+    shutil.copytree(finished, source)
+    # The teacher's answers with their confidences, as a run with a selection stores them.
+    stored = source / "labels" / "labelled" / "rows"
+    from datasets import Dataset, load_from_disk
+
+    rows = load_from_disk(str(stored)).to_list()
+    shutil.rmtree(stored)
+    Dataset.from_list([dict(r, confidence=-float(i)) for i, r in enumerate(rows)]).save_to_disk(str(stored))
+    new = tmp_path / "new"
+    _run(make_config(output_dir=str(new), eval_file=None, reuse_stages_from=str(source), label_selection_ratio=0.5),
+         stages=LABELLING)  # no model is loaded
+    stats, kept, _ = _labels(new)
+    assert kept["input"] == [r["input"] for r in rows[:6]] and stats["selected"] == 6
+    assert json.loads((new / "labels" / "stage.json").read_text())["settings"]["label_selection_ratio"] == 0.5
 
 
 # -- 1. the progress file is keyed by the settings -----------------------------------------------------------------

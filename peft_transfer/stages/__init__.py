@@ -10,10 +10,10 @@
 Each row of `STAGES` says when the stage runs, which artifacts and inputs it reads, which settings its result
 depends on (its fingerprint, see `pipeline`), which bases it uses, and what a change of those settings does: the
 data owner's adapters (source adapter, discriminator) are kept, as a given adapter would be, with a line naming the
-change; the data stages (synthesis, labels) are never redone silently: the run stops; the distillation and the
-evaluation are redone. Settings
-that change only speed (inference batch of the filter, `keep_models_loaded`, logging) are in no fingerprint; the
-candidate budget is not either, since a finished stage did not run out of it.
+change; the data stages (synthesis, labels) are never redone silently: the run stops (a change of the labels'
+selection alone makes the selection again from the stored answers); the distillation and the evaluation are
+redone. Settings that change only speed (inference batch of the filter, `keep_models_loaded`, logging) are in no
+fingerprint; the candidate budget is not either, since a finished stage did not run out of it.
 
 A stage module's `body(run, out)` reads through `run` (the `Transfer`: its config, run directory, model pool and seeds) and
 writes its artifacts into the folder `out` — on the main process only; every process runs it. Its `summary(dirs)`,
@@ -65,6 +65,9 @@ class Stage:
     bases: Callable[[TransferConfig], set[str]]
     on_change: str  # when its settings changed: "keep" it (and say so), "redo" it, or "stop" the run before work
     resumable: bool = False  # keeps its `.incomplete` folder (training checkpoints) for the next start
+    # Settings that only choose among what the stage stores before choosing (`rundir.LABELLED`): a stage made
+    # otherwise but for them is made again from that store, not from the start (`Transfer.plan`).
+    selection: tuple[str, ...] = ()
     summary: Callable[[rundir.RunDir], str] | None = None
 
 
@@ -110,7 +113,7 @@ STAGES: tuple[Stage, ...] = (
           + (("label_selection_ratio",) if c.label_selection_ratio < 1 else ())
           + (("label_selection_strata",) if c.label_selection_ratio < 1 and c.label_selection_strata > 1 else ()),
           bases=lambda c: {c.source_model},
-          on_change="stop", summary=labels.summary),
+          on_change="stop", selection=labels.SELECTION, summary=labels.summary),
     Stage("target_adapter", target_adapter.body,
           needed=lambda c: True,
           reads=lambda c: ("labels",) + (("source_adapter",) if target_adapter.reads_teacher(c) else ()),

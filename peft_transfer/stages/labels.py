@@ -1,10 +1,15 @@
 """The labels stage: the teacher (source base + θs) answers every accepted input (self-consistency when asked),
-and keeps the inputs whose answers it is surest of when asked (`label_selection_ratio`)."""
+and keeps the inputs whose answers it is surest of when asked (`label_selection_ratio`).
+
+Every answer, before the selection, is kept in `labelled/` with its confidence: a run whose only change is the
+selection (`label_selection_ratio`, `label_selection_strata`) starts from it and makes the selection again in
+seconds instead of asking the teacher again (the pipeline puts it in place: `Stage.selection`)."""
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 
 from .. import rundir
 from ..distributed import is_main_process
@@ -14,34 +19,68 @@ from .common import backend_stats, generation_lease
 
 logger = logging.getLogger(__name__)
 
+# The settings that only choose among the stored answers.
+SELECTION = ("label_selection_ratio", "label_selection_strata")
+
 
 def body(run, out: str) -> None:
     from datasets import Dataset, load_from_disk
 
-    from ..labelling import keep_agreed, keep_surest, label
+    from ..labelling import keep_agreed, keep_surest, label, with_confidence
 
     cfg = run.config
-    accepted = load_from_disk(run.dirs.accepted)["input"]
-    with generation_lease(run, "labels", cfg.source_model, run.source_adapter) as teacher:
-        rows = label(cfg, teacher.model, teacher.tokenizer, list(accepted), show_progress=run.show_progress)
-        backend = backend_stats(teacher)
-    empty = sum(1 for r in rows if not r["answer"])
-    if empty:
-        logger.warning("%d of %d teacher answers are empty; they are kept as the teacher's behaviour.", empty, len(rows))
-    stats = {"votes": cfg.label_votes, "labelled": len(rows), **backend}
-    kept, agreed = keep_agreed(cfg, rows)
-    stats.update(agreed)
-    if rows and not kept:
-        raise UserError(f"label_min_agreement={cfg.label_min_agreement} dropped all {len(rows)} inputs (the "
-                        f"teacher's mean agreement is {stats['agreement']:.0%}): lower it.")
+    stored = os.path.join(out, rundir.LABELLED)
+    reuse = os.path.isdir(stored)
+    if reuse:  # the teacher's answers of a run made the same way but for the selection
+        kept = load_from_disk(os.path.join(stored, "rows")).to_list()
+        stats = read_json(os.path.join(stored, "stats.json"))
+        if is_main_process():
+            logger.info("  %d teacher answers taken from the stored ones; the selection is made again", len(kept))
+    else:
+        accepted = load_from_disk(run.dirs.accepted)["input"]
+        with generation_lease(run, "labels", cfg.source_model, run.source_adapter) as teacher:
+            rows = label(cfg, teacher.model, teacher.tokenizer, list(accepted), show_progress=run.show_progress)
+            backend = backend_stats(teacher)
+        empty = sum(1 for r in rows if not r["answer"])
+        if empty:
+            logger.warning("%d of %d teacher answers are empty; they are kept as the teacher's behaviour.", empty,
+                           len(rows))
+        stats = {"votes": cfg.label_votes, "labelled": len(rows), **backend}
+        kept, agreed = keep_agreed(cfg, rows)
+        stats.update(agreed)
+        if rows and not kept:
+            raise UserError(f"label_min_agreement={cfg.label_min_agreement} dropped all {len(rows)} inputs (the "
+                            f"teacher's mean agreement is {stats['agreement']:.0%}): lower it.")
     if cfg.label_selection_ratio < 1:
-        # Teacher-forced through the HF model whatever the generation backend.
-        with run.pool.lease(cfg.source_model, run.source_adapter) as teacher:
-            kept, selected = keep_surest(cfg, teacher.model, teacher.tokenizer, kept)
-        stats.update(selected)
+        answered = kept
+        if all("confidence" in r for r in answered):
+            kept, selected = keep_surest(cfg, None, None, answered)
+        else:  # teacher-forced through the HF model whatever the generation backend
+            with run.pool.lease(cfg.source_model, run.source_adapter) as teacher:
+                answered = with_confidence(cfg, teacher.model, teacher.tokenizer, answered)
+            kept, selected = keep_surest(cfg, None, None, answered)
+            reuse = False  # the stored answers gain their confidence
+        stats_kept = {**stats, **selected}
+    else:
+        answered, stats_kept = kept, stats
     if is_main_process():
+        if not reuse:
+            save_answers(out, answered, stats)
         Dataset.from_list(kept).save_to_disk(out)
-        write_json(os.path.join(out, rundir.LABEL_STATS), stats)
+        write_json(os.path.join(out, rundir.LABEL_STATS), stats_kept)
+
+
+def save_answers(out: str, rows: list[dict], stats: dict) -> None:
+    """Every answer before the selection (`rows`, with their confidence where measured) and the answering's
+    `label_stats.json` figures, in `out`/labelled/ (written beside, then put in place of an earlier one)."""
+    from datasets import Dataset
+
+    final, tmp = os.path.join(out, rundir.LABELLED), os.path.join(out, rundir.LABELLED + ".new")
+    shutil.rmtree(tmp, ignore_errors=True)
+    Dataset.from_list(rows).save_to_disk(os.path.join(tmp, "rows"))
+    write_json(os.path.join(tmp, "stats.json"), stats)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
 
 
 def summary(dirs: rundir.RunDir) -> str:
