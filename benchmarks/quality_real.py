@@ -317,7 +317,7 @@ def run_task(task_dir: str, task_name: str, description: str, pairs: list[str], 
                 overrides = dict(overrides, discriminator_adapter=RunDir(owner_cfg.output_dir).discriminator)
             if overrides.get("num_seeds", 0) > len(seeds):  # seeds-15: more seeds than the task keeps
                 overrides = dict(overrides, seed_file=more_seeds(data, overrides["num_seeds"]))
-            cfg = config(f"{setting}-{pair}", **overrides)
+            cfg = config(f"{setting}-{pair}", **overrides, **answers_from(reused, paper.root))
             _reuse(cfg, paper, reused, made_by=f"the {base}-{pair} row (only {setting} differs)")
             run(f"{setting}-{pair}", cfg, pair=pair, setting=setting)
     with open(os.path.join(task_dir, "rows.json"), "w") as f:
@@ -402,6 +402,13 @@ def restore_owner(kept: str, row_dir: str) -> bool:
             json.dump(record, f, indent=1)
     print(f"{row_dir}: restored from {kept}", flush=True)
     return True
+
+
+def answers_from(reused: tuple[str, ...], base_dir: str) -> dict:
+    """For a row that reuses another's inputs but labels them again: `reuse_stages_from` that row, so that a label
+    selection of its own is made from the teacher's answers stored there (`labels/labelled/`) instead of asking the
+    teacher again (the library does it where only the selection differs, and labels anew otherwise)."""
+    return {"reuse_stages_from": base_dir} if "synthesis" in reused and "labels" not in reused else {}
 
 
 def _reuse(cfg, source, stages: tuple[str, ...], *, made_by: str) -> None:

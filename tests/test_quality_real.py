@@ -267,6 +267,15 @@ def test_each_change_reuses_stages_a_row_before_it_makes():
         assert set(reused) <= {"synthesis", "labels"}, setting
 
 
+def test_a_row_that_labels_its_reused_inputs_again_starts_from_the_stored_answers():
+    # length-strata and surest-quarter keep the default's inputs and choose among its labels again: they name that
+    # row's folder as reuse_stages_from, so the library makes their selection from its stored answers.
+    for setting in ("length-strata", "surest-quarter", "self-consistency"):
+        assert quality_real.answers_from(quality_real.IMPROVEMENTS[setting][1], "base") == {"reuse_stages_from": "base"}
+    for setting in ("label-selection+more-steps", "token-selection", "label-selection+n-scaling"):
+        assert quality_real.answers_from(quality_real.IMPROVEMENTS[setting][1], "base") == {}
+
+
 def test_rows_asked_for_bring_the_rows_whose_stages_they_reuse_and_no_others():
     # `--rows label-selection` runs all-linear+n-scaling first (it reuses its inputs); a row that reuses nothing does
     # not run the paper's row it is only measured against.
