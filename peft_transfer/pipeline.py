@@ -138,7 +138,8 @@ class Transfer:
                     logger.warning("  %-15s kept, made with other settings (%s); --overwrite true retrains it",
                                    s.name, "; ".join(changes))
                 plan.append((s, "keep"))
-            elif self._answers_kept(s, self.dirs):
+            elif stored := self._stored_answers_of(s, self.dirs):
+                self._stored_answers[s.name] = stored
                 if is_main_process():
                     logger.info("  %-15s made again from its stored answers, only the selection changed: %s", s.name,
                                 "; ".join(changes))
@@ -214,9 +215,12 @@ class Transfer:
             made = src.read_record(s.name)
             changes = describe_changes(made, records[s.name])
             if changes:
+                stored = self._stored_answers_of(s, src)
+                if stored:
+                    self._stored_answers[s.name] = stored
                 if is_main_process():
                     logger.info("  %-15s not reused from %s: %s%s", s.name, path, "; ".join(changes),
-                                "; made from its stored answers" if self._answers_kept(s, src) else "")
+                                "; made from its stored answers" if stored else "")
                 continue
             if is_main_process():
                 shutil.rmtree(self.dirs.incomplete(s.name), ignore_errors=True)
@@ -229,17 +233,16 @@ class Transfer:
         wait_for_everyone()
         return copied
 
-    def _answers_kept(self, s, dirs: RunDir) -> bool:
-        """Whether the stage `s` finished in `dirs` differs from what these settings would make only in its selection
-        settings (`Stage.selection`) and stored what it chose from: then it is made from that store (noted here for
-        `_stage`) instead of from the start."""
+    def _stored_answers_of(self, s, dirs: RunDir) -> str | None:
+        """What the stage `s` finished in `dirs` stored before its selection (`Stage.selection`), where it differs
+        from what these settings would make only in that selection: `_stage` makes it from there, not from the
+        start."""
         stored = os.path.join(dirs.stage(s.name), LABELLED)
         made, now = dirs.read_record(s.name), self.records()[s.name]
         if (not s.selection or not os.path.isdir(stored) or "fingerprint" not in made
                 or made.get("before_selection") != now["before_selection"]):
-            return False
-        self._stored_answers[s.name] = stored
-        return True
+            return None
+        return stored
 
     def provide(self, name: str, write, *, made_by: str) -> None:
         """Put a stage's artifacts in place from elsewhere (an ablation's inputs, a subset of another run's).

@@ -30,12 +30,11 @@ def body(run, out: str) -> None:
 
     cfg = run.config
     stored = os.path.join(out, rundir.LABELLED)
-    reuse = os.path.isdir(stored)
-    if reuse:  # the teacher's answers of a run made the same way but for the selection
-        kept = load_from_disk(os.path.join(stored, "rows")).to_list()
+    if os.path.isdir(stored):  # the teacher's answers of a run made the same way but for the selection
+        answers = load_from_disk(os.path.join(stored, "rows")).to_list()
         stats = read_json(os.path.join(stored, "stats.json"))
         if is_main_process():
-            logger.info("  %d teacher answers taken from the stored ones; the selection is made again", len(kept))
+            logger.info("  %d teacher answers taken from the stored ones; the selection is made again", len(answers))
     else:
         accepted = load_from_disk(run.dirs.accepted)["input"]
         with generation_lease(run, "labels", cfg.source_model, run.source_adapter) as teacher:
@@ -46,28 +45,21 @@ def body(run, out: str) -> None:
             logger.warning("%d of %d teacher answers are empty; they are kept as the teacher's behaviour.", empty,
                            len(rows))
         stats = {"votes": cfg.label_votes, "labelled": len(rows), **backend}
-        kept, agreed = keep_agreed(cfg, rows)
+        answers, agreed = keep_agreed(cfg, rows)
         stats.update(agreed)
-        if rows and not kept:
+        if rows and not answers:
             raise UserError(f"label_min_agreement={cfg.label_min_agreement} dropped all {len(rows)} inputs (the "
                             f"teacher's mean agreement is {stats['agreement']:.0%}): lower it.")
-    if cfg.label_selection_ratio < 1:
-        answered = kept
-        if all("confidence" in r for r in answered):
-            kept, selected = keep_surest(cfg, None, None, answered)
-        else:  # teacher-forced through the HF model whatever the generation backend
-            with run.pool.lease(cfg.source_model, run.source_adapter) as teacher:
-                answered = with_confidence(cfg, teacher.model, teacher.tokenizer, answered)
-            kept, selected = keep_surest(cfg, None, None, answered)
-            reuse = False  # the stored answers gain their confidence
-        stats_kept = {**stats, **selected}
-    else:
-        answered, stats_kept = kept, stats
+    measured = cfg.label_selection_ratio < 1 and not all("confidence" in r for r in answers)
+    if measured:  # teacher-forced through the HF model whatever the generation backend
+        with run.pool.lease(cfg.source_model, run.source_adapter) as teacher:
+            answers = with_confidence(cfg, teacher.model, teacher.tokenizer, answers)
+    kept, selected = keep_surest(cfg, None, None, answers)
     if is_main_process():
-        if not reuse:
-            save_answers(out, answered, stats)
+        if measured or not os.path.isdir(stored):
+            save_answers(out, answers, stats)
         Dataset.from_list(kept).save_to_disk(out)
-        write_json(os.path.join(out, rundir.LABEL_STATS), stats_kept)
+        write_json(os.path.join(out, rundir.LABEL_STATS), {**stats, **selected})
 
 
 def save_answers(out: str, rows: list[dict], stats: dict) -> None:
