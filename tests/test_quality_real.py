@@ -170,6 +170,15 @@ def test_claim_e_sets_the_default_against_its_teacher_the_paper_and_titok_on_the
     assert e["average"]["default"] == pytest.approx(0.48) and e["average"]["source_lora"] == pytest.approx(0.51)
     assert e["verdicts"]["teacher"] is False and e["holds"] is False
     assert e["against_titok"]["tasks"] == 1  # the failed TiTok row has no number
+    assert e["against_target_own_data"]["tasks"] == 0  # no pair starts from Gemma-3
+    # Qwen -> SmolLM2: SmolLM2 trained on the task's own data is the source of SmolLM2 -> Gemma-3 (0.5 on t1).
+    rows.append({"task": "t1", "row": f"{quality_real.DEFAULT}-qwen-smollm2", "pair": "qwen-smollm2",
+                 "setting": quality_real.DEFAULT, "transferred": 0.45, "source_adapter": 0.9, "target_base": 0.0})
+    q = quality_real.claims(quality_real.tables(rows))["e_default_ge_max_source_target_and_above_translora_titok"]
+    assert q["qwen-smollm2"]["against_target_own_data"] == {"tasks": 1, "default": 0.45, "target_own_data": 0.5,
+                                                            "source_lora": 0.9}
+    assert "teacher" in q["qwen-smollm2"]["verdicts"] and "target_own_data" not in q["qwen-smollm2"]["verdicts"]
+    rows.pop()
     text = quality_real.markdown({"tables": quality_real.tables(rows),
                                   "claims": quality_real.claims(quality_real.tables(rows)), "rows": rows})
     assert ("- (e) smollm2-gemma3: the default's data settings (label-selection+n-scaling, 3 epochs) 48.0 >= "
