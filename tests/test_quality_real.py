@@ -443,3 +443,17 @@ def test_more_seeds_keeps_the_tasks_seeds_first_and_adds_other_train_examples(tm
     assert set(got) <= {t["input"] for t in train}
     (tmp_path / "seeds-15.jsonl").unlink()
     assert load_seeds(quality_real.more_seeds(str(tmp_path), 15), 15) == got  # drawn the same way again
+
+
+def test_generator_temperature_counts_format_copies_and_the_real_vocabulary():
+    from benchmarks.generator_temperature import count
+
+    seeds = ["Sort the following words alphabetically: List: apple pear"]
+    real = {"Sort the following words alphabetically: List: fig kiwi"}
+    vocabulary = {"Sort", "the", "following", "words", "alphabetically:", "List:", "fig", "kiwi", "apple", "pear"}
+    candidates = [seeds[0], "Sort the following words alphabetically: List: fig kiwi",
+                  "Sort the following words alphabetically: List: zebra fig", "not a list", None]
+    c = count("word_sorting", candidates, seeds, real, vocabulary)
+    assert (c["prompts"], c["parsed"], c["distinct"], c["seed_copies"], c["real_copies"]) == (5, 4, 4, 1, 1)
+    assert c["in_format"] == 3  # the off-format text is not answered by the task's solver
+    assert c["words_in_real_vocabulary"] == round(23 / 27, 3)  # word by word: "zebra", "not", "a", "list" are not
