@@ -18,10 +18,13 @@ import argparse
 import json
 import os
 import random
+import sys
 import time
 
-from benchmarks.quality_real import MODELS, SETTINGS
-from benchmarks.real_tasks import REAL_TASKS, make_real_task, solve
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+
+from benchmarks.quality_real import MODELS, SETTINGS  # noqa: E402
+from benchmarks.real_tasks import REAL_TASKS, make_real_task, solve  # noqa: E402
 
 
 def count(task: str, candidates: list[str | None], seeds: list[str], real: set[str], vocabulary: set[str]) -> dict:
