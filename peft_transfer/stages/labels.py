@@ -30,7 +30,8 @@ def body(run, out: str) -> None:
 
     cfg = run.config
     stored = os.path.join(out, rundir.LABELLED)
-    if os.path.isdir(stored):  # the teacher's answers of a run made the same way but for the selection
+    from_store = os.path.isdir(stored)
+    if from_store:  # the teacher's answers of a run made the same way but for the selection
         answers = load_from_disk(os.path.join(stored, "rows")).to_list()
         stats = read_json(os.path.join(stored, "stats.json"))
         if is_main_process():
@@ -56,7 +57,7 @@ def body(run, out: str) -> None:
             answers = with_confidence(cfg, teacher.model, teacher.tokenizer, answers)
     kept, selected = keep_surest(cfg, None, None, answers)
     if is_main_process():
-        if measured or not os.path.isdir(stored):
+        if measured or not from_store:
             save_answers(out, answers, stats)
         Dataset.from_list(kept).save_to_disk(out)
         write_json(os.path.join(out, rundir.LABEL_STATS), {**stats, **selected})
