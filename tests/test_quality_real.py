@@ -457,3 +457,4 @@ def test_generator_temperature_counts_format_copies_and_the_real_vocabulary():
     assert (c["prompts"], c["parsed"], c["distinct"], c["seed_copies"], c["real_copies"]) == (5, 4, 4, 1, 1)
     assert c["in_format"] == 3  # the off-format text is not answered by the task's solver
     assert c["words_in_real_vocabulary"] == round(23 / 27, 3)  # word by word: "zebra", "not", "a", "list" are not
+    assert c["mean_words"] == round(27 / 4, 1)
