@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--temperatures", nargs="*", type=float, default=[1.0, 0.7, 0.5])
     parser.add_argument("--generator", default="gemma3", choices=list(MODELS))
     parser.add_argument("--adapter", default=None,
-                        help="a PEFT adapter folder on the generator (the source's own: `generate_with_source_adapter`)")
+                        help="a PEFT adapter on the generator (the source's own: `generate_with_source_adapter`)")
     parser.add_argument("--teacher-adapter", default=None,
                         help="the source's adapter (on `--teacher`): count the in-format candidates it labels right")
     parser.add_argument("--teacher", default="smollm2", choices=list(MODELS))
