@@ -59,6 +59,7 @@ def teacher_right(task: str, parsed: list[str], teacher, tokenizer, description:
 
 def main() -> None:
     import torch
+    from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from peft_transfer.data import generator_prompt, generator_stop_strings, parse_candidate
@@ -83,14 +84,10 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
     if args.adapter:
-        from peft import PeftModel
-
         model = PeftModel.from_pretrained(model, args.adapter).eval()
     settings, results = SETTINGS["transfer"], {}
     teacher = teacher_tokenizer = None
     if args.teacher_adapter:
-        from peft import PeftModel
-
         teacher_path = resolve_source(MODELS[args.teacher])
         teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_path)
         teacher = PeftModel.from_pretrained(
@@ -118,7 +115,8 @@ def main() -> None:
             row["seconds"] = round(time.perf_counter() - start, 1)
             results.setdefault(task, {})[str(temperature)] = row
             print(task, temperature, row, flush=True)
-    meta = {"generator": MODELS[args.generator], "adapter": args.adapter, "teacher_adapter": args.teacher_adapter,
+    meta = {"generator": MODELS[args.generator], "adapter": args.adapter,
+            "teacher": MODELS[args.teacher] if args.teacher_adapter else None, "teacher_adapter": args.teacher_adapter,
             "prompts": args.prompts, "seed": args.seed,
             "threads": torch.get_num_threads(), "dtype": "bfloat16"}
     os.makedirs(args.out, exist_ok=True)
@@ -134,7 +132,8 @@ def markdown(meta: dict, results: dict) -> str:
     lines = [f"# The generator's temperature, before any filter ({writer}, {meta['prompts']} prompts of the 5 seeds "
              f"per task and temperature, bf16, {meta['threads']} thread)", ""]
     if teacher:
-        lines += [f"teacher right: of the distinct in-format candidates, how many the teacher ({teacher}) labels "
+        lines += [f"teacher right: of the distinct in-format candidates, how many the teacher ({meta.get('teacher')} "
+                  f"with {teacher}) labels "
                   "right, greedy, as the labels stage does.", ""]
     lines += ["| task | temperature | parsed | distinct | in format | seed copies | real copies | words in the real "
               "inputs' vocabulary | words per input |" + (" teacher right |" if teacher else "") + " s |",
