@@ -42,18 +42,13 @@ def count(task: str, candidates: list[str | None], seeds: list[str], real: set[s
             "mean_words": round(len(words) / len(parsed), 1) if parsed else None}
 
 
-def teacher_right(task: str, parsed: list[str], teacher, tokenizer, description: str) -> int:
-    """How many of the in-format candidates the teacher labels right (greedy, as the labels stage labels them)."""
-    from peft_transfer import TransferConfig
+def teacher_right(task: str, parsed: list[str], teacher, tokenizer, cfg) -> int:
+    """How many of the in-format candidates the teacher labels right (greedy, as the labels stage labels them with
+    `cfg`: the benchmark's prompt and answer settings)."""
     from peft_transfer.labelling import label
 
     in_format = [c for c in dict.fromkeys(parsed) if solve(task, c) is not None]
-    if not in_format:
-        return 0
-    cfg = TransferConfig(**{k: v for k, v in SETTINGS["transfer"].items() if k != "embedding_model"},
-                         task_name=description, source_model="unused", target_model="unused",
-                         source_adapter="unused", filter_mode="none", seed_file="unused")
-    rows = label(cfg, teacher, tokenizer, in_format, show_progress=False)
+    rows = label(cfg, teacher, tokenizer, in_format, show_progress=False) if in_format else []
     return sum(r["answer"].strip() == solve(task, c) for r, c in zip(rows, in_format))
 
 
@@ -86,8 +81,14 @@ def main() -> None:
     if args.adapter:
         model = PeftModel.from_pretrained(model, args.adapter).eval()
     settings, results = SETTINGS["transfer"], {}
-    teacher = teacher_tokenizer = None
+    teacher = teacher_tokenizer = label_cfg = None
     if args.teacher_adapter:
+        from peft_transfer import TransferConfig
+
+        # Only the labelling settings are read; the models and data it names are never loaded.
+        label_cfg = TransferConfig(**{k: v for k, v in settings.items() if k != "embedding_model"},
+                                   source_model="unused", target_model="unused", source_adapter="unused",
+                                   filter_mode="none", seed_file="unused")
         teacher_path = resolve_source(MODELS[args.teacher])
         teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_path)
         teacher = PeftModel.from_pretrained(
@@ -111,7 +112,7 @@ def main() -> None:
             row = count(task, candidates, seeds, real, vocabulary)
             if teacher is not None:
                 row["teacher_right"] = teacher_right(task, [c for c in candidates if c is not None], teacher,
-                                                     teacher_tokenizer, made.description)
+                                                     teacher_tokenizer, label_cfg)
             row["seconds"] = round(time.perf_counter() - start, 1)
             results.setdefault(task, {})[str(temperature)] = row
             print(task, temperature, row, flush=True)
