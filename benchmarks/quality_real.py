@@ -378,8 +378,7 @@ def keep_owners(run_root: str, owners: str) -> list[str]:
             if os.path.exists(src("row.json")):
                 with open(src("row.json")) as f:
                     record = json.load(f)
-                if record.get("error") or (record.get("carried_from") and os.path.abspath(record["carried_from"])
-                                           == os.path.abspath(dst.root)):  # restored from there, unchanged
+                if record.get("error") or record.get("carried_from") == repo_path(dst.root):  # restored, unchanged
                     continue
             for name in finished:
                 shutil.rmtree(dst.stage(name), ignore_errors=True)
@@ -389,6 +388,18 @@ def keep_owners(run_root: str, owners: str) -> list[str]:
                     shutil.copy2(src(name), dst(name))
             kept.append(f"{task}/{row}")
     return kept
+
+
+def repo_path(path: str) -> str:
+    """`path` relative to the git checkout (or worktree) that holds it, else to the working directory: a record
+    names no machine's folders, whichever checkout the benchmark ran from."""
+    path = os.path.abspath(path)
+    root = path
+    while os.path.dirname(root) != root:
+        root = os.path.dirname(root)
+        if os.path.exists(os.path.join(root, ".git")):
+            return os.path.relpath(path, root)
+    return os.path.relpath(path)
 
 
 def restore_owner(kept: str, row_dir: str) -> bool:
@@ -404,7 +415,7 @@ def restore_owner(kept: str, row_dir: str) -> bool:
     if os.path.exists(path):
         with open(path) as f:
             record = json.load(f)
-        record.setdefault("carried_from", os.path.relpath(kept))
+        record.setdefault("carried_from", repo_path(kept))
         with open(path, "w") as f:
             json.dump(record, f, indent=1)
     print(f"{row_dir}: restored from {kept}", flush=True)
@@ -695,12 +706,23 @@ def markdown(result: dict) -> str:
     failed = [r for r in result["rows"] if "error" in r]
     if failed:
         lines += ["", "## Failed rows", ""] + [f"- {r['task']} / {r['row']}: {r['error']}" for r in failed]
-    lines += ["", "## Rows run", "", "| task | row | seconds | accepted / candidates |", "|---|---|---|---|"]
+    lines += ["", "## Rows run", "",
+              "seconds: the wall time of the row's last invocation; stage seconds: its stages' own times summed, those "
+              "made by an earlier, stopped invocation or reused from another row included.", "",
+              "| task | row | seconds | stage seconds | accepted / candidates |", "|---|---|---|---|---|"]
     for r in result["rows"]:
         dash = lambda x: "—" if x is None else x  # noqa: E731
-        lines.append(f"| {r['task']} | {r['row']} | {dash(r.get('seconds'))} | "
+        lines.append(f"| {r['task']} | {r['row']} | {dash(r.get('seconds'))} | {dash(stage_seconds(r))} | "
                      f"{dash(r.get('num_accepted'))} / {dash(r.get('num_candidates'))} |")
     return "\n".join(lines) + "\n"
+
+
+def stage_seconds(record: dict) -> float | None:
+    """The row's stages' own times summed: a row continued after a stop reports only its last invocation's wall time
+    as `seconds`, while each stage keeps the time it took when it was made."""
+    stages = record.get("stages") or {}
+    times = [s["seconds"] for s in stages.values() if isinstance(s, dict) and s.get("seconds") is not None]
+    return round(sum(times), 1) if times else None
 
 
 def scatter(result: dict, path: str) -> None:

@@ -149,6 +149,19 @@ def test_tables_and_claims_on_hand_made_rows(tmp_path):
     assert result["tables"]["table1"]["smollm2-gemma3"]["per_task"]["t1"]["source_lora"] == 0.5
 
 
+def test_a_continued_row_reports_its_stages_times_beside_its_last_invocations_wall_time(tmp_path):
+    # A row stopped after its synthesis and continued: `seconds` is the last invocation's wall time only.
+    row = {"task": "t1", "row": "translora-smollm2-gemma3", "pair": "smollm2-gemma3", "setting": "translora",
+           "transferred": 0.6, "source_adapter": 0.5, "target_base": 0.1, "num_eval": 300, "seconds": 1400.0,
+           "num_accepted": 250, "num_candidates": 400,
+           "stages": {"synthesis": {"seconds": 1500.0, "skipped": True}, "labels": {"seconds": 250.0, "skipped": True},
+                      "target_adapter": {"seconds": 1270.0}, "evaluation": {"seconds": 125.5}}}
+    assert quality_real.stage_seconds(row) == 3145.5
+    assert quality_real.stage_seconds({"seconds": 3.0}) is None  # an owner row: no stages
+    quality_real.write_outputs(str(tmp_path), [row], {"settings": quality_real.SETTINGS})
+    assert "| t1 | translora-smollm2-gemma3 | 1400.0 | 3145.5 | 250 / 400 |" in (tmp_path / "results.md").read_text()
+
+
 def test_claim_e_sets_the_default_against_its_teacher_the_paper_and_titok_on_the_tasks_each_ran():
     rows = _rows({"translora": 0.3}, tasks=("t1", "t2"))  # source 0.5, target 0.1 on both
     add = lambda task, setting, x, **more: rows.append(  # noqa: E731
@@ -260,6 +273,21 @@ def test_owner_rows_are_kept_beside_the_results_and_restored_in_a_new_run_folder
     assert not quality_real.restore_owner(str(kept), str(fresh))  # a row already there is never replaced
     assert json.loads((fresh / "row.json").read_text())["seconds"] == 1.0
     assert not quality_real.restore_owner(str(owners / "addition" / "owner-smollm2"), str(tmp_path / "x"))
+
+
+def test_a_restored_owner_names_its_source_inside_the_checkout_that_holds_it(tmp_path, monkeypatch):
+    # The benchmark runs from a worktree elsewhere; the owners sit in the main checkout.
+    kept = tmp_path / "main" / "benchmarks" / "results" / "owners" / "addition" / "owner-smollm2"
+    (tmp_path / "main" / ".git").mkdir(parents=True)
+    (kept / "source_adapter").mkdir(parents=True)
+    (kept / "row.json").write_text(json.dumps({"task": "addition", "row": "owner-smollm2"}))
+    worktree = tmp_path / "wt"
+    worktree.mkdir()
+    monkeypatch.chdir(worktree)
+    row_dir = tmp_path / "runs" / "addition" / "owner-smollm2"
+    assert quality_real.restore_owner(str(kept), str(row_dir))
+    record = json.loads((row_dir / "row.json").read_text())
+    assert record["carried_from"] == "benchmarks/results/owners/addition/owner-smollm2"
 
 
 def test_each_change_reuses_stages_a_row_before_it_makes():
