@@ -707,8 +707,9 @@ def markdown(result: dict) -> str:
     if failed:
         lines += ["", "## Failed rows", ""] + [f"- {r['task']} / {r['row']}: {r['error']}" for r in failed]
     lines += ["", "## Rows run", "",
-              "seconds: the wall time of the row's last invocation; stage seconds: its stages' own times summed, those "
-              "made by an earlier, stopped invocation or reused from another row included.", "",
+              "seconds: the wall time of the row's last invocation; stage seconds: its stages' own times summed, "
+              "those finished by an earlier, stopped invocation included (a stage continued from stored progress "
+              "counts its last part; one reused from another row, 0 s).", "",
               "| task | row | seconds | stage seconds | accepted / candidates |", "|---|---|---|---|---|"]
     for r in result["rows"]:
         dash = lambda x: "—" if x is None else x  # noqa: E731
@@ -719,7 +720,7 @@ def markdown(result: dict) -> str:
 
 def stage_seconds(record: dict) -> float | None:
     """The row's stages' own times summed: a row continued after a stop reports only its last invocation's wall time
-    as `seconds`, while each stage keeps the time it took when it was made."""
+    as `seconds`, while each finished stage keeps the time its finishing run spent on it."""
     stages = record.get("stages") or {}
     times = [s["seconds"] for s in stages.values() if isinstance(s, dict) and s.get("seconds") is not None]
     return round(sum(times), 1) if times else None
