@@ -198,6 +198,30 @@ def test_claim_e_sets_the_default_against_its_teacher_the_paper_and_titok_on_the
             "max(source+LoRA 51.0, target base 5.0) on average over the 2 of 2 tasks it has run on (**fails**)") in text
 
 
+def test_claim_e_holds_only_once_the_titok_style_row_has_run_on_every_task():
+    rows = _rows({"translora": 0.3}, tasks=("t1", "t2"))  # source 0.5, target 0.1 on both
+    for task in ("t1", "t2"):
+        rows.append({"task": task, "row": f"{quality_real.DEFAULT}-smollm2-gemma3", "pair": "smollm2-gemma3",
+                     "setting": quality_real.DEFAULT, "transferred": 0.6, "source_adapter": 0.5, "target_base": 0.1})
+    rows.append({"task": "t1", "row": "titok-smollm2-gemma3", "pair": "smollm2-gemma3", "setting": "titok",
+                 "transferred": 0.2})
+    claim = lambda: quality_real.claims(quality_real.tables(rows))[  # noqa: E731
+        "e_default_ge_max_source_target_and_above_translora_titok"]["smollm2-gemma3"]
+    assert claim()["verdicts"] == {"teacher": True, "translora": True, "titok": True}
+    assert claim()["holds"] is None  # the TiTok-style row has not run on t2
+    rows.append({"task": "t2", "row": "titok-smollm2-gemma3", "pair": "smollm2-gemma3", "setting": "titok",
+                 "transferred": None, "error": "SynthesisError: duplicates"})
+    assert claim()["holds"] is None  # failed there: still open
+    rows[-1] = {**rows[-1], "transferred": 1.0, "error": None}  # 0.6 on average, level with the default
+    assert claim()["verdicts"]["titok"] is False and claim()["holds"] is False
+    rows[-1]["transferred"] = 0.3
+    assert claim()["holds"] is True
+    text = quality_real.markdown({"tables": quality_real.tables(rows),
+                                  "claims": quality_real.claims(quality_real.tables(rows)), "rows": rows})
+    assert "the TiTok-style row have run on every task; a comparison that already covers every task and fails " \
+           "makes it fail): **holds**" in text
+
+
 def test_gap_table_reads_the_diagnostic_rows():
     rows = _rows({"translora": 0.3}, tasks=("t1",))
     rows[0].update(in_format=0.9, labels_correct=0.6, agrees_with_teacher=0.4,
