@@ -29,11 +29,13 @@ accuracies are evaluated once per task and model (`evaluation_cache_dir`). MMD²
 candidates uses all-MiniLM-L6-v2 embeddings (Table 9). Every 95% interval is the Wilson interval of the accuracy on
 the test inputs.
 
-The data owner's rows outlive the run folder: the report copies the finished stages of each `owner-*` row (the
+The rows others build on outlive the run folder: the report copies the finished stages of each `owner-*` row (the
 source adapter and discriminator, without training checkpoints: a few MB each) to `owners/` beside `results.json`,
-and a run given that `--prior` puts them back in place of a missing owner row, with their stage records (so the
-pipeline checks they were made by the same settings and data) and, for a finished row, its record marked
-`carried_from`: a later session adds rows without training the owner again, or trains only what a cut row lacked.
+and those of each row a change reuses inputs from (the paper's row and a few changes: synthetic inputs, labels and
+held-out predictions) to `stages/`; a run given that `--prior` puts them back in place of a missing row, with their
+stage records (so the pipeline checks they were made by the same settings and data) and, for a finished row, its
+record marked `carried_from`: a later session adds rows without training the owner or making the paper's inputs
+again, or runs only what a cut row lacked.
 
 Outputs: `results.json` (`tables.table1.<pair>.per_task.<task>` with `source_lora`, `target_base`, `translora`, as
 the tiny world's; every row, setting, version and the command), `results.md` (tables and the claims (a)-(d) as
@@ -199,11 +201,11 @@ def owner_variant_config(common: dict, variant: str, source: str, adapter: str, 
 
 
 def run_task(task_dir: str, task_name: str, description: str, pairs: list[str], seed: int,
-             only: tuple[str, ...] = ROWS, owners: str | None = None, transfer: dict | None = None) -> list[dict]:
+             only: tuple[str, ...] = ROWS, kept: str | None = None, transfer: dict | None = None) -> list[dict]:
     """The rows of one task over `pairs` (those named in `only`, and the owner rows and rows they reuse); each
-    row's record is kept in `<row>/row.json` (resume per row). An owner row missing here is first restored from
-    `owners` (a results folder's `owners/`) where it has one. `transfer` replaces `SETTINGS["transfer"]` (a larger
-    `candidate_budget` in it continues the rows that ran out of a smaller one)."""
+    row's record is kept in `<row>/row.json` (resume per row). A kept row (`keeps`) missing here is first restored
+    from `kept` (a results folder holding `owners/` and `stages/`) where it has one. `transfer` replaces
+    `SETTINGS["transfer"]` (a larger `candidate_budget` in it continues the rows that ran out of a smaller one)."""
     from peft_transfer import Transfer, TransferConfig
     from peft_transfer.data import load_examples
     from peft_transfer.rundir import RunDir
@@ -216,8 +218,8 @@ def run_task(task_dir: str, task_name: str, description: str, pairs: list[str], 
     rows, only = [], rows_needed(only)
 
     def run(row: str, cfg: TransferConfig, *, pair: str, setting: str, stages=None) -> dict:
-        if row.startswith("owner-") and owners:
-            restore_owner(os.path.join(owners, task_name, row), cfg.output_dir)
+        if kept and keeps(row):
+            restore_row(os.path.join(kept, keeps(row), task_name, row), cfg.output_dir)
         record_path = os.path.join(cfg.output_dir, "row.json")
         if os.path.exists(record_path):
             with open(record_path) as f:
@@ -355,13 +357,27 @@ def more_seeds(data: str, n: int) -> str:
 
 
 OWNER_STAGES = ("source_adapter", "discriminator")
+# What the changes reuse of the rows they are measured against (the synthetic inputs and the teacher's labels: 20-60
+# minutes a row on one thread) and the predictions they are compared with input by input, kept in `stages/` as the
+# owners' adapters are in `owners/`.
+BASE_STAGES = ("synthesis", "labels", "evaluation")
+KEPT = {"owners": OWNER_STAGES, "stages": BASE_STAGES}
 
 
-def keep_owners(run_root: str, owners: str) -> list[str]:
-    """Copy the finished stages of each owner row of `run_root` (`<task>/owner-*/`, unless its `row.json` records an
-    error) to `owners/<task>/<row>/`, without their training checkpoints, with the row's `config.json` and, once the
-    row is done, its `row.json`: a row cut after its source adapter keeps that hour of training. Returns the rows
-    copied."""
+def keeps(row: str) -> str | None:
+    """The folder of `KEPT` a row of this name is kept in: `owners` for every owner row, `stages` for each row a
+    change reuses stages of (the paper's row, and the changes others are measured against); None for the rest."""
+    if row.startswith("owner-"):
+        return "owners"
+    bases = {reused_from(s) for s, (_, reused, *_) in IMPROVEMENTS.items() if reused}
+    return "stages" if any(row == f"{b}-{p}" for b in bases for p in PAIRS) else None
+
+
+def keep_rows(run_root: str, results: str) -> list[str]:
+    """Copy the finished stages of each kept row of `run_root` (`<task>/<row>/`, `keeps`; not a row whose `row.json`
+    records an error) to `<results>/owners|stages/<task>/<row>/`, without their training checkpoints, with the row's
+    `config.json` and, once the row is done, its `row.json`: a row cut after its source adapter keeps that hour of
+    training. Returns the rows copied (`owners/<task>/<row>`)."""
     import shutil
 
     from peft_transfer.rundir import RunDir
@@ -370,11 +386,12 @@ def keep_owners(run_root: str, owners: str) -> list[str]:
     for task in sorted(os.listdir(run_root)) if os.path.isdir(run_root) else []:
         folder = os.path.join(run_root, task)
         for row in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+            where = keeps(row)
             src = RunDir(os.path.join(folder, row))
-            finished = [name for name in OWNER_STAGES if src.finished(name)]
-            if not row.startswith("owner-") or not finished:
+            finished = [name for name in KEPT[where] if src.finished(name)] if where else []
+            if not finished:
                 continue
-            dst = RunDir(os.path.join(owners, task, row))
+            dst = RunDir(os.path.join(results, where, task, row))
             if os.path.exists(src("row.json")):
                 with open(src("row.json")) as f:
                     record = json.load(f)
@@ -386,7 +403,7 @@ def keep_owners(run_root: str, owners: str) -> list[str]:
             for name in ("config.json", "row.json"):
                 if os.path.exists(src(name)):
                     shutil.copy2(src(name), dst(name))
-            kept.append(f"{task}/{row}")
+            kept.append(f"{where}/{task}/{row}")
     return kept
 
 
@@ -402,8 +419,8 @@ def repo_path(path: str) -> str:
     return os.path.relpath(path)
 
 
-def restore_owner(kept: str, row_dir: str) -> bool:
-    """Put a kept owner row (`keep_owners`) in place of the missing `row_dir`; its record, when the row was done, is
+def restore_row(kept: str, row_dir: str) -> bool:
+    """Put a kept row (`keep_rows`) in place of the missing `row_dir`; its record, when the row was done, is
     marked with where it came from (a row kept unfinished then runs what it lacks). The stages keep their records, so
     the pipeline reuses them only under the same fingerprints."""
     import shutil
@@ -947,8 +964,8 @@ def main(argv=None):
             "versions": _versions()}
     if args.report:
         result = write_outputs(args.out, collect(args.report), dict(meta, collected_from=args.report), args.prior)
-        kept = keep_owners(args.report, os.path.join(args.out, "owners"))
-        print(f"owner rows kept in {os.path.join(args.out, 'owners')}: {len(kept)}")
+        kept = keep_rows(args.report, args.out)
+        print(f"rows kept in {args.out} (owners/, stages/): {len(kept)}")
         print(markdown(result))
         return 0
 
@@ -968,7 +985,7 @@ def main(argv=None):
         if not os.path.exists(os.path.join(task_dir, "data", "seeds.jsonl")):
             write_task(task, os.path.join(task_dir, "data"))
         run_task(task_dir, task.name, task.description, args.pairs, args.seed, only=tuple(args.rows),
-                 owners=os.path.join(os.path.dirname(os.path.abspath(args.prior)), "owners") if args.prior else None,
+                 kept=os.path.dirname(os.path.abspath(args.prior)) if args.prior else None,
                  transfer=settings["transfer"])
         write_outputs(out, collect(out), dict(meta, wall_s=round(time.time() - start, 1)), args.prior)  # as it goes
     result = write_outputs(out, collect(out), dict(meta, wall_s=round(time.time() - start, 1)), args.prior)

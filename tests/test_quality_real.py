@@ -251,7 +251,7 @@ def test_an_earlier_results_file_keeps_the_rows_not_measured_again(tmp_path):
     assert quality_real.with_prior(again, None) == (again, 0)
 
 
-def test_owner_rows_are_kept_beside_the_results_and_restored_in_a_new_run_folder(tmp_path):
+def test_owner_rows_and_the_rows_changes_reuse_are_kept_beside_the_results_and_restored_in_a_new_run_folder(tmp_path):
     import json
 
     run = tmp_path / "run"
@@ -268,18 +268,29 @@ def test_owner_rows_are_kept_beside_the_results_and_restored_in_a_new_run_folder
 
     row("addition", "owner-qwen", ("source_adapter", "discriminator"), seconds=2700.0)
     row("addition", "owner-smollm2", ("source_adapter",), error="SynthesisError: ...")
-    row("addition", "translora-qwen-smollm2", ("synthesis",), transferred=0.6)
+    row("addition", "translora-qwen-smollm2", ("synthesis", "labels", "target_adapter", "evaluation"), transferred=0.6)
+    row("addition", "more-steps-qwen-smollm2", ("synthesis", "labels"), transferred=0.7)  # no change reuses it
+    row("addition", "label-selection+n-scaling-smollm2-gemma3", ("synthesis",))  # length-strata reuses it
     (run / "addition" / "owner-gemma3" / "source_adapter.incomplete").mkdir(parents=True)  # nothing finished
     row("word_sorting", "owner-qwen", ("source_adapter",))  # cut in its discriminator: no row.json yet
     (run / "word_sorting" / "owner-qwen" / "row.json").unlink()
     (run / "word_sorting" / "owner-qwen" / "discriminator.incomplete").mkdir()
-    owners = tmp_path / "results" / "owners"
+    results = tmp_path / "results"
+    owners = results / "owners"
 
-    assert quality_real.keep_owners(str(run), str(owners)) == ["addition/owner-qwen", "word_sorting/owner-qwen"]
+    assert quality_real.keep_rows(str(run), str(results)) == [
+        "stages/addition/label-selection+n-scaling-smollm2-gemma3", "owners/addition/owner-qwen",
+        "stages/addition/translora-qwen-smollm2", "owners/word_sorting/owner-qwen"]
+    paper = results / "stages" / "addition" / "translora-qwen-smollm2"  # its inputs, labels and predictions
+    assert sorted(p.name for p in paper.iterdir()) == ["config.json", "evaluation", "labels", "row.json", "synthesis"]
+    assert not (paper / "synthesis" / "trainer").exists()
+    fresh_paper = tmp_path / "fresh" / "addition" / "translora-qwen-smollm2"
+    assert quality_real.restore_row(str(paper), str(fresh_paper))
+    assert json.loads((fresh_paper / "row.json").read_text())["transferred"] == 0.6
     cut = owners / "word_sorting" / "owner-qwen"
     assert sorted(p.name for p in cut.iterdir()) == ["config.json", "source_adapter"]
     fresh_cut = tmp_path / "fresh" / "word_sorting" / "owner-qwen"
-    assert quality_real.restore_owner(str(cut), str(fresh_cut))  # the row then trains only its discriminator
+    assert quality_real.restore_row(str(cut), str(fresh_cut))  # the row then trains only its discriminator
     assert not (fresh_cut / "row.json").exists() and (fresh_cut / "source_adapter" / "stage.json").exists()
     kept = owners / "addition" / "owner-qwen"
     assert sorted(p.name for p in kept.iterdir()) == ["config.json", "discriminator", "row.json", "source_adapter"]
@@ -287,16 +298,16 @@ def test_owner_rows_are_kept_beside_the_results_and_restored_in_a_new_run_folder
     assert (kept / "discriminator" / "stage.json").read_text() == json.dumps({"fingerprint": "discriminator"})
 
     fresh = tmp_path / "fresh" / "addition" / "owner-qwen"
-    assert quality_real.restore_owner(str(kept), str(fresh))
+    assert quality_real.restore_row(str(kept), str(fresh))
     record = json.loads((fresh / "row.json").read_text())
     assert record["seconds"] == 2700.0 and record["carried_from"] == os.path.relpath(kept)  # no machine's path
     # A restored owner is not copied back over the one it came from (the report would only rewrite its record).
-    assert quality_real.keep_owners(str(tmp_path / "fresh"), str(owners)) == ["word_sorting/owner-qwen"]
+    assert quality_real.keep_rows(str(tmp_path / "fresh"), str(results)) == ["owners/word_sorting/owner-qwen"]
     assert (fresh / "source_adapter" / "adapter_model.safetensors").read_bytes() == b"weights of source_adapter"
     (fresh / "row.json").write_text(json.dumps(dict(record, seconds=1.0)))
-    assert not quality_real.restore_owner(str(kept), str(fresh))  # a row already there is never replaced
+    assert not quality_real.restore_row(str(kept), str(fresh))  # a row already there is never replaced
     assert json.loads((fresh / "row.json").read_text())["seconds"] == 1.0
-    assert not quality_real.restore_owner(str(owners / "addition" / "owner-smollm2"), str(tmp_path / "x"))
+    assert not quality_real.restore_row(str(owners / "addition" / "owner-smollm2"), str(tmp_path / "x"))
 
 
 def test_a_restored_owner_names_its_source_inside_the_checkout_that_holds_it(tmp_path, monkeypatch):
@@ -309,7 +320,7 @@ def test_a_restored_owner_names_its_source_inside_the_checkout_that_holds_it(tmp
     worktree.mkdir()
     monkeypatch.chdir(worktree)
     row_dir = tmp_path / "runs" / "addition" / "owner-smollm2"
-    assert quality_real.restore_owner(str(kept), str(row_dir))
+    assert quality_real.restore_row(str(kept), str(row_dir))
     record = json.loads((row_dir / "row.json").read_text())
     assert record["carried_from"] == "benchmarks/results/owners/addition/owner-smollm2"
 
