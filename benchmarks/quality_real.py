@@ -819,9 +819,9 @@ def paired_comparison(row_dir: str, base_dir: str) -> dict | None:
     binomial test of the discordant pairs), which two accuracies and their separate intervals cannot give."""
     from peft_transfer.data import load_examples
     from peft_transfer.evaluation import exact_match
-    from peft_transfer.rundir import RunDir
+    from peft_transfer.rundir import RunDir, hash_path
 
-    preds, eval_files = [], set()
+    preds, eval_files, held_out = [], [], set()
     for folder in (row_dir, base_dir):
         dirs = RunDir(folder)
         if not (os.path.exists(dirs.predictions) and os.path.exists(dirs("config.json"))):
@@ -829,10 +829,19 @@ def paired_comparison(row_dir: str, base_dir: str) -> dict | None:
         with open(dirs.predictions) as f:
             preds.append(json.load(f).get("transferred"))
         with open(dirs("config.json")) as f:
-            eval_files.add(json.load(f).get("eval_file"))
-    if None in preds or len(preds[0]) != len(preds[1]) or len(eval_files) != 1 or None in eval_files:
+            path = json.load(f).get("eval_file")
+        # The held-out inputs by their contents: a row restored from `stages/` names the file of the run folder it
+        # was made in, which its evaluation's record hashed.
+        if path and os.path.isfile(path):
+            eval_files.append(path)
+            held_out.add(hash_path(path))
+        elif os.path.exists(dirs.stage_record("evaluation")):
+            held_out.add(dirs.read_record("evaluation").get("inputs", {}).get("eval_file"))
+        else:
+            return None
+    if None in preds or len(preds[0]) != len(preds[1]) or len(held_out) != 1 or None in held_out or not eval_files:
         return None
-    targets = [e["target"] for e in load_examples(eval_files.pop(), require_target=True)][: len(preds[0])]
+    targets = [e["target"] for e in load_examples(eval_files[0], require_target=True)][: len(preds[0])]
     right = [[exact_match(p, t) == 1.0 for p, t in zip(pred, targets)] for pred in preds]
     wins = sum(a and not b for a, b in zip(*right))
     losses = sum(b and not a for a, b in zip(*right))

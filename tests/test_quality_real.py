@@ -392,6 +392,21 @@ def test_paired_comparison_counts_inputs_only_one_row_gets_right(tmp_path):
     assert result["p_value"] == pytest.approx(2 * (1 + 10 + 45) / 1024, abs=1e-4)
     assert quality_real.paired_comparison(str(tmp_path / "change"), str(tmp_path / "missing")) is None
 
+    # The paper's row restored from `stages/` names the held-out file of the run folder it was made in, gone now:
+    # its evaluation's record says which contents it was measured on.
+    from peft_transfer.rundir import hash_path
+
+    paper = RunDir(str(tmp_path / "paper"))
+    with open(paper("config.json"), "w") as f:
+        json.dump({"eval_file": "/elsewhere/runs/addition/data/test.jsonl"}, f)
+    assert quality_real.paired_comparison(str(tmp_path / "change"), paper.root) is None  # nothing says what it was
+    with open(paper.stage_record("evaluation"), "w") as f:
+        json.dump({"inputs": {"eval_file": hash_path(str(eval_file))}}, f)
+    assert quality_real.paired_comparison(str(tmp_path / "change"), paper.root) == result
+    with open(paper.stage_record("evaluation"), "w") as f:
+        json.dump({"inputs": {"eval_file": "0123456789abcdef"}}, f)  # other held-out inputs
+    assert quality_real.paired_comparison(str(tmp_path / "change"), paper.root) is None
+
 
 def test_a_row_that_ran_out_of_candidates_is_continued_only_with_a_larger_budget():
     default = quality_real.SETTINGS["transfer"]["candidate_budget"]
