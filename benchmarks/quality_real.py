@@ -218,8 +218,9 @@ def run_task(task_dir: str, task_name: str, description: str, pairs: list[str], 
     rows, only = [], rows_needed(only)
 
     def run(row: str, cfg: TransferConfig, *, pair: str, setting: str, stages=None) -> dict:
-        if kept and keeps(row):
-            restore_row(os.path.join(kept, keeps(row), task_name, row), cfg.output_dir)
+        where = keeps(row)
+        if kept and where:
+            restore_row(os.path.join(kept, where, task_name, row), cfg.output_dir)
         record_path = os.path.join(cfg.output_dir, "row.json")
         if os.path.exists(record_path):
             with open(record_path) as f:
@@ -377,7 +378,7 @@ def keep_rows(run_root: str, results: str) -> list[str]:
     """Copy the finished stages of each kept row of `run_root` (`<task>/<row>/`, `keeps`; not a row whose `row.json`
     records an error) to `<results>/owners|stages/<task>/<row>/`, without their training checkpoints, with the row's
     `config.json` and, once the row is done, its `row.json`: a row cut after its source adapter keeps that hour of
-    training. Returns the rows copied (`owners/<task>/<row>`)."""
+    training. Returns the rows copied (`owners/<task>/<row>`, `stages/<task>/<row>`)."""
     import shutil
 
     from peft_transfer.rundir import RunDir
