@@ -536,6 +536,25 @@ def tables(rows: list[dict]) -> dict:
                            for t in tasks} for pair in pairs}
     paired = {pair: {t: {s: get(t, f"{s}-{pair}", "paired") for s in IMPROVEMENTS if get(t, f"{s}-{pair}", "paired")}
                      for t in tasks} for pair in pairs}
+    # Each change over the tasks where both it and the row it is measured against have a number: how many of the
+    # pair's tasks that is, both averages there, and the held-out inputs only one of them gets right, summed over the
+    # tasks compared input by input (the tasks' inputs are distinct, so McNemar's exact test applies to the sums).
+    summary = {}
+    for pair in pairs:
+        summary[pair] = {}
+        for s in IMPROVEMENTS:
+            against = reused_from(s)
+            both = [t for t in tasks if None not in (get(t, f"{s}-{pair}", "transferred"),
+                                                      get(t, f"{against}-{pair}", "transferred"))]
+            if not both:
+                continue
+            compared = [paired[pair][t][s] for t in both if s in paired[pair][t]]
+            wins, losses = sum(c["wins"] for c in compared), sum(c["losses"] for c in compared)
+            summary[pair][s] = {"against": against, "tasks": both, "of_tasks": len(tasks),
+                                "change": _mean(get(t, f"{s}-{pair}", "transferred") for t in both),
+                                "against_average": _mean(get(t, f"{against}-{pair}", "transferred") for t in both),
+                                "tasks_paired": len(compared), "wins": wins, "losses": losses,
+                                "p_value": mcnemar_p(wins, losses) if compared else None}
     # The library's default against its teacher and target base (the default row's own measurement of them), the
     # paper's row and the TiTok-style row, on each task it has run on; and, for reference, the target model with a
     # LoRA trained on the task's real data by the owner's recipe (measured as the source of a pair that starts from
@@ -552,7 +571,7 @@ def tables(rows: list[dict]) -> dict:
                           "target_own_data": own_data(t, PAIRS[pair][1])}
                       for t in tasks if get(t, f"{DEFAULT}-{pair}", "transferred") is not None} for pair in pairs}
     return {"tasks": tasks, "pairs": pairs, "table1": table1, "table5": table5, "table9": table9, "gap": gap,
-            "improvements": improvements, "paired": paired, "default": default}
+            "improvements": improvements, "paired": paired, "improvement_summary": summary, "default": default}
 
 
 def claims(t: dict) -> dict:
@@ -718,6 +737,21 @@ def markdown(result: dict) -> str:
                   "|---|---|---|---|---|---|---|"]
         lines += [f"| {task} | {pair} | {s} | {v['against']} | {v['wins']} | {v['losses']} | {v['p_value']:.3g} |"
                   for pair, task, s, v in paired]
+    summary = [(pair, s, v) for pair, per_setting in t.get("improvement_summary", {}).items()
+               for s, v in per_setting.items()]
+    if summary:
+        lines += ["", "Each change on average over the tasks where it and the row it is measured against have both run "
+                  "(not yet every task: the count says how many), and the held-out inputs only one of them gets "
+                  "right, summed over the tasks compared input by input, with McNemar's exact p on the sums.", "",
+                  "| pair | change | against | tasks | change (avg) | against (avg) | difference | "
+                  "only the change right | only the other right | p |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for pair, s, v in summary:
+            counted = (f"{v['wins']} | {v['losses']} | {v['p_value']:.3g}" if v["tasks_paired"] else "— | — | —")
+            if v["tasks_paired"] and v["tasks_paired"] < len(v["tasks"]):
+                counted = counted.replace(" | ", f" (on {v['tasks_paired']} tasks) | ", 1)
+            lines.append(f"| {pair} | {s} | {v['against']} | {len(v['tasks'])} of {v['of_tasks']} | "
+                         f"{_pct(v['change'])} | {_pct(v['against_average'])} | "
+                         f"{(v['change'] - v['against_average']) * 100:+.1f} | {counted} |")
     lines += ["", "## Claims", ""] + claims_ab_lines(c, len(t["tasks"]))
     for pair, v in c["c_filtered_above_ablations"].items():
         lines.append(f"- (c) {pair}: filtered above unfiltered, seeds only and random text on average: "
@@ -846,9 +880,14 @@ def paired_comparison(row_dir: str, base_dir: str) -> dict | None:
     right = [[exact_match(p, t) == 1.0 for p, t in zip(pred, targets)] for pred in preds]
     wins = sum(a and not b for a, b in zip(*right))
     losses = sum(b and not a for a, b in zip(*right))
+    return {"wins": wins, "losses": losses, "p_value": mcnemar_p(wins, losses)}
+
+
+def mcnemar_p(wins: int, losses: int) -> float:
+    """McNemar's exact two-sided p-value: the binomial test of the discordant pairs (inputs only one row gets right)."""
     n = wins + losses
     tail = sum(math.comb(n, k) for k in range(0, min(wins, losses) + 1)) / 2 ** n if n else 1.0
-    return {"wins": wins, "losses": losses, "p_value": min(1.0, 2 * tail)}
+    return min(1.0, 2 * tail)
 
 
 def _label_quality(task: str, row_dir: str) -> dict:

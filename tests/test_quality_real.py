@@ -536,3 +536,26 @@ def test_generator_temperature_counts_format_copies_and_the_real_vocabulary():
     assert c["in_format"] == 3  # the off-format text is not answered by the task's solver
     assert c["words_in_real_vocabulary"] == round(23 / 27, 3)  # word by word: "zebra", "not", "a", "list" are not
     assert c["mean_words"] == round(27 / 4, 1)
+
+
+def test_each_change_is_summed_over_the_tasks_where_it_and_its_reference_row_have_both_run():
+    rows = _rows({"translora": 0.3}, tasks=("t1", "t2", "t3"))
+    add = lambda task, setting, x, **more: rows.append(  # noqa: E731
+        {"task": task, "row": f"{setting}-smollm2-gemma3", "pair": "smollm2-gemma3", "setting": setting,
+         "transferred": x, **more})
+    add("t1", "more-steps", 0.5,
+        paired={"against": "translora-smollm2-gemma3", "wins": 70, "losses": 10, "p_value": 1e-12})
+    add("t2", "more-steps", 0.2)  # no predictions at hand: averaged, not counted input by input
+    add("t3", "more-steps", None, error="SynthesisError: budget")
+    add("t1", "label-selection", 0.9)  # its reference row (all-linear+n-scaling) has not run
+    t = quality_real.tables(rows)
+    v = t["improvement_summary"]["smollm2-gemma3"]["more-steps"]
+    assert v["against"] == "translora" and v["tasks"] == ["t1", "t2"] and v["of_tasks"] == 3
+    assert v["change"] == pytest.approx(0.35) and v["against_average"] == pytest.approx(0.3)
+    assert (v["tasks_paired"], v["wins"], v["losses"]) == (1, 70, 10)
+    assert v["p_value"] == pytest.approx(quality_real.mcnemar_p(70, 10)) and v["p_value"] < 1e-10
+    assert "label-selection" not in t["improvement_summary"]["smollm2-gemma3"]
+    assert quality_real.mcnemar_p(5, 5) == 1.0 and quality_real.mcnemar_p(0, 0) == 1.0
+    assert quality_real.mcnemar_p(0, 6) == pytest.approx(2 / 64)
+    text = quality_real.markdown({"tables": t, "claims": quality_real.claims(t), "rows": rows})
+    assert "| smollm2-gemma3 | more-steps | translora | 2 of 3 | 35.0 | 30.0 | +5.0 | 70 (on 1 tasks) | 10 |" in text
