@@ -539,20 +539,28 @@ def tables(rows: list[dict]) -> dict:
     # Each change over the tasks where both it and the row it is measured against have a number: how many of the
     # pair's tasks that is, both averages there, and the held-out inputs only one of them gets right, summed over the
     # tasks compared input by input (the tasks' inputs are distinct, so McNemar's exact test applies to the sums).
+    # Where the change was compared input by input, the other row's number is the one it was compared with (its
+    # own number less the difference the counts give): a row made again later does not stand in for it.
+    def measured_against(task, setting, pair):
+        record, against = by.get((task, f"{setting}-{pair}"), {}), reused_from(setting)
+        counts, n = record.get("paired"), record.get("num_eval")
+        if counts and n:
+            return record["transferred"] - (counts["wins"] - counts["losses"]) / n
+        return get(task, f"{against}-{pair}", "transferred")
+
     summary = {}
     for pair in pairs:
         summary[pair] = {}
         for s in IMPROVEMENTS:
-            against = reused_from(s)
-            both = [t for t in tasks if None not in (get(t, f"{s}-{pair}", "transferred"),
-                                                      get(t, f"{against}-{pair}", "transferred"))]
+            both = [t for t in tasks if get(t, f"{s}-{pair}", "transferred") is not None
+                    and measured_against(t, s, pair) is not None]
             if not both:
                 continue
             compared = [paired[pair][t][s] for t in both if s in paired[pair][t]]
             wins, losses = sum(c["wins"] for c in compared), sum(c["losses"] for c in compared)
-            summary[pair][s] = {"against": against, "tasks": both, "of_tasks": len(tasks),
+            summary[pair][s] = {"against": reused_from(s), "tasks": both, "of_tasks": len(tasks),
                                 "change": _mean(get(t, f"{s}-{pair}", "transferred") for t in both),
-                                "against_average": _mean(get(t, f"{against}-{pair}", "transferred") for t in both),
+                                "against_average": _mean(measured_against(t, s, pair) for t in both),
                                 "tasks_paired": len(compared), "wins": wins, "losses": losses,
                                 "p_value": mcnemar_p(wins, losses) if compared else None}
     # The library's default against its teacher and target base (the default row's own measurement of them), the
@@ -741,8 +749,10 @@ def markdown(result: dict) -> str:
                for s, v in per_setting.items()]
     if summary:
         lines += ["", "Each change on average over the tasks where it and the row it is measured against have both run "
-                  "(not yet every task: the count says how many), and the held-out inputs only one of them gets "
-                  "right, summed over the tasks compared input by input, with McNemar's exact p on the sums.", "",
+                  "(not yet every task: the count says how many; where the two were compared input by input, the "
+                  "other row's number is the one the change was compared with, not a later remake of it), and the "
+                  "held-out inputs only one of them gets right, summed over the tasks compared input by input, with "
+                  "McNemar's exact p on the sums.", "",
                   "| pair | change | against | tasks | change (avg) | against (avg) | difference | "
                   "only the change right | only the other right | p |", "|---|---|---|---|---|---|---|---|---|---|"]
         for pair, s, v in summary:
