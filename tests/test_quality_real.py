@@ -523,6 +523,21 @@ def test_more_seeds_keeps_the_tasks_seeds_first_and_adds_other_train_examples(tm
     assert load_seeds(quality_real.more_seeds(str(tmp_path), 15), 15) == got  # drawn the same way again
 
 
+def test_a_change_takes_its_seed_as_an_offset_and_more_seeds_from_a_file_of_that_many(tmp_path):
+    retrained, reused, *base = quality_real.IMPROVEMENTS["retrained"]
+    assert reused == ("synthesis", "labels") and not base  # the paper's row's inputs and labels, against that row
+    assert set(retrained) == {"seed"}  # only the training seed differs
+    got = quality_real.row_overrides(retrained, seed=7, seeds_kept=5, data=str(tmp_path))
+    assert got["seed"] == 7 + retrained["seed"] != 7
+    unchanged = {"num_train_epochs": 12}
+    assert quality_real.row_overrides(unchanged, seed=7, seeds_kept=5, data="x") == unchanged
+    train = [{"input": f"q{i}", "target": str(i)} for i in range(20)]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train))
+    (tmp_path / "seeds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train[:5]))
+    got = quality_real.row_overrides(quality_real.IMPROVEMENTS["seeds-15"][0], seed=0, seeds_kept=5, data=str(tmp_path))
+    assert got["num_seeds"] == 15 and got["seed_file"] == str(tmp_path / "seeds-15.jsonl")
+
+
 def test_generator_temperature_counts_format_copies_and_the_real_vocabulary():
     from benchmarks.generator_temperature import count
 
