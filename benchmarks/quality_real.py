@@ -767,7 +767,9 @@ def markdown(result: dict) -> str:
                   "(not yet every task: the count says how many; where the two were compared input by input, the "
                   "other row's number is the one the change was compared with, not a later remake of it), and the "
                   "held-out inputs only one of them gets right, summed over the tasks compared input by input, with "
-                  "McNemar's exact p on the sums.", "",
+                  "McNemar's exact p on the sums. That p takes the trained adapter as given: `retrained`, the paper's "
+                  "row trained again on the same inputs and labels with another seed, shows how far training alone "
+                  "moves these counts.", "",
                   "| pair | change | against | tasks | change (avg) | against (avg) | difference | "
                   "only the change right | only the other right | p |", "|---|---|---|---|---|---|---|---|---|---|"]
         for pair, s, v in summary:
