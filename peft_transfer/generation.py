@@ -2,15 +2,20 @@
 
 The paper generated one candidate at a time; on a GPU a decode step costs about the same for 1 row as for 256
 (DESIGN §5), so everything here is batched. Prompts are sorted by length before batching so that rows of a batch
-need little left padding, and stop strings end each row as soon as its item or answer is complete.
+need little left padding, and stop strings end each row as soon as its item or answer is complete. Equal prompts
+are sorted next to each other and their prompt is read once a batch (`shared_prefill`): with the paper's 5 seeds
+every synthesis prompt is one of their 120 orders, and self-consistency asks the teacher the same prompt k times.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 
 import torch
 from tqdm.auto import tqdm
+from transformers import StoppingCriteriaList
+from transformers.generation.stopping_criteria import StopStringCriteria
 
 _multinomial = torch.multinomial
 
@@ -93,7 +98,7 @@ def generate(
     model.eval()
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), prompts[i]))
     results: list[tuple[str, bool] | None] = [None] * len(prompts)
     device = next(model.parameters()).device
     eos_ids = _eos_ids(model, tokenizer)
@@ -103,35 +108,120 @@ def generate(
     else:
         # Greedy: clear sampling defaults a model's generation_config may carry, so no warning is raised.
         sampling.update(temperature=None, top_p=None, top_k=None)
+    # Built once: transformers builds it from `stop_strings` in every call (a second for a 262k vocabulary).
+    stopping = StoppingCriteriaList([StopStringCriteria(tokenizer, stop_strings)]) if stop_strings else None
+
+    def ended(ids: list[int]) -> bool:  # by itself: an end-of-sequence token, or a stop string in the text
+        if any(t in eos_ids for t in ids):
+            return True
+        return bool(stop_strings) and any(s in tokenizer.decode(ids, skip_special_tokens=True) for s in stop_strings)
+
     bar = tqdm(total=len(prompts), desc=desc, disable=not show_progress or desc is None, leave=False)
     try:
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True).to(device)
             with cpu_sampling(device) if do_sample else contextlib.nullcontext():
-                out = model.generate(
-                    **enc,
-                    max_new_tokens=max_new_tokens,
-                    pad_token_id=tokenizer.pad_token_id,
-                    eos_token_id=eos_ids,
-                    stop_strings=stop_strings or None,
-                    tokenizer=tokenizer if stop_strings else None,
-                    **sampling,
-                )
-            new = out[:, enc["input_ids"].shape[1] :]
-            for row, i in enumerate(idx):
-                ids = new[row].tolist()
-                ended = any(t in eos_ids for t in ids)
-                text = tokenizer.decode(ids, skip_special_tokens=True)
-                if stop_strings and any(s in text for s in stop_strings):
-                    ended = True
-                results[i] = (text, ended)
+                continuations = _decode(model, enc, max_new_tokens, ended=ended, stopping=stopping,
+                                        pad_token_id=tokenizer.pad_token_id, eos_token_id=eos_ids, **sampling)
+            for ids, i in zip(continuations, idx):
+                results[i] = (tokenizer.decode(ids, skip_special_tokens=True), ended(ids))
             bar.update(len(idx))
     finally:
         bar.close()
         tokenizer.padding_side = old_side
         model.train(was_training)
     return results
+
+
+# Tokens decoded before the rows that have ended leave the batch (`_decode`).
+SEGMENT_TOKENS = 8
+
+
+def _decode(model, enc, max_new_tokens: int, *, ended, stopping, **generate_kwargs) -> list[list[int]]:
+    """The new token ids of every row of a batch, `max_new_tokens` at most. `model.generate` keeps a row that has
+    ended in the batch until the last one ends; here it decodes `SEGMENT_TOKENS` at a time, and the rows still going
+    carry on from the cache without those that have ended (`ended(new ids)`), so a batch pays for its long rows only
+    with them. The tokens are those one call would give: the same sampling and stop strings, only without the padding
+    after a row's end."""
+    cache = shared_prefill(model, enc)
+    ready = _reads_a_ready_cache(model) and set(enc) == {"input_ids", "attention_mask"}
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    rows = list(range(ids.shape[0]))  # the batch rows still decoding
+    new: list[list[int]] = [[] for _ in rows]
+    left = max_new_tokens
+    while True:
+        step = min(left, SEGMENT_TOKENS) if ready else left
+        out = model.generate(input_ids=ids, attention_mask=mask, **({"cache": cache} if cache is not None else {}),
+                             **({k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask")}),
+                             max_new_tokens=step, stopping_criteria=stopping, return_dict_in_generate=True,
+                             **generate_kwargs)
+        sequences = out.sequences
+        added = sequences[:, ids.shape[1]:]
+        left -= added.shape[1]
+        going = []
+        for r, row in enumerate(rows):
+            new[row].extend(added[r].tolist())
+            # A row generate has ended is padded from then on (its stop string may also span the prompt).
+            if not ended(new[row]) and new[row][-1] != generate_kwargs["pad_token_id"]:
+                going.append(r)
+        if not going or left <= 0 or added.shape[1] < step:
+            return new
+        keep = torch.tensor(going, device=ids.device)
+        cache = out.cache
+        cache.batch_select_indices(keep)
+        ids = sequences[keep]
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], added.shape[1])], 1)[keep]
+        rows = [rows[r] for r in going]
+
+
+def _reads_a_ready_cache(model) -> bool:
+    """Whether `model.generate` can start from a cache made outside it: a decoder-only model with transformers'
+    default (dynamic) cache that can keep the output layer to the last position, without a prompt-learning adapter
+    (whose virtual tokens generate puts in front of the prompt itself)."""
+    peft_config = getattr(model, "active_peft_config", None)
+    if peft_config is not None and getattr(peft_config, "is_prompt_learning", False):
+        return False
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    if config is None or config.is_encoder_decoder or not hasattr(base, "_supports_default_dynamic_cache"):
+        return False
+    if not base._supports_default_dynamic_cache() or base.generation_config.cache_implementation is not None:
+        return False
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+@torch.no_grad()
+def shared_prefill(model, enc):
+    """The cache of a batch whose prompts repeat: each distinct prompt (but its last token) read once, its keys and
+    values then copied to every row that asks it, so that `generate` reads only the last prompt token and decodes.
+    Each row still samples its own continuation. None when no prompt repeats or the model cannot start from a ready
+    cache (`_reads_a_ready_cache`); `generate` then reads every row as usual."""
+    ids, mask = enc["input_ids"], enc.get("attention_mask")
+    if ids.shape[1] < 2 or mask is None:
+        return None
+    first: dict[tuple, int] = {}
+    rows, distinct = [], []  # per row the index of its prompt among the distinct ones; per distinct prompt a row
+    for i, row in enumerate(torch.cat([ids, mask], 1).tolist()):
+        rows.append(first.setdefault(tuple(row), len(first)))
+        if rows[-1] == len(distinct):
+            distinct.append(i)
+    if len(distinct) == len(rows) or not _reads_a_ready_cache(model):
+        return None
+    from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cache = DynamicCache(config=base.config.get_text_config(decoder=True))
+    if any(type(layer) not in (DynamicLayer, DynamicSlidingWindowLayer) for layer in cache.layers):
+        return None  # linear-attention or other layers whose state rows are not copied the same way
+    distinct = torch.tensor(distinct, device=ids.device)
+    ids, mask = ids[distinct, :-1], mask[distinct, :-1]
+    # The positions generate gives a left-padded prompt (transformers' `_prepare_position_ids_for_generation`).
+    position_ids = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    model(input_ids=ids, attention_mask=mask, position_ids=position_ids, cache=cache, use_cache=True,
+          logits_to_keep=1)
+    cache.batch_select_indices(torch.tensor(rows, device=ids.device))
+    return cache
 
 
 def _generate_vllm(model, tokenizer, prompts, *, batch_size, max_new_tokens, do_sample, temperature, top_p, top_k,

@@ -1,0 +1,92 @@
+"""Batched generation (`peft_transfer.generation.generate`): each distinct prompt of a batch read once, the rows that
+have ended leaving the batch, and the continuations those of one `model.generate` call over the batch."""
+
+import os
+import random
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from peft_transfer import generation
+from peft_transfer.data import generator_prompt, generator_stop_strings
+from peft_transfer.worlds.tiny_models import DEMO_MODELS
+
+SEEDS = ["Sort these letters: q d k", "Sort these letters: m a z f", "Sort these letters: b y", "Sort these letters: e"]
+
+
+@pytest.fixture(scope="module", params=["tiny-llama", "tiny-gemma"])
+def tiny_lm(request):
+    path = os.path.join(DEMO_MODELS, request.param)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def one_call(model, tokenizer, prompts, **kwargs):
+    """What one `model.generate` call over the whole batch gives each prompt (transformers' own stop strings)."""
+    tokenizer.padding_side = "left"
+    enc = tokenizer(prompts, return_tensors="pt", padding=True)
+    out = model.generate(**enc, do_sample=False, pad_token_id=tokenizer.pad_token_id, tokenizer=tokenizer, **kwargs)
+    return [tokenizer.decode(row[enc["input_ids"].shape[1]:], skip_special_tokens=True) for row in out]
+
+
+def test_continuations_are_those_of_one_generate_call_with_repeated_prompts_read_once_and_ended_rows_leaving(
+        tiny_lm, monkeypatch):
+    model, tokenizer = tiny_lm
+    rng = random.Random(0)
+    # Three of four seeds per prompt: 24 orders, so the 40 prompts repeat (as the paper's 5 seeds of 5 do).
+    prompts = [generator_prompt(SEEDS, rng, 3) for _ in range(40)]
+    stop = generator_stop_strings(SEEDS, 3)
+    calls, prefills = [], []
+    real_generate, real_prefill = model.generate, generation.shared_prefill
+
+    def spy_generate(**kwargs):
+        calls.append((kwargs["input_ids"].shape[0], kwargs["max_new_tokens"], "cache" in kwargs))
+        return real_generate(**kwargs)
+
+    def spy_prefill(m, enc):
+        cache = real_prefill(m, enc)
+        prefills.append((enc["input_ids"].shape[0], None if cache is None else cache.get_seq_length()))
+        return cache
+
+    monkeypatch.setattr(model, "generate", spy_generate)
+    monkeypatch.setattr(generation, "shared_prefill", spy_prefill)
+    monkeypatch.setattr(generation, "SEGMENT_TOKENS", 3)  # these items end after 9 to 13 tokens
+    got = generation.generate(model, tokenizer, prompts, batch_size=40, max_new_tokens=24, stop_strings=stop)
+    monkeypatch.setattr(model, "generate", real_generate)
+
+    want = one_call(model, tokenizer, prompts, max_new_tokens=24, stop_strings=stop)
+    assert [text for text, _ in got] == want
+    assert all(ended for text, ended in got if any(s in text for s in stop))
+    # One batch: its distinct prompts read once (all but the last token), then 3 tokens at a time.
+    assert len(prefills) == 1 and prefills[0][1] is not None
+    padded = tokenizer(prompts, padding=True, return_tensors="pt")["input_ids"].shape[1]
+    assert prefills[0][1] == padded - 1
+    assert calls[0] == (40, 3, True) and all(step == 3 for _, step, _ in calls)
+    # Rows that have ended leave: later calls carry fewer rows, each going on from the cache of the one before.
+    rows = [n for n, _, _ in calls]
+    assert rows == sorted(rows, reverse=True) and rows[-1] < 40 and all(has_cache for _, _, has_cache in calls)
+
+
+def test_distinct_prompts_and_models_that_cannot_start_from_a_cache_take_one_call(tiny_lm, monkeypatch):
+    from peft import PromptTuningConfig, get_peft_model
+
+    model, tokenizer = tiny_lm
+    prompts = [f"Sort these letters: {' '.join('abcdefgh'[i:i + 3])}\n" for i in range(5)]
+    enc = tokenizer(prompts, return_tensors="pt", padding=True)
+    assert generation.shared_prefill(model, enc) is None  # nothing repeats
+
+    fresh = AutoModelForCausalLM.from_pretrained(model.name_or_path, dtype=torch.float32)
+    tuned = get_peft_model(fresh, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)).eval()
+    assert not generation._reads_a_ready_cache(tuned)
+    repeated = prompts[:2] * 3
+    assert generation.shared_prefill(tuned, tokenizer(repeated, return_tensors="pt", padding=True)) is None
+    calls = []
+    real_generate = tuned.generate
+    monkeypatch.setattr(tuned, "generate", lambda **kw: calls.append(kw["max_new_tokens"]) or real_generate(**kw))
+    got = generation.generate(tuned, tokenizer, repeated, batch_size=8, max_new_tokens=20)
+    assert calls == [20] and len(got) == 6
+    assert got[0] == got[2] == got[4]  # greedy: a prompt asked three times gets the same answer
