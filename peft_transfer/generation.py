@@ -178,7 +178,7 @@ def _decode(model, enc, max_new_tokens: int, *, ended, stopping, **generate_kwar
 def _reads_a_ready_cache(model) -> bool:
     """Whether `model.generate` can start from a cache made outside it: a decoder-only model with transformers'
     default (dynamic) cache that can keep the output layer to the last position, without a prompt-learning adapter
-    (whose virtual tokens generate puts in front of the prompt itself)."""
+    (whose virtual tokens generate puts in front of the prompt itself); `_decode` and `shared_prefill` need it."""
     peft_config = getattr(model, "active_peft_config", None)
     if peft_config is not None and getattr(peft_config, "is_prompt_learning", False):
         return False
@@ -188,7 +188,14 @@ def _reads_a_ready_cache(model) -> bool:
         return False
     if not base._supports_default_dynamic_cache() or base.generation_config.cache_implementation is not None:
         return False
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
+    if "logits_to_keep" not in inspect.signature(base.forward).parameters:
+        return False
+    from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
+
+    # Full or sliding-window attention layers only: their rows are copied by `batch_select_indices`, where the state
+    # of linear-attention or other layers is not copied the same way.
+    layers = DynamicCache(config=config.get_text_config(decoder=True)).layers
+    return all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers)
 
 
 @torch.no_grad()
@@ -208,12 +215,10 @@ def shared_prefill(model, enc):
             distinct.append(i)
     if len(distinct) == len(rows) or not _reads_a_ready_cache(model):
         return None
-    from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
+    from transformers import DynamicCache
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     cache = DynamicCache(config=base.config.get_text_config(decoder=True))
-    if any(type(layer) not in (DynamicLayer, DynamicSlidingWindowLayer) for layer in cache.layers):
-        return None  # linear-attention or other layers whose state rows are not copied the same way
     distinct = torch.tensor(distinct, device=ids.device)
     ids, mask = ids[distinct, :-1], mask[distinct, :-1]
     # The positions generate gives a left-padded prompt (transformers' `_prepare_position_ids_for_generation`).
