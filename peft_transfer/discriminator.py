@@ -2,9 +2,10 @@
 
 It is a PEFT adapter on an LLM that answers `{x}\\nIs the above question from the {task} dataset?` with "yes" for
 real task inputs and "no" for inputs the source base made up. Filtering never samples a reply: one forward pass per
-candidate, batched, compares the logits of the first token where " yes" and " no" differ (for byte- or
-character-level tokenizers that is after a shared leading space). The score is the log-odds
-`log p(yes) - log p(no)`, which equals that logit difference since the softmax normaliser cancels.
+candidate, batched (the opening that every candidate's question shares read once a batch), compares the logits of
+the first token where " yes" and " no" differ (for byte- or character-level tokenizers that is after a shared leading
+space). The score is the log-odds `log p(yes) - log p(no)`, which equals that logit difference since the softmax
+normaliser cancels.
 """
 
 from __future__ import annotations
@@ -87,9 +88,10 @@ def score(model, tokenizer, texts: list[str], task_name: str, *, batch_size: int
     """
     if not texts:
         return np.zeros(0, dtype=np.float32)
-    from .modeling import contiguous_head_input
+    from .generation import logits_at
+    from .modeling import prepare_output_layer
 
-    contiguous_head_input(model)  # logits_to_keep=1 slices the hidden states (see there)
+    prepare_output_layer(model)  # logits_to_keep slices the hidden states (see there)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -105,17 +107,11 @@ def score(model, tokenizer, texts: list[str], task_name: str, *, batch_size: int
         attention = torch.zeros((len(idx), width), dtype=torch.long)
         for row, i in enumerate(idx):
             ids = questions[i].prefix_ids
-            input_ids[row, width - len(ids) :] = torch.tensor(ids)
-            attention[row, width - len(ids) :] = 1
-        # Left padding: positions must start at 0 on the first real token, as without padding.
-        position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
-        logits = model(
-            input_ids=input_ids.to(device),
-            attention_mask=attention.to(device),
-            position_ids=position_ids.to(device),
-            logits_to_keep=1,
-            use_cache=False,
-        ).logits[:, -1, :].float()
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            attention[row, : len(ids)] = 1
+        # Right padding: every row starts at position 0, and the opening the questions share is read once.
+        logits = torch.stack([lg[0] for lg in logits_at(
+            model, input_ids.to(device), attention.to(device), [[len(questions[i].prefix_ids) - 1] for i in idx])])
         yes = torch.tensor([questions[i].yes_id for i in idx], device=logits.device)
         no = torch.tensor([questions[i].no_id for i in idx], device=logits.device)
         diff = logits.gather(1, yes[:, None]) - logits.gather(1, no[:, None])

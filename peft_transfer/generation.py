@@ -91,9 +91,9 @@ def generate(
             f"The tokenizer of {getattr(model, 'name_or_path', 'the model')!r} has no pad token, which batched "
             "generation needs: set `tokenizer.pad_token = tokenizer.eos_token` (or add a pad token) before the transfer."
         )
-    from .modeling import contiguous_head_input
+    from .modeling import prepare_output_layer
 
-    contiguous_head_input(model)  # models not loaded by `load_base` (a callback's, a user's)
+    prepare_output_layer(model)  # models not loaded by `load_base` (a callback's, a user's)
     was_training = model.training
     model.eval()
     old_side = tokenizer.padding_side
@@ -227,6 +227,51 @@ def shared_prefill(model, enc):
           logits_to_keep=1)
     cache.batch_select_indices(torch.tensor(rows, device=ids.device))
     return cache
+
+
+@torch.no_grad()
+def logits_at(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+              positions: list[list[int]]) -> list[torch.Tensor]:
+    """Per row of a right-padded batch, the float32 logits `(len(positions[row]), vocab)` at those positions (each
+    row's own, all within its real tokens), from one forward pass that computes the output layer only there.
+
+    The tokens every row begins with (a chat template's system turn, a discriminator's question) are read once: their
+    keys and values are copied to every row, which then reads only its own tokens. That prefix ends before the first
+    position asked for. Models that cannot start from a ready cache (`_reads_a_ready_cache`) read each row whole.
+    """
+    if not positions:
+        return []
+    batch, length = input_ids.shape
+    first_asked = min(min(p) for p in positions)
+    lengths = attention_mask.sum(1).tolist()
+    prefix = 0
+    if batch > 1 and _reads_a_ready_cache(model):
+        same = (input_ids == input_ids[:1]).all(0) & (attention_mask == 1).all(0)
+        prefix = int(same.long().cumprod(0).sum())
+    prefix = min(prefix, first_asked, min(lengths) - 1)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    keep_some = "logits_to_keep" in inspect.signature(base.forward).parameters
+    kwargs = {}
+    if prefix >= 2:  # below that the copy costs about what it saves
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=base.config.get_text_config(decoder=True))
+        model(input_ids=input_ids[:1, :prefix], attention_mask=attention_mask[:1, :prefix], cache=cache,
+              use_cache=True, logits_to_keep=1)
+        cache.batch_repeat_interleave(batch)
+        kwargs = dict(cache=cache, use_cache=True,
+                      position_ids=torch.arange(prefix, length, device=input_ids.device).expand(batch, -1))
+    else:
+        prefix = 0
+        kwargs = dict(use_cache=False)
+    asked = sorted({q for p in positions for q in p})
+    if keep_some:
+        kwargs["logits_to_keep"] = torch.tensor([q - prefix for q in asked], device=input_ids.device)
+        column = {q: j for j, q in enumerate(asked)}
+    else:
+        column = {q: q - prefix for q in asked}
+    logits = model(input_ids=input_ids[:, prefix:], attention_mask=attention_mask, **kwargs).logits
+    return [logits[row, [column[q] for q in p]].float() for row, p in enumerate(positions)]
 
 
 def _generate_vllm(model, tokenizer, prompts, *, batch_size, max_new_tokens, do_sample, temperature, top_p, top_k,

@@ -45,18 +45,62 @@ def _contiguous_input(module, args):
     return (args[0].contiguous(), *args[1:]) if args and not args[0].is_contiguous() else None
 
 
-def contiguous_head_input(model):
-    """Make the output layer's input contiguous (once per model; returns the model).
+def _onednn_linear():
+    """oneDNN's linear (`mkldnn::_linear_pointwise`, what torch.compile's CPU backend calls), or `None` where this
+    torch build has none."""
+    if not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        return torch.ops.mkldnn._linear_pointwise.default
+    except (AttributeError, RuntimeError):
+        return None
 
-    transformers applies `lm_head` to `hidden_states[:, -k:, :]` (`logits_to_keep`: every `generate` prefill, every
-    discriminator score), a strided 3-D tensor. torch (2.13, CPU) cannot fold that into one matmul and broadcasts the
-    whole (vocab, hidden) weight per row into a bmm instead: for Gemma's 262k vocabulary 0.7 s and 0.3 GB per row in
-    bf16, where the contiguous input takes 2 ms. That copy was most of the time and memory of generation here.
+
+_ONEDNN_LINEAR = _onednn_linear()
+
+
+def output_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.linear` for an output layer (a vocabulary-wide weight): through oneDNN on CPU in float32 when no gradient
+    flows through it, else `F.linear` itself.
+
+    torch's CPU float32 matmul (MKL) is slow for this shape, a few rows against a tall weight: measured on an AVX2 AMD
+    EPYC (2 cores), 64 rows x Gemma-3's (262k, 640) head at 46-54 GFLOP/s against oneDNN's 79-89, SmolLM2's (49k, 576)
+    at 52-71 against 93-106, the same within float rounding (`benchmarks/scoring_speed.py`). In bf16 torch already
+    calls oneDNN. oneDNN's op has no autograd formula: where a gradient is wanted `F.linear` runs.
+    """
+    if (_ONEDNN_LINEAR is not None and x.device.type == "cpu" and x.dtype == torch.float32
+            and weight.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32)
+            and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)))):
+        return _ONEDNN_LINEAR(x.contiguous(), weight, bias, "none", [], "")
+    return torch.nn.functional.linear(x, weight, bias)
+
+
+class OutputLinear(torch.nn.Linear):
+    """An `nn.Linear` output layer whose forward is `output_linear` (same parameters, same state dict)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return output_linear(x, self.weight, self.bias)
+
+
+def prepare_output_layer(model):
+    """Make the output layer fast on CPU (once per model; returns the model).
+
+    - Its input is made contiguous. transformers applies `lm_head` to `hidden_states[:, -k:, :]` (`logits_to_keep`:
+      every `generate` prefill, every discriminator score), a strided 3-D tensor. torch (2.13, CPU) cannot fold that
+      into one matmul and broadcasts the whole (vocab, hidden) weight per row into a bmm instead: for Gemma's 262k
+      vocabulary 0.7 s and 0.3 GB per row in bf16, where the contiguous input takes 2 ms. That copy was most of the
+      time and memory of generation here.
+    - A plain `nn.Linear` head becomes an `OutputLinear` (`output_linear`: oneDNN in float32 without gradients). A
+      head that PEFT or anything else wraps is left as it is.
     """
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if head is not None and not getattr(head, "_contiguous_input_hook", False):
+    if head is None:
+        return model
+    if not getattr(head, "_contiguous_input_hook", False):
         head.register_forward_pre_hook(_contiguous_input)
         head._contiguous_input_hook = True
+    if type(head) is torch.nn.Linear:
+        head.__class__ = OutputLinear
     return model
 
 
@@ -96,7 +140,7 @@ def load_base(ref: str, *, dtype: str = "auto", trust_remote_code: bool = False,
         model.config._name_or_path = model.name_or_path = ref
     model.to(device)
     model.eval()
-    return contiguous_head_input(model)
+    return prepare_output_layer(model)
 
 
 def _same_model(a: str | None, b: str | None) -> bool:

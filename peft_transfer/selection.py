@@ -44,34 +44,48 @@ def answer_confidence(model, tokenizer, prompts: list[str], completions: list[st
 
 def _completion_logprobs(model, tokenizer, prompts, completions, batch_size, *, with_base: bool):
     """Per completion, for each of its tokens: `(start, end, log p under model, log p under the base or None)`,
-    the span in completion characters (the token that crosses from the prompt into the completion counts)."""
-    side, tokenizer.padding_side = tokenizer.padding_side, "right"
-    out = []
-    try:
-        for i in range(0, len(prompts), batch_size):
-            ps, cs = prompts[i:i + batch_size], completions[i:i + batch_size]
-            enc = tokenizer([p + c for p, c in zip(ps, cs)], return_offsets_mapping=True, padding=True,
-                            return_tensors="pt").to(model.device)
-            offsets = enc.pop("offset_mapping").tolist()
-            scores = _next_token_logprobs(model, enc).tolist()
-            if with_base:
-                with model.disable_adapter():
-                    base = _next_token_logprobs(model, enc).tolist()
-            mask = enc["attention_mask"].tolist()
-            for row, (p, c) in enumerate(zip(ps, cs)):
-                start = len(p)
-                out.append([(s - start, e - start, scores[row][j - 1], base[row][j - 1] if with_base else None)
-                            for j, (s, e) in enumerate(offsets[row])
-                            if j > 0 and mask[row][j] and e > start and e > s])
-    finally:
-        tokenizer.padding_side = side
+    the span in completion characters (the token that crosses from the prompt into the completion counts).
+
+    Rows are read in batches of similar length (`generation.logits_at`: the output layer only where a completion
+    token is predicted, the prompt's opening that all rows share read once)."""
+    encoded = [tokenizer(p + c, return_offsets_mapping=True) for p, c in zip(prompts, completions)]
+    # Per row, the token indices scored: the completion's (a token ending inside the prompt is the prompt's).
+    wanted = [[j for j, (s, e) in enumerate(enc["offset_mapping"]) if j > 0 and e > len(p) and e > s]
+              for enc, p in zip(encoded, prompts)]
+    out: list[list] = [[] for _ in prompts]
+    order = sorted((i for i in range(len(prompts)) if wanted[i]), key=lambda i: len(encoded[i]["input_ids"]))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = next(model.parameters()).device
+    for first in range(0, len(order), batch_size):
+        idx = order[first:first + batch_size]
+        width = max(len(encoded[i]["input_ids"]) for i in idx)
+        ids = torch.full((len(idx), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):
+            n = len(encoded[i]["input_ids"])
+            ids[row, :n] = torch.tensor(encoded[i]["input_ids"])
+            mask[row, :n] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        positions = [[j - 1 for j in wanted[i]] for i in idx]
+        scores = _token_logprobs(model, ids, mask, positions, wanted, idx)
+        base = [None] * len(idx)
+        if with_base:
+            with model.disable_adapter():
+                base = _token_logprobs(model, ids, mask, positions, wanted, idx)
+        for row, i in enumerate(idx):
+            offsets, start = encoded[i]["offset_mapping"], len(prompts[i])
+            out[i] = [(offsets[j][0] - start, offsets[j][1] - start, scores[row][k],
+                       base[row][k] if with_base else None) for k, j in enumerate(wanted[i])]
     return out
 
 
-def _next_token_logprobs(model, enc) -> torch.Tensor:
-    """`(B, L - 1)`: log p(token j | tokens < j) for j = 1..L-1."""
-    logits = model(**enc).logits[:, :-1].float()
-    return torch.log_softmax(logits, dim=-1).gather(-1, enc["input_ids"][:, 1:, None])[..., 0]
+def _token_logprobs(model, ids, mask, positions, wanted, idx) -> list[list[float]]:
+    """Per row: log p(token j | tokens < j) for each of its wanted tokens j."""
+    from .generation import logits_at
+
+    logits = logits_at(model, ids, mask, positions)
+    return [torch.log_softmax(lg, dim=-1).gather(-1, ids[row, wanted[i]][:, None])[:, 0].tolist()
+            for row, (lg, i) in enumerate(zip(logits, idx))]
 
 
 def selected_row(tokenizer, prompt: str, completion: str, spans: list[tuple[int, int, float]],

@@ -90,3 +90,40 @@ def test_distinct_prompts_and_models_that_cannot_start_from_a_cache_take_one_cal
     got = generation.generate(tuned, tokenizer, repeated, batch_size=8, max_new_tokens=20)
     assert calls == [20] and len(got) == 6
     assert got[0] == got[2] == got[4]  # greedy: a prompt asked three times gets the same answer
+
+
+def test_logits_at_reads_the_shared_opening_once_and_gives_each_rows_own_logits(tiny_lm):
+    model, tokenizer = tiny_lm
+    texts = [f"Sort these letters: {' '.join('qdkmazfbye'[i:i + n])}\nAnswer:" for i, n in ((0, 3), (2, 5), (4, 2))]
+    rows = [tokenizer(t)["input_ids"] for t in texts]
+    width = max(map(len, rows))
+    ids = torch.full((3, width), tokenizer.pad_token_id)
+    mask = torch.zeros((3, width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)], mask[i, :len(r)] = torch.tensor(r), 1
+    shared = next(j for j in range(width) if len({r[j] for r in rows}) > 1)
+    assert shared >= 3
+    positions = [[len(r) - 1] if i != 1 else [shared, len(r) - 2, len(r) - 1] for i, r in enumerate(rows)]
+    widths = []
+    hook = model.get_input_embeddings().register_forward_pre_hook(lambda m, a: widths.append(tuple(a[0].shape)))
+    try:
+        got = generation.logits_at(model, ids, mask, positions)
+    finally:
+        hook.remove()
+    assert widths == [(1, shared), (3, width - shared)]  # the opening once, then each row's own tokens
+    for row, (r, p) in enumerate(zip(rows, positions)):
+        with torch.no_grad():
+            alone = model(input_ids=torch.tensor([r])).logits[0, p].float()
+        assert got[row].shape == alone.shape
+        torch.testing.assert_close(got[row], alone, rtol=1e-4, atol=1e-4)
+    # A position inside the opening: the prefix read once stops before it.
+    widths.clear()
+    hook = model.get_input_embeddings().register_forward_pre_hook(lambda m, a: widths.append(tuple(a[0].shape)))
+    try:
+        early = generation.logits_at(model, ids, mask, [[1], [shared - 1], [2]])
+    finally:
+        hook.remove()
+    assert widths == [(3, width)]  # a prefix of 1 token is not worth a copy: every row read whole
+    with torch.no_grad():
+        torch.testing.assert_close(early[1], model(input_ids=torch.tensor([rows[1]])).logits[0, [shared - 1]].float(),
+                                   rtol=1e-4, atol=1e-4)

@@ -74,7 +74,8 @@ def test_scores_a_batch_through_the_discriminator_path(lm):
     batched = score(model, tokenizer, texts, "three-digit addition", batch_size=4, show_progress=False)
     alone = score(model, tokenizer, texts[:1], "three-digit addition", batch_size=1, show_progress=False)
     assert batched.shape == (4,) and all(torch.isfinite(torch.tensor(batched)))
-    assert abs(float(batched[0]) - float(alone[0])) < 0.25  # left padding leaves a row's score (bf16 rounding aside)
+    # Padding, and the question's opening read once for the batch, leave a row's score (bf16 rounding aside).
+    assert abs(float(batched[0]) - float(alone[0])) < (0.25 if model.dtype == torch.bfloat16 else 1e-3)
 
 
 def test_takes_a_lora_step(lm, tmp_path):

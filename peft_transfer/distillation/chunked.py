@@ -11,6 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..modeling import output_linear
 from .losses import (
     _check_divergence_args,
     _check_same_vocab,
@@ -144,11 +145,13 @@ class _ChunkedDistillationLoss(torch.autograd.Function):
         for start in range(0, num_positions, chunk_size):
             end = min(start + chunk_size, num_positions)
             hidden_chunk = student_hidden[start:end]
-            # Logits in the model's dtype, like the model's own lm_head, then upcast for the softmax math.
-            student_logits, tanh = _softcap(_upcast(F.linear(hidden_chunk, student_weight, student_bias)), student_cap)
+            # Logits in the model's dtype, like the model's own lm_head, then upcast for the softmax math. No autograd
+            # runs in here (the gradient is written by hand), so the output layer's oneDNN path applies.
+            student_logits, tanh = _softcap(_upcast(output_linear(hidden_chunk, student_weight, student_bias)),
+                                            student_cap)
             teacher_logits = None
             if sequence_weight < 1.0:
-                teacher_logits = _upcast(F.linear(teacher_hidden[start:end], teacher_weight, teacher_bias))
+                teacher_logits = _upcast(output_linear(teacher_hidden[start:end], teacher_weight, teacher_bias))
                 teacher_logits, _ = _softcap(teacher_logits, teacher_cap)
             divergence_sum, ce_sum, grad_logits = _chunk_loss_and_logit_grad(
                 student_logits, teacher_logits, targets[start:end], kind, beta, temperature, sequence_weight,

@@ -78,9 +78,9 @@ def embed_texts(
     if pad_token_id is None:
         raise ValueError("The tokenizer has neither a pad token nor an EOS token to pad with.")
 
-    from ..modeling import contiguous_head_input
+    from ..modeling import prepare_output_layer
 
-    contiguous_head_input(model)
+    prepare_output_layer(model)
     device = next(model.parameters()).device
     # `logits_to_keep=1` skips the (batch, length, vocab) logits that a causal LM computes but we never read;
     # only pass it where the underlying model's forward declares it (PEFT wraps the model and takes **kwargs).
