@@ -12,6 +12,7 @@ import os
 
 import torch
 
+from .distillation.models import OutputLinear
 from .errors import UserError
 from .hub import resolve_pretrained, split_revision
 from .sources import is_source_ref
@@ -43,43 +44,6 @@ def torch_dtype(name: str, device: str | torch.device | None = None) -> torch.dt
 
 def _contiguous_input(module, args):
     return (args[0].contiguous(), *args[1:]) if args and not args[0].is_contiguous() else None
-
-
-def _onednn_linear():
-    """oneDNN's linear (`mkldnn::_linear_pointwise`, what torch.compile's CPU backend calls), or `None` where this
-    torch build has none."""
-    if not torch.backends.mkldnn.is_available():
-        return None
-    try:
-        return torch.ops.mkldnn._linear_pointwise.default
-    except (AttributeError, RuntimeError):
-        return None
-
-
-_ONEDNN_LINEAR = _onednn_linear()
-
-
-def output_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`F.linear` for an output layer (a vocabulary-wide weight): through oneDNN on CPU in float32 when no gradient
-    flows through it, else `F.linear` itself.
-
-    torch's CPU float32 matmul (MKL) is slow for this shape, a few rows against a tall weight: measured on an AVX2 AMD
-    EPYC (2 cores), 64 rows x Gemma-3's (262k, 640) head at 46-54 GFLOP/s against oneDNN's 79-89, SmolLM2's (49k, 576)
-    at 52-71 against 93-106, the same within float rounding (`benchmarks/scoring_speed.py`). In bf16 torch already
-    calls oneDNN. oneDNN's op has no autograd formula: where a gradient is wanted `F.linear` runs.
-    """
-    if (_ONEDNN_LINEAR is not None and x.device.type == "cpu" and x.dtype == torch.float32
-            and weight.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32)
-            and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)))):
-        return _ONEDNN_LINEAR(x.contiguous(), weight, bias, "none", [], "")
-    return torch.nn.functional.linear(x, weight, bias)
-
-
-class OutputLinear(torch.nn.Linear):
-    """An `nn.Linear` output layer whose forward is `output_linear` (same parameters, same state dict)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return output_linear(x, self.weight, self.bias)
 
 
 def prepare_output_layer(model):

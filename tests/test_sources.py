@@ -147,7 +147,7 @@ def test_dtype_auto_on_this_machine(tiny_world):
 def test_prepare_output_layer_keeps_the_logits_and_is_registered_once(tiny_world):
     from transformers import AutoModelForCausalLM
 
-    from peft_transfer import modeling
+    from peft_transfer.distillation import models
     from peft_transfer.modeling import OutputLinear, prepare_output_layer
 
     model = AutoModelForCausalLM.from_pretrained(tiny_world["target_model"], dtype=torch.float32).eval()
@@ -159,27 +159,27 @@ def test_prepare_output_layer_keeps_the_logits_and_is_registered_once(tiny_world
     head = model.get_output_embeddings()
     assert len(head._forward_pre_hooks) == 1
     # float32 on CPU: oneDNN's matmul, equal up to the order of the sums.
-    assert type(head) is OutputLinear and modeling._ONEDNN_LINEAR is not None
+    assert type(head) is OutputLinear and models._ONEDNN_LINEAR is not None
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
     assert set(model.state_dict()) == set(AutoModelForCausalLM.from_pretrained(tiny_world["target_model"]).state_dict())
 
 
 def test_output_linear_takes_onednn_only_where_no_gradient_flows(monkeypatch):
-    from peft_transfer import modeling
+    from peft_transfer.distillation import models
 
     calls = []
-    real = modeling._ONEDNN_LINEAR
-    monkeypatch.setattr(modeling, "_ONEDNN_LINEAR", lambda *a: calls.append(a) or real(*a))
+    real = models._ONEDNN_LINEAR
+    monkeypatch.setattr(models, "_ONEDNN_LINEAR", lambda *a: calls.append(a) or real(*a))
     x, weight = torch.randn(4, 3, 16), torch.randn(50, 16)
     with torch.no_grad():
-        torch.testing.assert_close(modeling.output_linear(x[:, 1:], weight), x[:, 1:] @ weight.T)
+        torch.testing.assert_close(models.output_linear(x[:, 1:], weight), x[:, 1:] @ weight.T)
     assert len(calls) == 1
     x.requires_grad_()
-    modeling.output_linear(x, weight).sum().backward()  # F.linear: a gradient flows
+    models.output_linear(x, weight).sum().backward()  # F.linear: a gradient flows
     torch.testing.assert_close(x.grad, weight.sum(0).expand_as(x))
     assert len(calls) == 1
     with torch.no_grad():
-        modeling.output_linear(x.detach().bfloat16(), weight.bfloat16())  # bf16: torch's own call
+        models.output_linear(x.detach().bfloat16(), weight.bfloat16())  # bf16: torch's own call
     assert len(calls) == 1
 
 

@@ -11,7 +11,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..modeling import output_linear
 from .losses import (
     _check_divergence_args,
     _check_same_vocab,
@@ -21,6 +20,7 @@ from .losses import (
     _shift_and_gather,
     _upcast,
 )
+from .models import output_linear
 
 # ---------------------------------------------------------------------------------------------------------------
 # Chunked: from hidden states and lm_head weights, O(chunk × vocab) memory in forward and backward

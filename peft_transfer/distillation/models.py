@@ -1,6 +1,6 @@
 """The model plumbing of `DistillationTrainer`: unwrapping DDP/DeepSpeed and PEFT, freezing the teacher, switching
-adapters when one model holds teacher and student, capturing the input of `lm_head`, and the checks that refuse
-what token-level KD would get wrong."""
+adapters when one model holds teacher and student, capturing the input of `lm_head`, the output layer's float32 CPU
+matmul (`output_linear`), and the checks that refuse what token-level KD would get wrong."""
 
 from __future__ import annotations
 
@@ -12,6 +12,43 @@ import torch
 # Config attributes that rescale logits after `lm_head` (Cohere, Granite, Falcon-H1, ...): the chunked loss reads
 # `lm_head` directly and would silently skip them.
 _LOGIT_SCALES = ("logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
+
+
+def _onednn_linear():
+    """oneDNN's linear (`mkldnn::_linear_pointwise`, what torch.compile's CPU backend calls), or `None` where this
+    torch build has none."""
+    if not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        return torch.ops.mkldnn._linear_pointwise.default
+    except (AttributeError, RuntimeError):
+        return None
+
+
+_ONEDNN_LINEAR = _onednn_linear()
+
+
+def output_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.linear` for an output layer (a vocabulary-wide weight): through oneDNN on CPU in float32 when no gradient
+    flows through it, else `F.linear` itself.
+
+    torch's CPU float32 matmul (MKL) is slow for this shape, a few rows against a tall weight: measured on an AVX2 AMD
+    EPYC (2 cores), 64 rows x Gemma-3's (262k, 640) head at 46-54 GFLOP/s against oneDNN's 79-89, SmolLM2's (49k, 576)
+    at 52-71 against 93-106, the same within float rounding (the repository's `benchmarks/scoring_speed.py`). In bf16 torch already
+    calls oneDNN. oneDNN's op has no autograd formula: where a gradient is wanted `F.linear` runs.
+    """
+    if (_ONEDNN_LINEAR is not None and x.device.type == "cpu" and x.dtype == torch.float32
+            and weight.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32)
+            and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)))):
+        return _ONEDNN_LINEAR(x.contiguous(), weight, bias, "none", [], "")
+    return torch.nn.functional.linear(x, weight, bias)
+
+
+class OutputLinear(torch.nn.Linear):
+    """An `nn.Linear` output layer whose forward is `output_linear` (same parameters, same state dict)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return output_linear(x, self.weight, self.bias)
 
 
 def unwrapped_peft(model):
