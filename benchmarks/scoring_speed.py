@@ -2,7 +2,8 @@
 without bf16 is where these differ; in bf16 torch already calls oneDNN for the output layer):
 
     output layer      one matmul of 64 rows against each demo model's (vocab, hidden) head: `F.linear` (torch's
-                      float32 CPU matmul) against `distillation.models.output_linear` (oneDNN), and the largest difference
+                      float32 CPU matmul) against `distillation.models.output_linear` (oneDNN), and the largest
+                      difference
     discriminator     the demo's discriminator (SmolLM2 + its yes/no adapter) scores held-out inputs: every question
                       read whole, left-padded, with the plain head (the code before) against `discriminator.score`
                       (right-padded, the question's shared opening read once, `generation.logits_at`, oneDNN head)
@@ -224,7 +225,7 @@ def main(argv=None):
                      items=len(inputs), before_s=round(t_before, 2), after_s=round(t_after, 2),
                      check=f"log-odds differ by {np.abs(before - after).max():.1e} at most; the same side of 0 on "
                            f"{int(((before > 0) == (after > 0)).sum())} of {len(inputs)}"))
-    del disc
+    disc = None  # freed before the next model loads
 
     # The teacher: confidence in its answers, and its answers.
     teacher = load_adapter(load_base(source_ref, dtype=args.dtype), DEMO["source_adapter"],
@@ -246,7 +247,7 @@ def main(argv=None):
     rows.append(dict(stage="labels", model=f"{DEMO['source_model']} + source adapter", items=len(prompts),
                      before_s=round(t_before, 2), after_s=round(t_after, 2),
                      check=f"same text {sum(a == b for a, b in zip(before, after))} of {len(prompts)}"))
-    del teacher
+    teacher = None
 
     # The target writes candidates, and trains.
     seeds = read(DEMO["seed_file"])

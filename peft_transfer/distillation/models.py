@@ -32,10 +32,11 @@ def output_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     """`F.linear` for an output layer (a vocabulary-wide weight): through oneDNN on CPU in float32 when no gradient
     flows through it, else `F.linear` itself.
 
-    torch's CPU float32 matmul (MKL) is slow for this shape, a few rows against a tall weight: measured on an AVX2 AMD
-    EPYC (2 cores), 64 rows x Gemma-3's (262k, 640) head at 46-54 GFLOP/s against oneDNN's 79-89, SmolLM2's (49k, 576)
-    at 52-71 against 93-106, the same within float rounding (the repository's `benchmarks/scoring_speed.py`). In bf16 torch already
-    calls oneDNN. oneDNN's op has no autograd formula: where a gradient is wanted `F.linear` runs.
+    torch's CPU float32 matmul (MKL) is slow for this shape, a few rows against a tall weight, and varies from run to
+    run: measured on an AVX2 AMD EPYC (2 cores), 64 rows x Gemma-3's (262k, 640) head at 45-73 GFLOP/s against
+    oneDNN's 85-105, SmolLM2's (49k, 576) at 52-91 against 93-111, the same within float rounding, no copy of the
+    weight (the repository's `benchmarks/scoring_speed.py`). In bf16 torch already calls oneDNN. oneDNN's op has no
+    autograd formula: where a gradient is wanted `F.linear` runs.
     """
     if (_ONEDNN_LINEAR is not None and x.device.type == "cpu" and x.dtype == torch.float32
             and weight.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32)
