@@ -250,8 +250,11 @@ def logits_at(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         prefix = int(same.long().cumprod(0).sum())
     prefix = min(prefix, first_asked, min(lengths) - 1)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    keep_some = "logits_to_keep" in inspect.signature(base.forward).parameters
-    kwargs = {}
+    peft_config = getattr(model, "active_peft_config", None)
+    # A prompt-learning adapter puts its virtual tokens in front of the sequence: the positions asked for are then
+    # read from all the logits, as the last `length` of them.
+    keep_some = ("logits_to_keep" in inspect.signature(base.forward).parameters
+                 and not getattr(peft_config, "is_prompt_learning", False))
     if prefix >= 2:  # below that the copy costs about what it saves
         from transformers import DynamicCache
 
@@ -269,7 +272,7 @@ def logits_at(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         kwargs["logits_to_keep"] = torch.tensor([q - prefix for q in asked], device=input_ids.device)
         column = {q: j for j, q in enumerate(asked)}
     else:
-        column = {q: q - prefix for q in asked}
+        column = {q: q - length for q in asked}  # from the end: after any virtual tokens
     logits = model(input_ids=input_ids[:, prefix:], attention_mask=attention_mask, **kwargs).logits
     return [logits[row, [column[q] for q in p]].float() for row, p in enumerate(positions)]
 

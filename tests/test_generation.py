@@ -127,3 +127,22 @@ def test_logits_at_reads_the_shared_opening_once_and_gives_each_rows_own_logits(
     with torch.no_grad():
         torch.testing.assert_close(early[1], model(input_ids=torch.tensor([rows[1]])).logits[0, [shared - 1]].float(),
                                    rtol=1e-4, atol=1e-4)
+
+
+def test_logits_at_reads_the_real_positions_behind_a_prompt_learning_adapters_virtual_tokens(tiny_lm):
+    from peft import PromptTuningConfig, get_peft_model
+
+    model, tokenizer = tiny_lm
+    fresh = AutoModelForCausalLM.from_pretrained(model.name_or_path, dtype=torch.float32)
+    tuned = get_peft_model(fresh, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)).eval()
+    texts = ["Sort these letters: q d k\nAnswer:", "Sort these letters: m a\nAnswer:"]
+    enc = tokenizer(texts, return_tensors="pt", padding="longest", padding_side="right")
+    with torch.no_grad():
+        full = tuned(**enc).logits
+    length = enc["input_ids"].shape[1]
+    assert full.shape[1] == length + 4  # the virtual tokens come first
+    lengths = enc["attention_mask"].sum(1).tolist()
+    positions = [[n - 3, n - 1] for n in lengths]
+    got = generation.logits_at(tuned, enc["input_ids"], enc["attention_mask"], positions)
+    for row, p in enumerate(positions):
+        torch.testing.assert_close(got[row], full[row, [4 + q for q in p]].float())

@@ -131,3 +131,27 @@ def test_titok_curriculum_generates_with_the_source_adapter(make_config, run_dir
     assert leases[0] == (cfg.source_model, dirs.source_adapter)
     record = read_json(dirs.stage_record("synthesis"))
     assert record["settings"]["generator"] == cfg.source_model and "source_adapter" in record["reads"]
+
+
+def test_answer_confidence_reads_past_a_prompt_tuned_teachers_virtual_tokens(untrained):
+    import copy
+
+    from peft import PromptTuningConfig, get_peft_model
+
+    from peft_transfer.selection import answer_confidence
+
+    torch.manual_seed(0)
+    model = get_peft_model(copy.deepcopy(untrained["teacher"]),
+                           PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3)).eval()
+    tok = untrained["source_tok"]
+    prompts, completions = ["Sort: b a\nAnswer:", "x\nAnswer:"], [" a b", " yes indeed"]
+    confidence = answer_confidence(model, tok, prompts, completions, batch_size=2)
+    for p, c, got in zip(prompts, completions, confidence):
+        ids = tok(p + c, return_tensors="pt", return_offsets_mapping=True)
+        offsets = ids.pop("offset_mapping")[0].tolist()
+        with torch.no_grad():
+            lp = torch.log_softmax(model(**ids).logits[0, 3:-1].float(), -1)  # after the 3 virtual tokens
+        target = ids["input_ids"][0, 1:]
+        expected = [lp[j - 1, target[j - 1]].item()
+                    for j, (s, e) in enumerate(offsets) if j > 0 and e > len(p) and e > s]
+        assert got == pytest.approx(sum(expected) / len(expected), abs=1e-4)
