@@ -69,6 +69,24 @@ def timed(side, model, tokenizer, prompts, **kwargs):
     return texts, time.perf_counter() - start
 
 
+def run_meta(dtype: str, **extra) -> dict:
+    """What a side-by-side run ran on: dtype, threads, torch, CPU capability, and the process's peak RSS so far."""
+    return dict(dtype=dtype, threads=torch.get_num_threads(), torch=torch.__version__,
+                cpu=torch.backends.cpu.get_cpu_capability(), **extra,
+                peak_rss_gb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2))
+
+
+def write_results(out: str | None, name: str, meta: dict, rows: list[dict], text: str) -> None:
+    """Print the Markdown table; with `out`, write `<name>.json` (meta and rows) and `<name>.md` there."""
+    print(text)
+    if out:
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, f"{name}.json"), "w") as f:
+            json.dump(dict(meta=meta, rows=rows), f, indent=2)
+        with open(os.path.join(out, f"{name}.md"), "w") as f:
+            f.write(text)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", type=int, default=256, help="synthesis prompts (the demo's rounds have 512)")
@@ -118,9 +136,7 @@ def main(argv=None):
     for row in rows:
         row["speedup"] = round(row["one_call_s"] / row["ours_s"], 2)
 
-    meta = dict(dtype=dtype, threads=torch.get_num_threads(), torch=torch.__version__,
-                cpu=torch.backends.cpu.get_cpu_capability(), peak_rss_gb=round(
-                    resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2))
+    meta = run_meta(dtype)
     lines = [f"# Batched generation, side by side ({meta['dtype']}, {meta['threads']} threads, {meta['cpu']})", "",
              "| stage | model | prompts (distinct) | one call per batch s | ours s | speed-up | check |",
              "|---|---|---|---|---|---|---|"]
@@ -129,14 +145,7 @@ def main(argv=None):
                  else f"same text {r['same_text']} of {r['prompts']}")
         lines.append(f"| {r['stage']} | {r['model']} | {r['prompts']} ({r['distinct_prompts']}) | {r['one_call_s']} "
                      f"| {r['ours_s']} | {r['speedup']}x | {check} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "generation_speed.json"), "w") as f:
-            json.dump(dict(meta=meta, rows=rows), f, indent=2)
-        with open(os.path.join(args.out, "generation_speed.md"), "w") as f:
-            f.write(text)
+    write_results(args.out, "generation_speed", meta, rows, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

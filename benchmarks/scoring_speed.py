@@ -27,7 +27,6 @@ import contextlib
 import json
 import os
 import random
-import resource
 import sys
 import time
 
@@ -37,6 +36,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.generation_speed import run_meta, write_results  # noqa: E402
 from peft_transfer import generation  # noqa: E402
 from peft_transfer.data import generator_prompt, generator_stop_strings, parse_candidate, task_prompt  # noqa: E402
 from peft_transfer.demos import REAL_DEMO_SETTINGS as DEMO  # noqa: E402
@@ -266,23 +266,14 @@ def main(argv=None):
     for row in rows:
         row["speedup"] = round(row["before_s"] / row["after_s"], 2)
 
-    meta = dict(dtype=dtype, threads=torch.get_num_threads(), torch=torch.__version__,
-                cpu=torch.backends.cpu.get_cpu_capability(), onednn_output_layer=_ONEDNN_LINEAR is not None,
-                peak_rss_gb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2))
+    meta = run_meta(dtype, onednn_output_layer=_ONEDNN_LINEAR is not None)
     lines = [f"# Output layer and scoring passes, side by side ({meta['dtype']}, {meta['threads']} threads, "
              f"{meta['cpu']})", "", "| stage | model | items | before s | after s | speed-up | check |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['stage']} | {r['model']} | {r['items']} | {r['before_s']} | {r['after_s']} | "
                      f"{r['speedup']}x | {r['check']} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "scoring_speed.json"), "w") as f:
-            json.dump(dict(meta=meta, rows=rows), f, indent=2)
-        with open(os.path.join(args.out, "scoring_speed.md"), "w") as f:
-            f.write(text)
+    write_results(args.out, "scoring_speed", meta, rows, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
