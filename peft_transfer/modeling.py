@@ -12,7 +12,7 @@ import os
 
 import torch
 
-from .distillation.models import OutputLinear
+from .distillation.models import OutputLinear, cpu_has_bf16
 from .errors import UserError
 from .hub import resolve_pretrained, split_revision
 from .sources import is_source_ref
@@ -22,13 +22,6 @@ logger = logging.getLogger(__name__)
 
 class AdapterMismatchError(UserError):
     """An adapter trained on another base than the one it is applied to."""
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU computes in bf16 natively (AVX512-BF16 or AMX): there bf16 matmuls run about twice as fast
-    as fp32; elsewhere bf16 is emulated and slower than fp32."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
 def torch_dtype(name: str, device: str | torch.device | None = None) -> torch.dtype:

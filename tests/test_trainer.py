@@ -385,3 +385,14 @@ def test_model_card_cites_the_paper_and_records_the_lineage(kd_world, tmp_path):
     trainer.create_model_card()
     card = open(os.path.join(trainer.args.output_dir, "README.md")).read()
     assert "`org/target-13b`" in card and "| acceptance_rate | 0.25 |" in card
+
+
+def test_bf16_left_unset_is_off_on_a_cpu_that_does_not_compute_in_it(monkeypatch, tmp_path):
+    from peft_transfer.distillation import models
+
+    plain = dict(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    monkeypatch.setattr(models, "cpu_has_bf16", lambda: False)
+    assert DistillationConfig(**plain).bf16 is False  # emulated bf16 autocast: twenty times slower here
+    assert DistillationConfig(**plain, bf16=True).bf16 is True  # asked for: kept
+    monkeypatch.setattr(models, "cpu_has_bf16", lambda: True)
+    assert DistillationConfig(**plain).bf16 is True  # TRL's default where the CPU computes in bf16

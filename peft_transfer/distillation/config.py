@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from trl import SFTConfig
 
 from . import LOSS_TYPES as KD_LOSSES
+from . import models
 
 
 @dataclass
@@ -26,6 +27,11 @@ class DistillationConfig(SFTConfig):
             Softmax temperature of both distributions in token-level KD (no `T²` factor, like TRL).
         kd_chunk_size (`int`, *optional*, defaults to `1024`):
             Completion positions per chunk of token-level KD; bounds the memory of the logits.
+
+    > Differences from [`SFTConfig`]: `bf16` left unset is `False` where training runs on a CPU that does not
+    > compute in bf16 (no AVX512-BF16 or AMX), and `True` elsewhere as in TRL. There bf16 autocast is emulated:
+    > measured on an AVX2-only CPU (2 cores), a `DistillationTrainer` step of Gemma-3-270M with a LoRA on every
+    > linear layer (batch 16 × 22 tokens) took 96 and 101 s under it, 4.4-5.1 s in float32.
     """
 
     kd_loss: str = field(default="sequence", metadata={"help": f"One of {KD_LOSSES}."})
@@ -45,4 +51,16 @@ class DistillationConfig(SFTConfig):
             raise ValueError(f"kd_temperature must be positive (got {self.kd_temperature}).")
         if self.kd_chunk_size < 1:
             raise ValueError(f"kd_chunk_size must be at least 1 (got {self.kd_chunk_size}).")
+        if self.bf16 is None and not self.fp16 and _trains_on_cpu(self.use_cpu) and not models.cpu_has_bf16():
+            self.bf16 = False
         super().__post_init__()
+
+
+def _trains_on_cpu(use_cpu: bool) -> bool:
+    if use_cpu:
+        return True
+    import torch
+
+    xpu = getattr(torch, "xpu", None)
+    return not (torch.cuda.is_available() or (xpu is not None and xpu.is_available())
+                or torch.backends.mps.is_available())
