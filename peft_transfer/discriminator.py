@@ -88,7 +88,7 @@ def score(model, tokenizer, texts: list[str], task_name: str, *, batch_size: int
     """
     if not texts:
         return np.zeros(0, dtype=np.float32)
-    from .generation import logits_at
+    from .generation import logits_at, right_padded
     from .modeling import prepare_output_layer
 
     prepare_output_layer(model)  # logits_to_keep slices the hidden states (see there)
@@ -102,14 +102,8 @@ def score(model, tokenizer, texts: list[str], task_name: str, *, batch_size: int
     bar = tqdm(total=len(texts), desc=desc, disable=not show_progress or desc is None, leave=False)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        width = max(len(questions[i].prefix_ids) for i in idx)
-        input_ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        attention = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            ids = questions[i].prefix_ids
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-            attention[row, : len(ids)] = 1
         # Right padding: every row starts at position 0, and the opening the questions share is read once.
+        input_ids, attention = right_padded([questions[i].prefix_ids for i in idx], pad)
         logits = torch.stack([lg[0] for lg in logits_at(
             model, input_ids.to(device), attention.to(device), [[len(questions[i].prefix_ids) - 1] for i in idx])])
         yes = torch.tensor([questions[i].yes_id for i in idx], device=logits.device)

@@ -229,6 +229,17 @@ def shared_prefill(model, enc):
     return cache
 
 
+def right_padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`input_ids` and `attention_mask` of token-id rows padded on the right to the longest (what `logits_at` reads)."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, :len(r)] = 1
+    return ids, mask
+
+
 @torch.no_grad()
 def logits_at(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
               positions: list[list[int]]) -> list[torch.Tensor]:

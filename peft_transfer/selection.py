@@ -48,6 +48,8 @@ def _completion_logprobs(model, tokenizer, prompts, completions, batch_size, *, 
 
     Rows are read in batches of similar length (`generation.logits_at`: the output layer only where a completion
     token is predicted, the prompt's opening that all rows share read once)."""
+    from .generation import right_padded
+
     encoded = [tokenizer(p + c, return_offsets_mapping=True) for p, c in zip(prompts, completions)]
     # Per row, the token indices scored: the completion's (a token ending inside the prompt is the prompt's).
     wanted = [[j for j, (s, e) in enumerate(enc["offset_mapping"]) if j > 0 and e > len(p) and e > s]
@@ -58,13 +60,7 @@ def _completion_logprobs(model, tokenizer, prompts, completions, batch_size, *, 
     device = next(model.parameters()).device
     for first in range(0, len(order), batch_size):
         idx = order[first:first + batch_size]
-        width = max(len(encoded[i]["input_ids"]) for i in idx)
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            n = len(encoded[i]["input_ids"])
-            ids[row, :n] = torch.tensor(encoded[i]["input_ids"])
-            mask[row, :n] = 1
+        ids, mask = right_padded([encoded[i]["input_ids"] for i in idx], pad)
         ids, mask = ids.to(device), mask.to(device)
         positions = [[j - 1 for j in wanted[i]] for i in idx]
         scores = _token_logprobs(model, ids, mask, positions, wanted, idx)
