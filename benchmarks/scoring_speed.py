@@ -156,12 +156,8 @@ def training_row(model, tokenizer, inputs, answers, *, steps):
 
     def step(i):
         chunk = rows[(i * batch) % len(rows):][:batch]
-        width = max(len(r) for r, _ in chunk)
-        ids = torch.full((len(chunk), width), tokenizer.pad_token_id)
-        labels = torch.full((len(chunk), width), -100)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, (r, lab) in enumerate(chunk):
-            ids[row, :len(r)], labels[row, :len(r)], mask[row, :len(r)] = torch.tensor(r), torch.tensor(lab), 1
+        ids, mask = generation.right_padded([r for r, _ in chunk], tokenizer.pad_token_id)
+        labels, _ = generation.right_padded([lab for _, lab in chunk], -100)
         head = peft_model.get_output_embeddings()
         hidden = final_hidden(peft_model, head, dict(input_ids=ids, attention_mask=mask, use_cache=False))
         loss = chunked.chunked_token_divergence(hidden, head, None, None, labels, kind="forward_kl",
