@@ -5,6 +5,7 @@ The paper generated one candidate at a time; on a GPU a decode step costs about 
 need little left padding, and stop strings end each row as soon as its item or answer is complete. Equal prompts
 are sorted next to each other and their prompt is read once a batch (`shared_prefill`): with the paper's 5 seeds
 every synthesis prompt is one of their 120 orders, and self-consistency asks the teacher the same prompt k times.
+The opening all prompts of a batch share (a chat template's system turn) is read once as well.
 """
 
 from __future__ import annotations
@@ -144,9 +145,11 @@ def _decode(model, enc, max_new_tokens: int, *, ended, stopping, **generate_kwar
     carry on from the cache without those that have ended (`ended(new ids)`), so a batch pays for its long rows only
     with them. The tokens are those one call would give: the same sampling and stop strings, only without the padding
     after a row's end."""
-    cache = shared_prefill(model, enc)
+    ids, mask, cache = enc["input_ids"], enc["attention_mask"], None
+    prefilled = shared_prefill(model, enc)
+    if prefilled is not None:
+        cache, ids, mask = prefilled
     ready = _reads_a_ready_cache(model) and set(enc) == {"input_ids", "attention_mask"}
-    ids, mask = enc["input_ids"], enc["attention_mask"]
     rows = list(range(ids.shape[0]))  # the batch rows still decoding
     new: list[list[int]] = [[] for _ in rows]
     left = max_new_tokens
@@ -200,12 +203,20 @@ def _reads_a_ready_cache(model) -> bool:
 
 @torch.no_grad()
 def shared_prefill(model, enc):
-    """The cache of a batch whose prompts repeat: each distinct prompt (but its last token) read once, its keys and
-    values then copied to every row that asks it, so that `generate` reads only the last prompt token and decodes.
-    Each row still samples its own continuation. None when no prompt repeats or the model cannot start from a ready
-    cache (`_reads_a_ready_cache`); `generate` then reads every row as usual."""
+    """A left-padded batch's cache read with less work, and the batch laid out as that cache needs it:
+    `(cache, input_ids, attention_mask)` for `generate` to go on from (it reads only each row's last prompt token),
+    or None where there is nothing to save or the model cannot start from a ready cache (`_reads_a_ready_cache`).
+
+    - Each distinct prompt is read once, its keys and values copied to every row that asks it (each row still samples
+      its own continuation): with the paper's 5 seeds every synthesis prompt is one of their 120 orders, and
+      self-consistency asks the teacher the same prompt k times.
+    - The opening all prompts begin with (a chat template's system turn, the numbered list's heading) is read once at
+      batch 1 and copied to every distinct prompt, which then reads only its own tokens. Its row is laid out as
+      `[opening, padding, own tokens]`: the left padding moves behind the opening, a hole in the attention mask, and
+      the positions count real tokens only, as `generate` counts them for left padding.
+    """
     ids, mask = enc["input_ids"], enc.get("attention_mask")
-    if ids.shape[1] < 2 or mask is None:
+    if ids.shape[1] < 2 or mask is None or set(enc) != {"input_ids", "attention_mask"}:
         return None
     first: dict[tuple, int] = {}
     rows, distinct = [], []  # per row the index of its prompt among the distinct ones; per distinct prompt a row
@@ -213,20 +224,41 @@ def shared_prefill(model, enc):
         rows.append(first.setdefault(tuple(row), len(first)))
         if rows[-1] == len(distinct):
             distinct.append(i)
-    if len(distinct) == len(rows) or not _reads_a_ready_cache(model):
+    width = ids.shape[1]
+    lengths = mask.sum(1).tolist()
+    real = [ids[i, width - lengths[i]:].tolist() for i in distinct]
+    opening = 0  # leaves every row at least its last token for generate to read
+    while opening < min(map(len, real)) - 1 and len({r[opening] for r in real}) == 1:
+        opening += 1
+    if opening < 2:  # below that the copy costs about what it saves
+        opening = 0
+    if (len(distinct) == len(rows) and not opening) or not _reads_a_ready_cache(model):
         return None
+    if opening:
+        laid_out, holes = torch.empty_like(ids), torch.zeros_like(mask)
+        for i, n in enumerate(lengths):
+            prompt = ids[i, width - n:]
+            laid_out[i] = torch.cat([prompt[:opening], ids[i, :width - n], prompt[opening:]])
+            holes[i, :opening] = holes[i, width - n + opening:] = 1
+        ids, mask = laid_out, holes
     from transformers import DynamicCache
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     cache = DynamicCache(config=base.config.get_text_config(decoder=True))
-    distinct = torch.tensor(distinct, device=ids.device)
-    ids, mask = ids[distinct, :-1], mask[distinct, :-1]
+    if opening:
+        model(input_ids=ids[:1, :opening], attention_mask=mask[:1, :opening], cache=cache, use_cache=True,
+              logits_to_keep=1)
+        cache.batch_repeat_interleave(len(distinct))
+    pick = torch.tensor(distinct, device=ids.device)
+    read = mask[pick, :-1]
     # The positions generate gives a left-padded prompt (transformers' `_prepare_position_ids_for_generation`).
-    position_ids = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
-    model(input_ids=ids, attention_mask=mask, position_ids=position_ids, cache=cache, use_cache=True,
-          logits_to_keep=1)
-    cache.batch_select_indices(torch.tensor(rows, device=ids.device))
-    return cache
+    position_ids = (read.long().cumsum(-1) - 1).masked_fill(read == 0, 0)
+    if width - 1 > opening:
+        model(input_ids=ids[pick, opening:-1], attention_mask=read, position_ids=position_ids[:, opening:],
+              cache=cache, use_cache=True, logits_to_keep=1)
+    if len(distinct) < len(rows):
+        cache.batch_select_indices(torch.tensor(rows, device=ids.device))
+    return cache, ids, mask
 
 
 def right_padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

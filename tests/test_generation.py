@@ -48,9 +48,9 @@ def test_continuations_are_those_of_one_generate_call_with_repeated_prompts_read
         return real_generate(**kwargs)
 
     def spy_prefill(m, enc):
-        cache = real_prefill(m, enc)
-        prefills.append((enc["input_ids"].shape[0], None if cache is None else cache.get_seq_length()))
-        return cache
+        out = real_prefill(m, enc)
+        prefills.append((enc["input_ids"].shape[0], None if out is None else out[0].get_seq_length()))
+        return out
 
     monkeypatch.setattr(model, "generate", spy_generate)
     monkeypatch.setattr(generation, "shared_prefill", spy_prefill)
@@ -71,13 +71,50 @@ def test_continuations_are_those_of_one_generate_call_with_repeated_prompts_read
     assert rows == sorted(rows, reverse=True) and rows[-1] < 40 and all(has_cache for _, _, has_cache in calls)
 
 
-def test_distinct_prompts_and_models_that_cannot_start_from_a_cache_take_one_call(tiny_lm, monkeypatch):
+def read_widths(model):
+    """The `(batch, length)` of every forward pass of `model` while the context is open."""
+    widths = []
+    hook = model.get_input_embeddings().register_forward_pre_hook(lambda m, a: widths.append(tuple(a[0].shape)))
+    return widths, hook
+
+
+def test_distinct_prompts_read_their_shared_opening_once_and_continue_as_one_generate_call(tiny_lm, monkeypatch):
+    model, tokenizer = tiny_lm
+    # A chat template's kind of opening, then each prompt's own tokens (of different lengths: left padding).
+    opening = "System: you sort the letters you are given, in alphabetical order.\nUser: Sort these letters:"
+    prompts = [f"{opening} {' '.join('qdkmazfbye'[i:i + n])}\nAssistant:" for i, n in ((0, 3), (2, 6), (4, 2), (1, 4))]
+    tokenizer.padding_side = "left"
+    enc = tokenizer(prompts, return_tensors="pt", padding=True)
+    rows = [tokenizer(p)["input_ids"] for p in prompts]
+    shared = next(j for j in range(min(map(len, rows))) if len({r[j] for r in rows}) > 1)
+    assert shared >= 10
+    widths, hook = read_widths(model)
+    try:
+        cache, ids, mask = generation.shared_prefill(model, enc)
+    finally:
+        hook.remove()
+    width = enc["input_ids"].shape[1]
+    assert widths == [(1, shared), (4, width - 1 - shared)]  # the opening once, then each prompt's own tokens
+    assert cache.get_seq_length() == width - 1
+    for i, r in enumerate(rows):  # [opening, padding, own tokens]: the padding moved behind the opening
+        assert ids[i, mask[i] == 1].tolist() == r
+        assert mask[i].tolist() == [1] * shared + [0] * (width - len(r)) + [1] * (len(r) - shared)
+
+    monkeypatch.setattr(generation, "SEGMENT_TOKENS", 3)
+    got = generation.generate(model, tokenizer, prompts, batch_size=4, max_new_tokens=12)
+    assert [text for text, _ in got] == one_call(model, tokenizer, prompts, max_new_tokens=12)
+    for (text, _), prompt in zip(got, prompts):  # and what each prompt gets alone
+        assert text == one_call(model, tokenizer, [prompt], max_new_tokens=12)[0]
+
+
+def test_distinct_prompts_without_an_opening_and_models_that_cannot_start_from_a_cache_take_one_call(
+        tiny_lm, monkeypatch):
     from peft import PromptTuningConfig, get_peft_model
 
     model, tokenizer = tiny_lm
-    prompts = [f"Sort these letters: {' '.join('abcdefgh'[i:i + 3])}\n" for i in range(5)]
+    prompts = [f"{w} these letters: {' '.join('abcdefgh'[i:i + 3])}\n" for i, w in enumerate(("Sort", "Order", "Rank"))]
     enc = tokenizer(prompts, return_tensors="pt", padding=True)
-    assert generation.shared_prefill(model, enc) is None  # nothing repeats
+    assert generation.shared_prefill(model, enc) is None  # nothing repeats, no opening in common
 
     fresh = AutoModelForCausalLM.from_pretrained(model.name_or_path, dtype=torch.float32)
     tuned = get_peft_model(fresh, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)).eval()
