@@ -5,6 +5,8 @@ against `generation.generate` (each distinct prompt read once, rows that have en
 
     synthesis   Gemma-3-270M continues the demo's numbered-list prompt of its 5 seeds (one of their 120 orders per
                 prompt), sampled at temperature 1, 32 new tokens at most, batches of 64, the item's stop string
+    synthesis, 3 rounds   three rounds of such prompts (drawn from the same 120 orders), ours with the `PromptCache`
+                that `synthesize` keeps across rounds, and without it
     labels      SmolLM2-135M-Instruct + the demo's source adapter answers the demo's held-out inputs, greedy, 8 new
                 tokens at most, batches of 64, the answer's stop string
 
@@ -57,9 +59,10 @@ def one_call_per_batch(model, tokenizer, prompts, *, batch_size, max_new_tokens,
     return results
 
 
-def ours(model, tokenizer, prompts, *, batch_size, max_new_tokens, do_sample, stop_strings):
+def ours(model, tokenizer, prompts, *, batch_size, max_new_tokens, do_sample, stop_strings, prompt_cache=None):
     return generation.generate(model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                               do_sample=do_sample, stop_strings=stop_strings, show_progress=False)
+                               do_sample=do_sample, stop_strings=stop_strings, show_progress=False,
+                               prompt_cache=prompt_cache)
 
 
 def timed(side, model, tokenizer, prompts, **kwargs):
@@ -90,6 +93,8 @@ def write_results(out: str | None, name: str, meta: dict, rows: list[dict], text
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", type=int, default=256, help="synthesis prompts (the demo's rounds have 512)")
+    parser.add_argument("--rounds", type=int, default=3, help="synthesis rounds of the rounds row")
+    parser.add_argument("--round-prompts", type=int, default=64, help="prompts per round of the rounds row")
     parser.add_argument("--label-inputs", type=int, default=300, help="held-out inputs the teacher answers")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--threads", type=int, default=None)
@@ -117,6 +122,28 @@ def main(argv=None):
                      **{f"{n}_s": round(t, 2) for n, (_, t) in sides.items()},
                      **{f"{n}_items": sum(parse_candidate(x, finished=e) is not None for x, e in texts)
                         for n, (texts, _) in sides.items()}))
+
+    # Synthesis rounds: the prompts of later rounds are drawn from the same 120 orders; ours keeps those it has read
+    # (`PromptCache`, as `synthesize` does), and is also timed without it.
+    draws = [random.Random(1 + r) for r in range(args.rounds)]
+    rounds = [[generator_prompt(seeds, draw, 5) for _ in range(args.round_prompts)] for draw in draws]
+    store = generation.PromptCache()
+
+    def over_rounds(side, **extra):
+        def run(model, tokenizer, _, **kw):
+            return [x for prompts in rounds for x in side(model, tokenizer, prompts, **kw, **extra)]
+        return run
+
+    sides = {name: timed(side, model, tokenizer, None, **kwargs) for name, side in (
+        ("one_call", over_rounds(one_call_per_batch)), ("ours_without_prompt_cache", over_rounds(ours)),
+        ("ours", over_rounds(ours, prompt_cache=store)))}
+    rows.append(dict(stage=f"synthesis, {args.rounds} rounds", model=DEMO["target_model"],
+                     prompts=args.rounds * args.round_prompts,
+                     distinct_prompts=len({p for prompts in rounds for p in prompts}), sampled=True,
+                     **{f"{n}_s": round(t, 2) for n, (_, t) in sides.items()},
+                     **{f"{n}_items": sum(parse_candidate(x, finished=e) is not None for x, e in texts)
+                        for n, (texts, _) in sides.items()},
+                     prompts_read=store.reads, prompts_from_cache=store.hits))
     del model
 
     # Labels: the teacher answers.
@@ -143,6 +170,9 @@ def main(argv=None):
     for r in rows:
         check = (f"items parsed {r['one_call_items']} / {r['ours_items']}" if r["sampled"]
                  else f"same text {r['same_text']} of {r['prompts']}")
+        if "prompts_read" in r:
+            check += (f"; prompts read {r['prompts_read']}, from the prompt cache {r['prompts_from_cache']}; "
+                      f"without it {r['ours_without_prompt_cache_s']} s")
         lines.append(f"| {r['stage']} | {r['model']} | {r['prompts']} ({r['distinct_prompts']}) | {r['one_call_s']} "
                      f"| {r['ours_s']} | {r['speedup']}x | {check} |")
     write_results(args.out, "generation_speed", meta, rows, "\n".join(lines) + "\n")

@@ -10,6 +10,7 @@ The opening all prompts of a batch share (a chat template's system turn) is read
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import inspect
 
@@ -65,6 +66,7 @@ def generate(
     stop_strings: list[str] | None = None,
     desc: str | None = None,
     show_progress: bool = True,
+    prompt_cache: PromptCache | None = None,
 ) -> list[tuple[str, bool]]:
     """Continue every prompt.
 
@@ -73,6 +75,8 @@ def generate(
         tokenizer (`PreTrainedTokenizerBase`): its tokenizer; needs a pad token.
         prompts (`list[str]`): the prompts, as text (special tokens such as BOS are added by the tokenizer).
         stop_strings (`list[str]`, *optional*): a row ends once its continuation contains one of them.
+        prompt_cache (`PromptCache`, *optional*): the prompts `model` read in earlier calls; those asked again are
+            not read again, and the others are kept in it.
 
     Returns:
         `list[tuple[str, bool]]`: per prompt, in the given order, the decoded continuation (special tokens removed)
@@ -124,6 +128,7 @@ def generate(
             enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True).to(device)
             with cpu_sampling(device) if do_sample else contextlib.nullcontext():
                 continuations = _decode(model, enc, max_new_tokens, ended=ended, stopping=stopping,
+                                        prompt_cache=prompt_cache,
                                         pad_token_id=tokenizer.pad_token_id, eos_token_id=eos_ids, **sampling)
             for ids, i in zip(continuations, idx):
                 results[i] = (tokenizer.decode(ids, skip_special_tokens=True), ended(ids))
@@ -139,14 +144,15 @@ def generate(
 SEGMENT_TOKENS = 8
 
 
-def _decode(model, enc, max_new_tokens: int, *, ended, stopping, **generate_kwargs) -> list[list[int]]:
+def _decode(model, enc, max_new_tokens: int, *, ended, stopping, prompt_cache=None,
+            **generate_kwargs) -> list[list[int]]:
     """The new token ids of every row of a batch, `max_new_tokens` at most. `model.generate` keeps a row that has
     ended in the batch until the last one ends; here it decodes `SEGMENT_TOKENS` at a time, and the rows still going
     carry on from the cache without those that have ended (`ended(new ids)`), so a batch pays for its long rows only
     with them. The tokens are those one call would give: the same sampling and stop strings, only without the padding
     after a row's end."""
     ids, mask, cache = enc["input_ids"], enc["attention_mask"], None
-    prefilled = shared_prefill(model, enc)
+    prefilled = shared_prefill(model, enc, prompt_cache)
     if prefilled is not None:
         cache, ids, mask = prefilled
     ready = _reads_a_ready_cache(model) and set(enc) == {"input_ids", "attention_mask"}
@@ -201,8 +207,36 @@ def _reads_a_ready_cache(model) -> bool:
     return all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers)
 
 
+class PromptCache:
+    """The keys and values of the prompts one model has read, kept across `generate` calls (`prompt_cache=`), so that
+    a prompt asked again is not read again: a synthesis's rounds draw their prompts from the same orders of the seeds
+    (120 for the paper's 5), each round most of them. The prompts used least recently leave beyond `max_bytes`."""
+
+    def __init__(self, max_bytes: int = 1 << 30):
+        self.max_bytes = max_bytes
+        self.entries: collections.OrderedDict[tuple, list] = collections.OrderedDict()
+        self.bytes = 0
+        self.hits = self.reads = 0  # prompts found here / read by the model
+
+    def get(self, key: tuple):
+        layers = self.entries.get(key)
+        if layers is not None:
+            self.entries.move_to_end(key)
+        return layers
+
+    def put(self, key: tuple, layers: list) -> None:
+        size = sum(k.nbytes + v.nbytes for k, v in layers)
+        if key in self.entries or size > self.max_bytes:
+            return
+        self.entries[key] = layers
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            _, old = self.entries.popitem(last=False)
+            self.bytes -= sum(k.nbytes + v.nbytes for k, v in old)
+
+
 @torch.no_grad()
-def shared_prefill(model, enc):
+def shared_prefill(model, enc, prompt_cache: PromptCache | None = None):
     """A left-padded batch's cache read with less work, and the batch laid out as that cache needs it:
     `(cache, input_ids, attention_mask)` for `generate` to go on from (it reads only each row's last prompt token),
     or None where there is nothing to save or the model cannot start from a ready cache (`_reads_a_ready_cache`).
@@ -214,6 +248,7 @@ def shared_prefill(model, enc):
       batch 1 and copied to every distinct prompt, which then reads only its own tokens. Its row is laid out as
       `[opening, padding, own tokens]`: the left padding moves behind the opening, a hole in the attention mask, and
       the positions count real tokens only, as `generate` counts them for left padding.
+    - With a `prompt_cache`, a prompt read in an earlier call is taken from it; only the others are read (and kept).
     """
     ids, mask = enc["input_ids"], enc.get("attention_mask")
     if ids.shape[1] < 2 or mask is None or set(enc) != {"input_ids", "attention_mask"}:
@@ -227,20 +262,44 @@ def shared_prefill(model, enc):
     width = ids.shape[1]
     lengths = mask.sum(1).tolist()
     real = [ids[i, width - lengths[i]:].tolist() for i in distinct]
-    opening = 0  # leaves every row at least its last token for generate to read
-    while opening < min(map(len, real)) - 1 and len({r[opening] for r in real}) == 1:
-        opening += 1
-    if opening < 2:  # below that the copy costs about what it saves
-        opening = 0
-    if (len(distinct) == len(rows) and not opening) or not _reads_a_ready_cache(model):
+    if not _reads_a_ready_cache(model):
+        return None
+    rows = torch.tensor(rows, device=ids.device)
+    if prompt_cache is not None and _keeps_whole_prompts(model, width):
+        return _through_prompt_cache(model, ids, mask, rows, real, prompt_cache)
+    opening = _opening(real)
+    if len(distinct) == len(rows) and not opening:
         return None
     if opening:
-        laid_out, holes = torch.empty_like(ids), torch.zeros_like(mask)
-        for i, n in enumerate(lengths):
-            prompt = ids[i, width - n:]
-            laid_out[i] = torch.cat([prompt[:opening], ids[i, :width - n], prompt[opening:]])
-            holes[i, :opening] = holes[i, width - n + opening:] = 1
-        ids, mask = laid_out, holes
+        ids, mask = _opening_first(ids, mask, opening)
+    cache = _read(model, ids[distinct], mask[distinct], opening)
+    if len(distinct) < len(rows):
+        cache.batch_select_indices(rows)
+    return cache, ids, mask
+
+
+def _opening(prompts: list[list[int]]) -> int:
+    """The number of tokens all prompts begin with, leaving each at least its last token for generate to read; 0
+    below 2 tokens (the copy would cost about what it saves)."""
+    opening = 0
+    while opening < min(map(len, prompts)) - 1 and len({p[opening] for p in prompts}) == 1:
+        opening += 1
+    return opening if opening >= 2 else 0
+
+
+def _opening_first(ids: torch.Tensor, mask: torch.Tensor, opening: int):
+    """Left-padded rows laid out as `[opening, padding, own tokens]`."""
+    width = ids.shape[1]
+    laid_out, holes = torch.empty_like(ids), torch.zeros_like(mask)
+    for i, n in enumerate(mask.sum(1).tolist()):
+        prompt = ids[i, width - n:]
+        laid_out[i] = torch.cat([prompt[:opening], ids[i, :width - n], prompt[opening:]])
+        holes[i, :opening] = holes[i, width - n + opening:] = 1
+    return laid_out, holes
+
+
+def _read(model, ids: torch.Tensor, mask: torch.Tensor, opening: int):
+    """The cache of every row's prompt but its last token (rows laid out by `_opening_first` when `opening`)."""
     from transformers import DynamicCache
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -248,16 +307,61 @@ def shared_prefill(model, enc):
     if opening:
         model(input_ids=ids[:1, :opening], attention_mask=mask[:1, :opening], cache=cache, use_cache=True,
               logits_to_keep=1)
-        cache.batch_repeat_interleave(len(distinct))
-    pick = torch.tensor(distinct, device=ids.device)
-    read = mask[pick, :-1]
+        cache.batch_repeat_interleave(ids.shape[0])
+    read = mask[:, :-1]
     # The positions generate gives a left-padded prompt (transformers' `_prepare_position_ids_for_generation`).
     position_ids = (read.long().cumsum(-1) - 1).masked_fill(read == 0, 0)
-    if width - 1 > opening:
-        model(input_ids=ids[pick, opening:-1], attention_mask=read, position_ids=position_ids[:, opening:],
+    if ids.shape[1] - 1 > opening:
+        model(input_ids=ids[:, opening:-1], attention_mask=read, position_ids=position_ids[:, opening:],
               cache=cache, use_cache=True, logits_to_keep=1)
-    if len(distinct) < len(rows):
-        cache.batch_select_indices(torch.tensor(rows, device=ids.device))
+    return cache
+
+
+def _keeps_whole_prompts(model, width: int) -> bool:
+    """Whether every layer's cache holds the whole prompt (a sliding-window layer keeps only its window)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    window = getattr(base.config.get_text_config(decoder=True), "sliding_window", None)
+    return window is None or width < window
+
+
+def _through_prompt_cache(model, ids, mask, rows, real: list[list[int]], store: PromptCache):
+    """`shared_prefill` with a `PromptCache`: the distinct prompts not in it read (and put in it), then every row's
+    cache assembled from it, in the batch's own left-padded layout."""
+    from transformers import DynamicCache
+
+    keys = [tuple(p[:-1]) for p in real]
+    layers = [store.get(key) for key in keys]  # per distinct prompt, per layer its (keys, values)
+    missing = [j for j, found in enumerate(layers) if found is None]
+    store.hits += len(keys) - len(missing)
+    if missing:
+        store.reads += len(missing)
+        # The missing prompts as a batch of their own, left-padded to the longest of them.
+        width = max(len(real[j]) for j in missing)
+        pad = int(ids[0, 0])
+        sub_ids = torch.tensor([[pad] * (width - len(real[j])) + real[j] for j in missing], device=ids.device)
+        sub_mask = torch.tensor([[0] * (width - len(real[j])) + [1] * len(real[j]) for j in missing],
+                                device=ids.device)
+        opening = _opening([real[j] for j in missing]) if len(missing) > 1 else 0
+        if opening:
+            sub_ids, sub_mask = _opening_first(sub_ids, sub_mask, opening)
+        cache = _read(model, sub_ids, sub_mask, opening)
+        for r, j in enumerate(missing):
+            at = sub_mask[r, :-1].nonzero().squeeze(1)  # the prompt's own positions, holes left out
+            layers[j] = [(layer.keys[r][:, at].clone(), layer.values[r][:, at].clone()) for layer in cache.layers]
+            store.put(keys[j], layers[j])
+        del cache
+    width = ids.shape[1]
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cache = DynamicCache(config=base.config.get_text_config(decoder=True))
+    for index in range(len(layers[0])):
+        k0, v0 = layers[0][index]
+        batch_keys = k0.new_zeros((len(keys), k0.shape[0], width - 1, k0.shape[2]))
+        batch_values = v0.new_zeros((len(keys), v0.shape[0], width - 1, v0.shape[2]))
+        for j, prompt in enumerate(layers):
+            k, v = prompt[index]
+            batch_keys[j, :, width - 1 - k.shape[1]:] = k
+            batch_values[j, :, width - 1 - v.shape[1]:] = v
+        cache.update(batch_keys[rows], batch_values[rows], index)
     return cache, ids, mask
 
 

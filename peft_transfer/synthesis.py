@@ -40,10 +40,14 @@ from .data import Deduplicator, generator_prompt, generator_stop_strings, parse_
 from .discriminator import score
 from .distributed import is_main_process, map_across_processes, state
 from .errors import UserError
-from .generation import generate
+from .generation import PromptCache, generate
 from .metrics import filter_leaks, leak_threshold_for
 
 logger = logging.getLogger(__name__)
+
+# Prompt orders of the seeds up to which a synthesis keeps the prompts its generator has read (`PromptCache`, at most
+# 1 GiB of keys and values): the paper's 5 seeds have 120.
+MAX_CACHED_ORDERS = 1024
 
 
 class SynthesisError(UserError):
@@ -160,7 +164,8 @@ class _Verdicts:
             if self.threshold is not None:  # a column of its own only where the setting is on
                 r["near_duplicate"] = False
         passed = [r for r in round_rows if r["passed"]]
-        vectors = self._unit(self.embed([r["input"] for r in passed])) if self.threshold is not None and passed             else None
+        vectors = (self._unit(self.embed([r["input"] for r in passed]))
+                   if self.threshold is not None and passed else None)
         for i, r in enumerate(passed):
             stats.passed += 1
             if stats.accepted >= self.num_samples:  # a round may pass more than are still needed
@@ -368,6 +373,10 @@ def synthesize(cfg, generator, generator_tokenizer, seeds: list[str], *, discrim
 
     stats.leak_threshold_raised = raised
     stop = generator_stop_strings(seeds, cfg.num_seeds)
+    # Every round draws its prompts from the same orders of the seeds (120 for 5 of 5): those read in an earlier
+    # round are not read again. Where the orders are too many to repeat, nothing is kept.
+    orders = math.perm(len(seeds), min(cfg.num_seeds or len(seeds), len(seeds)))
+    prompt_cache = PromptCache() if orders <= MAX_CACHED_ORDERS else None
     while stats.accepted < num_samples and stats.candidates < budget:
         round_rng = random.Random(cfg.seed * 100_003 + stats.rounds)
         # Every process builds the same prompts; each samples its shard with its own stream.
@@ -377,7 +386,7 @@ def synthesize(cfg, generator, generator_tokenizer, seeds: list[str], *, discrim
         outputs = map_across_processes(lambda shard: generate(
             generator, generator_tokenizer, shard, batch_size=cfg.generation_batch_size,
             max_new_tokens=cfg.max_candidate_tokens, do_sample=cfg.do_sample, temperature=cfg.temperature,
-            top_p=cfg.top_p, top_k=cfg.top_k, stop_strings=stop,
+            top_p=cfg.top_p, top_k=cfg.top_k, stop_strings=stop, prompt_cache=prompt_cache,
             desc=f"generate (round {stats.rounds + 1})", show_progress=show_progress and is_main_process(),
         ), prompts)
         stats.candidates += n

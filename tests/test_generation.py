@@ -47,8 +47,8 @@ def test_continuations_are_those_of_one_generate_call_with_repeated_prompts_read
         calls.append((kwargs["input_ids"].shape[0], kwargs["max_new_tokens"], "cache" in kwargs))
         return real_generate(**kwargs)
 
-    def spy_prefill(m, enc):
-        out = real_prefill(m, enc)
+    def spy_prefill(m, enc, prompt_cache=None):
+        out = real_prefill(m, enc, prompt_cache)
         prefills.append((enc["input_ids"].shape[0], None if out is None else out[0].get_seq_length()))
         return out
 
@@ -105,6 +105,32 @@ def test_distinct_prompts_read_their_shared_opening_once_and_continue_as_one_gen
     assert [text for text, _ in got] == one_call(model, tokenizer, prompts, max_new_tokens=12)
     for (text, _), prompt in zip(got, prompts):  # and what each prompt gets alone
         assert text == one_call(model, tokenizer, [prompt], max_new_tokens=12)[0]
+
+
+def test_a_prompt_cache_reads_each_prompt_once_across_calls_and_gives_the_same_continuations(tiny_lm):
+    model, tokenizer = tiny_lm
+    rng = random.Random(1)
+    rounds = [[generator_prompt(SEEDS, rng, 3) for _ in range(12)] for _ in range(3)]  # 24 orders: rounds overlap
+    kwargs = dict(batch_size=8, max_new_tokens=16, stop_strings=generator_stop_strings(SEEDS, 3), show_progress=False)
+    store = generation.PromptCache()
+    widths, hook = read_widths(model)
+    try:
+        got = [generation.generate(model, tokenizer, prompts, prompt_cache=store, **kwargs) for prompts in rounds]
+    finally:
+        hook.remove()
+    for prompts, texts in zip(rounds, got):
+        assert texts == generation.generate(model, tokenizer, prompts, **kwargs)
+    distinct = {p for prompts in rounds for p in prompts}
+    assert store.reads == len(distinct) == len(store.entries)  # each prompt read once over the three calls
+    assert store.hits > 0
+    # Forward passes wider than one token read prompts: one per batch that had a prompt not read before, at most.
+    batches = sum(-(-len(set(prompts)) // 8) for prompts in rounds)
+    assert sum(w > 1 for _, w in widths) <= 2 * batches
+    # A cache too small for every prompt forgets the oldest, and the continuations stay the same.
+    small = generation.PromptCache(max_bytes=2 * max(sum(k.nbytes + v.nbytes for k, v in layers)
+                                                     for layers in store.entries.values()))
+    again = [generation.generate(model, tokenizer, prompts, prompt_cache=small, **kwargs) for prompts in rounds]
+    assert again == got and len(small.entries) <= 2 and small.reads > len(distinct)
 
 
 def test_distinct_prompts_without_an_opening_and_models_that_cannot_start_from_a_cache_take_one_call(
