@@ -251,7 +251,8 @@ def shared_prefill(model, enc, prompt_cache: PromptCache | None = None):
     - With a `prompt_cache`, a prompt read in an earlier call is taken from it; only the others are read (and kept).
     """
     ids, mask = enc["input_ids"], enc.get("attention_mask")
-    if ids.shape[1] < 2 or mask is None or set(enc) != {"input_ids", "attention_mask"}:
+    if ids.shape[1] < 2 or mask is None or set(enc) != {"input_ids", "attention_mask"} or \
+            not _reads_a_ready_cache(model):
         return None
     first: dict[tuple, int] = {}
     rows, distinct = [], []  # per row the index of its prompt among the distinct ones; per distinct prompt a row
@@ -262,8 +263,6 @@ def shared_prefill(model, enc, prompt_cache: PromptCache | None = None):
     width = ids.shape[1]
     lengths = mask.sum(1).tolist()
     real = [ids[i, width - lengths[i]:].tolist() for i in distinct]
-    if not _reads_a_ready_cache(model):
-        return None
     rows = torch.tensor(rows, device=ids.device)
     if prompt_cache is not None and _keeps_whole_prompts(model, width):
         return _through_prompt_cache(model, ids, mask, rows, real, prompt_cache)
@@ -337,7 +336,7 @@ def _through_prompt_cache(model, ids, mask, rows, real: list[list[int]], store: 
         store.reads += len(missing)
         # The missing prompts as a batch of their own, left-padded to the longest of them.
         width = max(len(real[j]) for j in missing)
-        pad = int(ids[0, 0])
+        pad = int(ids[0, 0])  # any token: the mask hides it
         sub_ids = torch.tensor([[pad] * (width - len(real[j])) + real[j] for j in missing], device=ids.device)
         sub_mask = torch.tensor([[0] * (width - len(real[j])) + [1] * len(real[j]) for j in missing],
                                 device=ids.device)
