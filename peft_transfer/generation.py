@@ -297,12 +297,16 @@ def _opening_first(ids: torch.Tensor, mask: torch.Tensor, opening: int):
     return laid_out, holes
 
 
-def _read(model, ids: torch.Tensor, mask: torch.Tensor, opening: int):
-    """The cache of every row's prompt but its last token (rows laid out by `_opening_first` when `opening`)."""
+def _empty_cache(model):
     from transformers import DynamicCache
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    cache = DynamicCache(config=base.config.get_text_config(decoder=True))
+    return DynamicCache(config=base.config.get_text_config(decoder=True))
+
+
+def _read(model, ids: torch.Tensor, mask: torch.Tensor, opening: int):
+    """The cache of every row's prompt but its last token (rows laid out by `_opening_first` when `opening`)."""
+    cache = _empty_cache(model)
     if opening:
         model(input_ids=ids[:1, :opening], attention_mask=mask[:1, :opening], cache=cache, use_cache=True,
               logits_to_keep=1)
@@ -326,8 +330,6 @@ def _keeps_whole_prompts(model, width: int) -> bool:
 def _through_prompt_cache(model, ids, mask, rows, real: list[list[int]], store: PromptCache):
     """`shared_prefill` with a `PromptCache`: the distinct prompts not in it read (and put in it), then every row's
     cache assembled from it, in the batch's own left-padded layout."""
-    from transformers import DynamicCache
-
     keys = [tuple(p[:-1]) for p in real]
     layers = [store.get(key) for key in keys]  # per distinct prompt, per layer its (keys, values)
     missing = [j for j, found in enumerate(layers) if found is None]
@@ -346,12 +348,11 @@ def _through_prompt_cache(model, ids, mask, rows, real: list[list[int]], store: 
         cache = _read(model, sub_ids, sub_mask, opening)
         for r, j in enumerate(missing):
             at = sub_mask[r, :-1].nonzero().squeeze(1)  # the prompt's own positions, holes left out
-            layers[j] = [(layer.keys[r][:, at].clone(), layer.values[r][:, at].clone()) for layer in cache.layers]
+            layers[j] = [(layer.keys[r][:, at], layer.values[r][:, at]) for layer in cache.layers]  # copies
             store.put(keys[j], layers[j])
         del cache
     width = ids.shape[1]
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    cache = DynamicCache(config=base.config.get_text_config(decoder=True))
+    cache = _empty_cache(model)
     for index in range(len(layers[0])):
         k0, v0 = layers[0][index]
         batch_keys = k0.new_zeros((len(keys), k0.shape[0], width - 1, k0.shape[2]))
@@ -402,9 +403,7 @@ def logits_at(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     keep_some = ("logits_to_keep" in inspect.signature(base.forward).parameters
                  and not getattr(peft_config, "is_prompt_learning", False))
     if prefix >= 2:  # below that the copy costs about what it saves
-        from transformers import DynamicCache
-
-        cache = DynamicCache(config=base.config.get_text_config(decoder=True))
+        cache = _empty_cache(model)
         model(input_ids=input_ids[:1, :prefix], attention_mask=attention_mask[:1, :prefix], cache=cache,
               use_cache=True, logits_to_keep=1)
         cache.batch_repeat_interleave(batch)
